@@ -1,0 +1,134 @@
+"""PPO-style clipped policy loss, the loss-aggregation variants of GRPO / DAPO / Dr. GRPO, and the
+clipped value loss for PPO's critic.
+
+All take padded [N, T] tensors plus a completion mask; masked positions contribute nothing.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from aha.algos.masked import as_bool_mask, masked_mean, masked_sum
+
+LOSS_AGG_MODES = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
+
+# exp() of a log-ratio above ~88 overflows float32; a ratio of e^20 is already absurd (the clip makes
+# it irrelevant for the loss), so clamping only protects against inf * 0 = NaN.
+_MAX_LOG_RATIO = 20.0
+
+
+def clipped_surrogate(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Per-token PPO loss -min(ratio * A, clip(ratio, 1 - clip_low, 1 + clip_high) * A), 0 where masked.
+
+    ratio = exp(logprobs - old_logprobs) (log-ratio clamped to +-20). `advantages` is [N] (one per
+    sequence, broadcast over its tokens) or [N, T]. clip_high > clip_low is DAPO's "clip-higher".
+    Stats are detached masked means over real tokens: clip_frac_low (A < 0 and ratio < 1 - clip_low,
+    the clipped branch is active), clip_frac_high (A > 0 and ratio > 1 + clip_high), clip_frac
+    (either), ratio_mean and ratio_max.
+    """
+    if logprobs.shape != old_logprobs.shape or logprobs.dim() != 2:
+        raise ValueError(
+            f"logprobs and old_logprobs must both be [N, T]; got {tuple(logprobs.shape)} and "
+            f"{tuple(old_logprobs.shape)}"
+        )
+    if advantages.dim() == 1:
+        advantages = advantages[:, None]
+    if advantages.shape[0] != logprobs.shape[0]:
+        raise ValueError(
+            f"advantages {tuple(advantages.shape)} do not match logprobs {tuple(logprobs.shape)}"
+        )
+    m = as_bool_mask(mask, logprobs)
+    zero = torch.zeros((), dtype=logprobs.dtype, device=logprobs.device)
+
+    log_ratio = torch.where(m, logprobs - old_logprobs, zero).clamp(-_MAX_LOG_RATIO, _MAX_LOG_RATIO)
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
+    per_token = torch.where(m, torch.maximum(unclipped, clipped), zero)
+
+    with torch.no_grad():
+        r = ratio.detach()
+        low = (advantages < 0) & (r < 1.0 - clip_low)
+        high = (advantages > 0) & (r > 1.0 + clip_high)
+        r_max = torch.where(m, r, torch.full((), float("-inf"), dtype=r.dtype, device=r.device)).amax()
+        stats = {
+            "clip_frac_low": masked_mean(low.to(r.dtype), m),
+            "clip_frac_high": masked_mean(high.to(r.dtype), m),
+            "clip_frac": masked_mean((low | high).to(r.dtype), m),
+            "ratio_mean": masked_mean(r, m),
+            "ratio_max": torch.where(m.any(), r_max, torch.zeros_like(r_max)),
+        }
+    return per_token, stats
+
+
+def aggregate_loss(
+    per_token: torch.Tensor,
+    mask: torch.Tensor,
+    mode: str,
+    norm_constant: float | None = None,
+) -> torch.Tensor:
+    """Reduce a per-token loss [N, T] to a scalar. The modes differ in how length weights tokens:
+
+    - "seq-mean-token-mean" (original GRPO): mean over each sequence's tokens, then mean over
+      sequences, so a token of a short answer weighs more than one of a long answer. Sequences with
+      no real token are left out of the outer mean.
+    - "token-mean" (DAPO): sum over all real tokens / number of real tokens; every token weighs the same.
+    - "seq-mean-token-sum-norm" (Dr. GRPO): sum over all real tokens / norm_constant, a constant
+      (default N * T, batch size times padded length) so that length does not rescale the gradient.
+    """
+    if mode not in LOSS_AGG_MODES:
+        raise ValueError(f"unknown loss aggregation mode {mode!r}; expected one of {LOSS_AGG_MODES}")
+    m = as_bool_mask(mask, per_token)
+    if mode == "token-mean":
+        return masked_mean(per_token, m)
+    if mode == "seq-mean-token-mean":
+        seq_mean = masked_mean(per_token, m, dim=-1)
+        has_tokens = m.expand(per_token.shape).any(dim=-1)
+        return masked_mean(seq_mean, has_tokens)
+    if norm_constant is None:
+        norm_constant = float(per_token.shape[0] * per_token.shape[-1])
+    if norm_constant <= 0:
+        raise ValueError(f"norm_constant must be > 0, got {norm_constant}")
+    return masked_sum(per_token, m) / norm_constant
+
+
+def value_loss(
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    clip: float | None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO critic loss, token-mean of 0.5 * max((V - R)^2, (V_clipped - R)^2) with
+    V_clipped = old_values + clamp(V - old_values, -clip, clip); clip=None means plain 0.5 * (V - R)^2.
+
+    The clip keeps the critic from moving far from the values used to compute the advantages.
+    Stats (detached): clip_frac (tokens where the clipped term is the larger one), values_mean,
+    returns_mean and mse (the unclipped squared error).
+    """
+    m = as_bool_mask(mask, values)
+    err_unclipped = (values - returns) ** 2
+    if clip is None:
+        per_token = err_unclipped
+        clipped_active = torch.zeros_like(values, dtype=torch.bool)
+    else:
+        v_clipped = old_values + (values - old_values).clamp(-clip, clip)
+        err_clipped = (v_clipped - returns) ** 2
+        per_token = torch.maximum(err_unclipped, err_clipped)
+        clipped_active = err_clipped > err_unclipped
+    loss = 0.5 * masked_mean(per_token, m)
+    with torch.no_grad():
+        stats = {
+            "clip_frac": masked_mean(clipped_active.to(values.dtype), m),
+            "values_mean": masked_mean(values.detach(), m),
+            "returns_mean": masked_mean(returns.detach(), m),
+            "mse": masked_mean(err_unclipped.detach(), m),
+        }
+    return loss, stats

@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from aha.track.metrics import MetricsWriter, read_metrics
+
+
+def test_round_trip(tmp_path):
+    with MetricsWriter(tmp_path) as w:
+        w.log(1, {"reward/mean": 0.5, "tokens": 120})
+        w.log(2, {"reward/mean": torch.tensor(0.75), "kl": np.float32(0.25), "lr": torch.tensor(3)})
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    assert rows == [
+        {"step": 1, "reward/mean": 0.5, "tokens": 120},
+        {"step": 2, "reward/mean": 0.75, "kl": 0.25, "lr": 3},
+    ]
+    assert read_metrics(tmp_path) == rows  # a run directory works too
+
+
+def test_each_line_is_flushed_before_close(tmp_path):
+    w = MetricsWriter(tmp_path)
+    w.log(7, {"loss": 1.5})
+    # read while the writer is still open: the line must already be on disk
+    assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 7, "loss": 1.5}\n'
+    w.close()
+
+
+def test_appends_across_writers(tmp_path):
+    with MetricsWriter(tmp_path) as w:
+        w.log(1, {"a": 1.0})
+    with MetricsWriter(tmp_path) as w:  # a resumed run continues the file
+        w.log(2, {"a": 2.0})
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2]
+
+
+def test_non_finite_written_as_null_and_read_as_nan(tmp_path):
+    with MetricsWriter(tmp_path) as w:
+        w.log(3, {"loss": float("nan"), "grad_norm": torch.tensor(float("inf")), "kl": -math.inf, "ok": 1.0})
+    line = (tmp_path / "metrics.jsonl").read_text()
+    assert json.loads(line) == {"step": 3, "loss": None, "grad_norm": None, "kl": None, "ok": 1.0}
+    assert "NaN" not in line and "Infinity" not in line  # strict JSON
+    (row,) = read_metrics(tmp_path)
+    assert math.isnan(row["loss"]) and math.isnan(row["grad_norm"]) and math.isnan(row["kl"])
+    assert row["ok"] == 1.0
+
+
+def test_bad_values_raise(tmp_path):
+    with MetricsWriter(tmp_path) as w:
+        with pytest.raises(TypeError, match="'text'"):
+            w.log(1, {"text": "hello"})
+        with pytest.raises(TypeError, match="'vec'"):
+            w.log(1, {"vec": torch.ones(3)})
+        with pytest.raises(ValueError, match="step"):
+            w.log(1, {"step": 3})
+    assert read_metrics(tmp_path) == []  # nothing half-written
+
+
+def test_log_after_close_raises(tmp_path):
+    w = MetricsWriter(tmp_path)
+    w.close()
+    with pytest.raises(ValueError, match="closed"):
+        w.log(1, {"a": 1.0})
+
+
+def test_read_reports_file_and_line(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "a": 1}\n\n{"step": 2, "a": \n')
+    with pytest.raises(ValueError, match=r"metrics\.jsonl:3: invalid JSON"):
+        read_metrics(path)
+    path.write_text('{"step": 1}\n[1, 2]\n')
+    with pytest.raises(ValueError, match=r"metrics\.jsonl:2: expected a JSON object"):
+        read_metrics(path)
+    path.write_text('{"a": 1}\n')
+    with pytest.raises(ValueError, match="no 'step'"):
+        read_metrics(path)
