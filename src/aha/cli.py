@@ -1,0 +1,190 @@
+"""The `aha` command: `aha <cmd> [--config FILE.yaml] [--resume] [--print-config] [key=value ...]`.
+
+Each subcommand is a config dataclass plus a run function, named by import path and imported only when
+that subcommand runs, so `aha --help` stays fast and never imports torch.
+
+Run-function convention: `run(cfg) -> Any`; a stage that can continue an interrupted run also accepts
+`resume: bool = False` (it then continues from the latest checkpoint in its run directory). `--resume` is
+refused for run functions without that parameter.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+import sys
+import textwrap
+from collections.abc import Mapping
+from typing import Any
+
+from aha.config import ConfigError, config_to_yaml, describe_options, describe_sections, load_config
+
+# name -> ("module:ConfigClass", "module:run_function", one-line description)
+CommandTable = Mapping[str, tuple[str, str, str]]
+
+COMMANDS: CommandTable = {
+    "grpo": (
+        "aha.train.grpo:GRPORunConfig",
+        "aha.train.grpo:run_grpo",
+        "Train a policy with GRPO on prompts scored by verifiable rewards.",
+    ),
+    "sft": (
+        "aha.train.sft:SFTRunConfig",
+        "aha.train.sft:run_sft",
+        "Supervised fine-tuning on demonstrations.",
+    ),
+    "demo": (
+        "aha.demo:DemoConfig",
+        "aha.demo:run_demo",
+        "Train the built-in tiny model on arithmetic, on CPU.",
+    ),
+}
+
+USAGE = "usage: aha <command> [--config FILE.yaml] [--resume] [--print-config] [key=value ...]"
+
+
+class UsageError(Exception):
+    """Bad command-line syntax (as opposed to a bad config value)."""
+
+
+def main(argv: list[str] | None = None, commands: CommandTable | None = None) -> int:
+    """Entry point of the `aha` console script; returns the process exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    commands = COMMANDS if commands is None else commands
+    try:
+        return _dispatch(argv, commands)
+    except (ConfigError, UsageError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _dispatch(argv: list[str], commands: CommandTable) -> int:
+    if not argv:
+        print(_main_help(commands), file=sys.stderr)
+        return 2
+    if argv[0] in ("-h", "--help", "help"):
+        print(_main_help(commands))
+        return 0
+    if argv[0] == "--version":
+        from aha import __version__
+
+        print(f"aha {__version__}")
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in commands:
+        close = difflib.get_close_matches(name, list(commands), n=1)
+        hint = f" did you mean {close[0]!r}?" if close else ""
+        raise UsageError(f"unknown command {name!r};{hint} commands: {', '.join(commands)} (see aha --help)")
+    config_spec, run_spec, description = commands[name]
+    args = _parse_command_args(name, rest)
+    config_cls = _import(config_spec)
+    if args["help"]:
+        run = _import(run_spec)
+        print(_command_help(name, description, config_cls, _accepts_resume(run)))
+        return 0
+    cfg = load_config(config_cls, args["config"], args["overrides"])
+    if args["print_config"]:
+        print(config_to_yaml(cfg), end="")
+        return 0
+    run = _import(run_spec)
+    if args["resume"]:
+        if not _accepts_resume(run):
+            raise UsageError(f"aha {name} cannot resume: {run_spec} has no 'resume' parameter")
+        run(cfg, resume=True)
+    else:
+        run(cfg)
+    return 0
+
+
+def _parse_command_args(name: str, rest: list[str]) -> dict[str, Any]:
+    args: dict[str, Any] = {
+        "config": None,
+        "resume": False,
+        "print_config": False,
+        "help": False,
+        "overrides": [],
+    }
+    i = 0
+    while i < len(rest):
+        arg = rest[i]
+        if arg in ("-h", "--help"):
+            args["help"] = True
+        elif arg == "--resume":
+            args["resume"] = True
+        elif arg == "--print-config":
+            args["print_config"] = True
+        elif arg == "--config" or arg.startswith("--config="):
+            if arg == "--config":
+                if i + 1 >= len(rest):
+                    raise UsageError("--config needs a file: --config FILE.yaml")
+                i += 1
+                args["config"] = rest[i]
+            else:
+                args["config"] = arg.split("=", 1)[1]
+        elif arg.startswith("-"):
+            raise UsageError(f"unknown flag {arg!r} (options are key=value; see aha {name} --help)")
+        else:
+            args["overrides"].append(arg)  # load_config reports a missing '='
+        i += 1
+    return args
+
+
+def _import(spec: str) -> Any:
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name is not None and (module_name + ".").startswith(e.name + "."):  # the command's module itself
+            raise UsageError(f"cannot import {module_name}: {e}") from None
+        raise  # a dependency of the module is missing: show the real traceback
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise UsageError(f"{module_name} has no attribute {attr!r} (command table entry {spec!r})") from None
+
+
+def _accepts_resume(run: Any) -> bool:
+    return "resume" in inspect.signature(run).parameters
+
+
+def _main_help(commands: CommandTable) -> str:
+    width = max((len(n) for n in commands), default=0)
+    lines = [USAGE, "", "commands:"]
+    lines += [f"  {name.ljust(width)}  {desc}" for name, (_, _, desc) in commands.items()]
+    lines += ["", "Run `aha <command> --help` to list every option of a command with its type and default."]
+    return "\n".join(lines)
+
+
+def _command_help(name: str, description: str, config_cls: type, resumable: bool) -> str:
+    resume = " [--resume]" if resumable else ""
+    lines = [
+        f"usage: aha {name} [--config FILE.yaml]{resume} [--print-config] [key=value ...]",
+        "",
+        description,
+        "",
+        "  --config FILE.yaml  read options from a YAML file (nested mappings for sections)",
+    ]
+    if resumable:
+        lines.append("  --resume            continue from the latest checkpoint in the run directory")
+    lines += [
+        "  --print-config      print the resolved config as YAML and exit",
+        "  key=value           set an option; values are YAML: train.lr=1e-5 'stop=[\"\\n\"]' seed=null",
+    ]
+    sections: dict[str, list[str]] = {}
+    for key, type_name, default, help_text in describe_options(config_cls):
+        entry = sections.setdefault(key.split(".")[0] if "." in key else "general", [])
+        entry.append(f"  {key} ({type_name}, default: {default})")
+        entry += textwrap.wrap(help_text, width=100, initial_indent=" " * 6, subsequent_indent=" " * 6)
+    section_help = describe_sections(config_cls)
+    for section, entries in sections.items():
+        heading = f"{section}: {section_help[section]}" if section in section_help else f"{section}:"
+        lines += ["", heading, *entries]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
