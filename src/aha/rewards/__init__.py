@@ -1,1 +1,30 @@
+"""Rewards: the reward-function contract and its composition (base), and the built-in verifiable rewards.
 
+Importing this package registers the built-ins: exact_answer, math_answer, gsm8k, countdown,
+format_think_answer and format_think_answer_lenient. See docs/rewards.md.
+"""
+
+from aha.rewards import countdown, exact, math_answer, think_format  # noqa: F401  (registers the built-ins)
+from aha.rewards.base import (
+    BUILTIN_REWARDS,
+    RewardError,
+    RewardResult,
+    RewardScores,
+    RewardSpec,
+    compute_rewards,
+    make_reward_specs,
+    register_reward,
+    resolve_reward_fn,
+)
+
+__all__ = [
+    "BUILTIN_REWARDS",
+    "RewardError",
+    "RewardResult",
+    "RewardScores",
+    "RewardSpec",
+    "compute_rewards",
+    "make_reward_specs",
+    "register_reward",
+    "resolve_reward_fn",
+]
