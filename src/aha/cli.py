@@ -34,6 +34,11 @@ COMMANDS: CommandTable = {
         "aha.train.sft:run_sft",
         "Supervised fine-tuning on demonstrations.",
     ),
+    "tiny-model": (
+        "aha.models.tiny:TinyModelCommand",
+        "aha.models.tiny:run_tiny_model",
+        "Write the built-in tiny Llama and character tokenizer to a directory (HF format).",
+    ),
     "demo": (
         "aha.demo:DemoConfig",
         "aha.demo:run_demo",

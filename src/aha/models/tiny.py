@@ -14,6 +14,8 @@ import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from aha.config import option
+
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"
 # Printable ASCII covers arithmetic, countdown, GSM8K-style text and think/answer tags.
 CHARACTERS = [c for c in string.printable if c not in "\x0b\x0c\r"]
@@ -71,3 +73,22 @@ def create_tiny_model(out_dir: str | Path, spec: TinyModelSpec = TinyModelSpec()
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir
+
+
+@dataclass
+class TinyModelCommand:
+    """`aha tiny-model`: write the built-in tiny model to a directory any HF tool can load."""
+
+    output_dir: str = option("runs/tiny-model", help="Directory to write the model and tokenizer to.")
+    hidden_size: int = option(TinyModelSpec.hidden_size, help="Hidden size of the Llama.")
+    num_layers: int = option(TinyModelSpec.num_layers, help="Number of transformer layers.")
+    num_heads: int = option(TinyModelSpec.num_heads, help="Attention heads.")
+    intermediate_size: int = option(TinyModelSpec.intermediate_size, help="MLP width.")
+    seed: int = option(0, help="Seed of the random initialisation.")
+
+
+def run_tiny_model(cfg: TinyModelCommand) -> Path:
+    spec = TinyModelSpec(cfg.hidden_size, cfg.num_layers, cfg.num_heads, cfg.intermediate_size)
+    path = create_tiny_model(cfg.output_dir, spec, seed=cfg.seed)
+    print(f"wrote a tiny Llama and its character tokenizer to {path}")
+    return path

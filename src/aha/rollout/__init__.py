@@ -1,1 +1,42 @@
+"""Rollout engines: turn prompt strings into sampled completions with per-token log-probs.
 
+`make_engine(name, model, tokenizer)` picks one by name: "native" (the fast default), "hf" (the
+`model.generate` reference) or "vllm" (GPU only, not built yet).
+"""
+
+from __future__ import annotations
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from aha.rollout.base import RolloutBatch, RolloutEngine, SamplingParams
+from aha.rollout.completions import left_padded_position_ids
+from aha.rollout.hf_generate import HFGenerateEngine
+from aha.rollout.native import NativeSampler
+
+ENGINES = ("native", "hf", "vllm")
+
+
+def make_engine(name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> RolloutEngine:
+    """The engine called `name`, sampling from `model` (in-process engines hold a reference, not a copy)."""
+    if name == "native":
+        return NativeSampler(model, tokenizer)
+    if name == "hf":
+        return HFGenerateEngine(model, tokenizer)
+    if name == "vllm":
+        raise NotImplementedError(
+            "rollout.engine='vllm' needs a CUDA GPU and the optional extra (pip install 'aha[vllm]'), and "
+            "aha has no vLLM engine yet; use rollout.engine='native' or 'hf'"
+        )
+    raise ValueError(f"rollout.engine={name!r} is not one of {list(ENGINES)}")
+
+
+__all__ = [
+    "ENGINES",
+    "HFGenerateEngine",
+    "NativeSampler",
+    "RolloutBatch",
+    "RolloutEngine",
+    "SamplingParams",
+    "left_padded_position_ids",
+    "make_engine",
+]

@@ -1,0 +1,228 @@
+"""The default rollout engine: batched sampling from the live model with a preallocated KV cache.
+
+Why not `model.generate`: on small models its time goes to bookkeeping rather than the model. Its
+growing cache concatenates every layer's keys and values at every token (copying the whole cache
+each step), it runs a stack of logits processors, and it computes nothing we can reuse. Here one
+forward per token writes into a buffer sized for prompt + `max_new_tokens`, sampling is a few
+tensor ops, finished rows are dropped from the batch once enough of them are done, and the loop
+stops when every row has ended. The model is any HF causal LM whose forward accepts a `Cache`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers.cache_utils import Cache, DynamicLayer
+
+from aha.rollout.base import RolloutBatch, SamplingParams
+from aha.rollout.completions import (
+    StopStringFinder,
+    build_rollout_batch,
+    check_sampling_params,
+    eos_token_ids,
+    left_padded_position_ids,
+    tokenize_prompts,
+)
+
+# Rows that have ended keep being computed until at most this fraction of the batch is still live;
+# then the batch is compacted (one copy of the cache), which pays once enough rows are dead.
+COMPACT_WHEN_LIVE_FRACTION = 0.75
+
+
+class PreallocatedLayer(DynamicLayer):
+    """One layer's KV cache in a buffer sized up front: each step writes its keys/values in place and
+    attention reads a view of the filled prefix (DynamicLayer instead re-concatenates the whole cache)."""
+
+    def __init__(self, capacity: int):
+        super().__init__()
+        self.capacity = capacity
+        self.length = 0
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        batch, heads, _, key_dim = key_states.shape
+        self.device = key_states.device
+        self.key_buffer = key_states.new_empty(batch, heads, self.capacity, key_dim)
+        self.value_buffer = value_states.new_empty(batch, heads, self.capacity, value_states.shape[-1])
+        self.is_initialized = True
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        start, end = self.length, self.length + key_states.shape[-2]
+        if end > self.capacity:
+            raise RuntimeError(f"KV cache overflow: {end} positions written, capacity {self.capacity}")
+        self.key_buffer[:, :, start:end] = key_states
+        self.value_buffer[:, :, start:end] = value_states
+        self.length = end
+        self.keys = self.key_buffer[:, :, :end]
+        self.values = self.value_buffer[:, :, :end]
+        return self.keys, self.values
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        """Keep only the rows in `indices`, copying just the filled part of the buffers."""
+        for name in ("key_buffer", "value_buffer"):
+            old = getattr(self, name)
+            new = old.new_empty(len(indices), *old.shape[1:])
+            new[:, :, : self.length] = old[indices, :, : self.length]
+            setattr(self, name, new)
+        self.keys = self.key_buffer[:, :, : self.length]
+        self.values = self.value_buffer[:, :, : self.length]
+
+
+def choose_tokens(
+    logits: torch.Tensor,
+    params: SamplingParams,
+    generator: torch.Generator | None,
+    banned_ids: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pick one token per row and return it with its log-prob under the temperature-scaled, untruncated
+    distribution. `banned_ids` (EOS before `min_new_tokens`), top-k and top-p only restrict the draw,
+    applied in that order after temperature as `generate` does; temperature 0 is argmax."""
+    logits = logits.float()
+    if params.temperature > 0:
+        logits = logits / params.temperature
+    logprobs = torch.log_softmax(logits, dim=-1)
+    draw = logits if banned_ids is None else logits.index_fill(1, banned_ids, float("-inf"))
+    if params.temperature == 0:
+        tokens = draw.argmax(dim=-1)
+    else:
+        if params.top_k > 0 and params.top_k < draw.shape[-1]:
+            kth_best = torch.topk(draw, params.top_k, dim=-1).values[:, -1:]
+            draw = draw.masked_fill(draw < kth_best, float("-inf"))
+        if params.top_p < 1.0:
+            draw = _keep_top_p(draw, params.top_p)
+        tokens = torch.multinomial(torch.softmax(draw, dim=-1), 1, generator=generator).squeeze(1)
+    return tokens, logprobs.gather(1, tokens[:, None]).squeeze(1)
+
+
+def _keep_top_p(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Keep the smallest set of most likely tokens whose mass reaches `top_p` (the best one always)."""
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    probs = torch.softmax(sorted_logits, dim=-1)
+    mass_before = probs.cumsum(dim=-1) - probs
+    sorted_logits = sorted_logits.masked_fill(mass_before >= top_p, float("-inf"))
+    return torch.empty_like(logits).scatter_(1, order, sorted_logits)
+
+
+class NativeSampler:
+    """Samples from the live `model` in-process, so `sync_weights` has nothing to do.
+
+    Prompts are tokenised with the tokenizer's defaults (`tokenizer(prompts)`: BOS etc. added as the
+    tokenizer decides) and left-padded. Positions count from each row's first real token
+    (`left_padded_position_ids`), as `generate` does. A row ends at EOS (any id in the tokenizer's or
+    the generation config's EOS) or at the first token whose text completes a stop string; that token
+    stays in the completion and mask. The text is cut right after the stop string.
+    """
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase):
+        self.model = model
+        self.tokenizer = tokenizer
+        forward_args = inspect.signature(model.forward).parameters
+        # transformers renamed `past_key_values` to `cache`; accept both.
+        self._cache_arg = "cache" if "cache" in forward_args else "past_key_values"
+        self._eos_ids = eos_token_ids(model, tokenizer)
+
+    def sync_weights(self) -> None:
+        """Nothing to copy: sampling reads the model's current parameters."""
+
+    def generate(self, prompts: list[str], params: SamplingParams) -> RolloutBatch:
+        check_sampling_params(params)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            # no_grad rather than inference_mode: the outputs go on to autograd in the trainer.
+            with torch.no_grad():
+                return self._generate(prompts, params)
+        finally:
+            self.model.train(was_training)
+
+    def _forward(self, input_ids, attention_mask, position_ids, cache) -> torch.Tensor:
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=True,
+            logits_to_keep=1,
+            **{self._cache_arg: cache},
+        )
+        return out.logits[:, -1]
+
+    def _generate(self, prompts: list[str], params: SamplingParams) -> RolloutBatch:
+        device = self.model.device
+        started = time.perf_counter()
+        prompt_ids, prompt_mask = tokenize_prompts(self.tokenizer, prompts, device)
+        batch, prompt_len = prompt_ids.shape
+        max_new = params.max_new_tokens
+        num_layers = self.model.config.get_text_config().num_hidden_layers
+        cache = Cache(layers=[PreallocatedLayer(prompt_len + max_new) for _ in range(num_layers)])
+        generator = None
+        if params.seed is not None:
+            generator = torch.Generator(device=device).manual_seed(params.seed)
+        eos = torch.tensor(self._eos_ids, device=device)
+        stop_finder = StopStringFinder(self.tokenizer, params.stop_strings) if params.stop_strings else None
+
+        completion_ids = torch.full((batch, max_new), self.tokenizer.pad_token_id, dtype=torch.long, device=device)
+        logprobs = torch.zeros(batch, max_new, dtype=torch.float32, device=device)
+        lengths = torch.full((batch,), max_new, dtype=torch.long, device=device)
+        truncated = torch.ones(batch, dtype=torch.bool, device=device)
+        # The current batch: `rows[j]` is the prompt index of batch row j; `live[j]` whether it is unfinished.
+        rows = torch.arange(batch, device=device)
+        live = torch.ones(batch, dtype=torch.bool, device=device)
+        attention = torch.zeros(batch, prompt_len + max_new, dtype=torch.long, device=device)
+        attention[:, :prompt_len] = prompt_mask
+        positions = left_padded_position_ids(prompt_mask)
+        logits = self._forward(prompt_ids, prompt_mask, positions, cache)
+        next_position = positions[:, -1:] + 1
+        prefill_s = time.perf_counter() - started
+
+        steps = compactions = 0
+        for step in range(max_new):
+            steps = step + 1
+            banned = eos if step < params.min_new_tokens else None
+            tokens, token_logprobs = choose_tokens(logits, params, generator, banned)
+            completion_ids[rows, step] = tokens
+            logprobs[rows, step] = token_logprobs
+            ended = live & torch.isin(tokens, eos)
+            if stop_finder is not None:
+                live_idx = live.nonzero().flatten()
+                hits = stop_finder.rows_ending_here(completion_ids, rows[live_idx].tolist(), step)
+                ended[live_idx[torch.tensor(hits, dtype=torch.bool, device=device)]] = True
+            lengths[rows[ended]] = step + 1
+            truncated[rows[ended]] = False
+            live &= ~ended
+            num_live = int(live.sum())
+            if num_live == 0 or step == max_new - 1:
+                break
+            if num_live <= COMPACT_WHEN_LIVE_FRACTION * len(rows):
+                keep = live.nonzero().flatten()
+                compactions += 1
+                cache.batch_select_indices(keep)
+                rows, live, tokens = rows[keep], live[keep], tokens[keep]
+                attention, next_position = attention[keep], next_position[keep]
+            attention[:, prompt_len + step] = 1
+            logits = self._forward(tokens[:, None], attention[:, : prompt_len + step + 1], next_position, cache)
+            next_position = next_position + 1
+
+        extras = {
+            "prefill_s": prefill_s,
+            "total_s": time.perf_counter() - started,
+            "decode_steps": steps,
+            "batch_compactions": compactions,
+        }
+        return build_rollout_batch(
+            self.tokenizer,
+            prompts,
+            prompt_ids,
+            prompt_mask,
+            completion_ids,
+            lengths,
+            logprobs,
+            truncated,
+            stop_finder,
+            extras,
+        )

@@ -1,0 +1,54 @@
+"""Config sections shared by every training stage (SFT, GRPO, later PPO and reward models)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aha.config import ConfigError, option
+
+
+@dataclass
+class ModelConfig:
+    path: str = option(help="Hugging Face model directory or hub id (loaded with from_pretrained).")
+    dtype: str = option(
+        "float32", choices=("float32", "bfloat16", "float16"), help="Parameter dtype for training."
+    )
+    device: str = option("auto", help="'auto' (CUDA if available, else CPU), 'cpu' or 'cuda[:N]'.")
+    trust_remote_code: bool = option(
+        False, help="Run modelling code shipped with the checkpoint. Only for checkpoints you trust."
+    )
+
+
+@dataclass
+class OptimConfig:
+    lr: float = option(1e-5, help="Peak learning rate of AdamW.")
+    weight_decay: float = option(0.0, help="AdamW weight decay (not applied to biases and norms).")
+    warmup_steps: int = option(0, help="Linear warm-up steps from 0 to lr.")
+    schedule: str = option(
+        "constant", choices=("constant", "linear", "cosine"), help="LR schedule after warm-up."
+    )
+    grad_clip: float = option(1.0, help="Clip the global gradient norm to this value (0 = no clipping).")
+
+    def validate(self) -> None:
+        if self.lr <= 0:
+            raise ConfigError("lr must be > 0")
+        if self.warmup_steps < 0:
+            raise ConfigError("warmup_steps must be >= 0")
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = option("runs/run", help="Run directory: config, metrics.jsonl, samples, checkpoints.")
+    seed: int = option(0, help="Seed for data order, sampling and initialisation.")
+    save_every: int = option(0, help="Checkpoint every N steps (0 = only at the end).")
+    keep_checkpoints: int = option(2, help="How many checkpoints to keep in output_dir/checkpoints.")
+    progress: bool = option(True, help="Show a live progress bar.")
+    threads: int = option(0, help="torch CPU threads (0 = torch's default).")
+
+
+def resolve_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name

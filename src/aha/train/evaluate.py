@@ -1,0 +1,53 @@
+"""Held-out evaluation: generate for prompts never trained on and score them with the run's rewards."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aha.data.prompts import PromptExample, batch_fields
+from aha.rewards.base import RewardSpec, compute_rewards
+from aha.rollout.base import RolloutEngine, SamplingParams
+
+
+@dataclass
+class EvalResult:
+    accuracy: float  # fraction of completions whose total reward >= the success threshold
+    reward_mean: float
+    completion_length_mean: float
+    samples: list[dict]  # prompt, completion, reward: the first few, for reports
+
+
+def evaluate(
+    engine: RolloutEngine,
+    examples: list[PromptExample],
+    rewards: list[RewardSpec],
+    params: SamplingParams,
+    *,
+    samples_per_prompt: int = 1,
+    success_threshold: float = 1.0,
+    batch_size: int = 256,
+    keep_samples: int = 8,
+) -> EvalResult:
+    """Accuracy and mean reward of `engine` on `examples` (each prompt sampled `samples_per_prompt` times)."""
+    if not examples:
+        raise ValueError("evaluate() needs at least one example")
+    expanded = [ex for ex in examples for _ in range(samples_per_prompt)]
+    totals: list[float] = []
+    lengths: list[float] = []
+    samples: list[dict] = []
+    for start in range(0, len(expanded), batch_size):
+        chunk = expanded[start : start + batch_size]
+        prompts = [ex.prompt for ex in chunk]
+        out = engine.generate(prompts, params)
+        result = compute_rewards(rewards, prompts, out.completions, batch_fields(chunk))
+        totals += result.total.tolist()
+        lengths += out.completion_mask.sum(1).float().tolist()
+        for prompt, completion, reward in zip(prompts, out.completions, result.total.tolist(), strict=True):
+            if len(samples) < keep_samples:
+                samples.append({"prompt": prompt, "completion": completion, "reward": reward})
+    return EvalResult(
+        accuracy=sum(t >= success_threshold for t in totals) / len(totals),
+        reward_mean=sum(totals) / len(totals),
+        completion_length_mean=sum(lengths) / len(lengths),
+        samples=samples,
+    )

@@ -1,0 +1,171 @@
+"""The GRPO run configuration: every knob, its default, and the checks that reject bad combinations."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aha.algos.kl import KL_ESTIMATORS
+from aha.algos.policy_loss import LOSS_AGG_MODES
+from aha.config import ConfigError, option
+from aha.train.common_config import ModelConfig, OptimConfig, RunConfig
+
+
+@dataclass
+class PromptDataConfig:
+    train_file: str | None = option(
+        None,
+        help="JSONL of prompts (+ fields such as 'answer' for rewards). None = built-in arithmetic task.",
+    )
+    eval_file: str | None = option(
+        None, help="Held-out JSONL prompts. None = built-in arithmetic held-out set."
+    )
+    prompt_field: str = option("prompt", help="Name of the prompt column in the JSONL files.")
+    arithmetic_digits: int = option(2, help="Built-in task: digits per operand.")
+    arithmetic_train_size: int = option(2000, help="Built-in task: number of training problems.")
+    arithmetic_eval_size: int = option(200, help="Built-in task: number of held-out problems.")
+
+
+@dataclass
+class RewardConfig:
+    functions: list[str] = option(
+        default_factory=lambda: ["exact_answer"],
+        help="Reward functions: built-in names or 'package.module:function'; their weighted sum is the reward.",
+    )
+    weights: list[float] | None = option(None, help="One weight per function (default: all 1.0).")
+    options: dict[str, dict] | None = option(
+        None, help="Options per function name, e.g. {math_answer: {bad_gold: skip, timeout_s: 2}}."
+    )
+    error_fallback: float | None = option(
+        None, help="Reward for a sample whose function raised or returned NaN (None = stop with an error)."
+    )
+
+    def validate(self) -> None:
+        if not self.functions:
+            raise ConfigError("functions must name at least one reward function")
+        unknown = set(self.options or {}) - set(self.functions)
+        if unknown:
+            raise ConfigError(
+                f"options given for {sorted(unknown)}, which are not in functions={self.functions}"
+            )
+        if self.weights is not None and len(self.weights) != len(self.functions):
+            raise ConfigError(
+                f"weights has {len(self.weights)} entries but functions has {len(self.functions)}; "
+                "give one weight per function or leave weights unset"
+            )
+
+
+@dataclass
+class RolloutConfig:
+    engine: str = option("native", choices=("native", "hf", "vllm"), help="Generation engine.")
+    group_size: int = option(8, help="G: completions sampled per prompt (the group of GRPO).")
+    max_new_tokens: int = option(16, help="Maximum completion length in tokens.")
+    min_new_tokens: int = option(
+        0, help="Forbid EOS before this many tokens (benchmarks force exact lengths)."
+    )
+    temperature: float = option(1.0, help="Sampling temperature (also used to score tokens in the loss).")
+    top_p: float = option(1.0, help="Nucleus sampling threshold (1 = off).")
+    top_k: int = option(0, help="Top-k sampling (0 = off).")
+    stop_strings: list[str] = option(default_factory=list, help="Stop generating after any of these strings.")
+
+    def validate(self) -> None:
+        if self.group_size < 2:
+            raise ConfigError("group_size must be >= 2: group-relative advantages need at least two samples")
+        if self.temperature <= 0:
+            raise ConfigError("temperature must be > 0 for RL sampling (greedy samples have no variance)")
+
+
+@dataclass
+class AlgoConfig:
+    advantage: str = option(
+        "grpo",
+        choices=("grpo", "dr_grpo", "rloo"),
+        help="grpo: (r-mean)/std; dr_grpo: r-mean (no std); rloo: leave-one-out baseline.",
+    )
+    loss_agg: str = option(
+        "token-mean",
+        choices=LOSS_AGG_MODES,
+        help="token-mean (DAPO), seq-mean-token-mean (original GRPO), seq-mean-token-sum-norm (Dr. GRPO).",
+    )
+    clip_low: float = option(0.2, help="Lower clip range: ratio >= 1 - clip_low.")
+    clip_high: float = option(0.2, help="Upper clip range: ratio <= 1 + clip_high (DAPO clip-higher: 0.28).")
+    beta: float = option(
+        0.04, help="KL penalty weight against the reference policy (0 = no reference model)."
+    )
+    kl_estimator: str = option("k3", choices=KL_ESTIMATORS, help="KL estimator (k1, k2, k3).")
+    mu: int = option(1, help="Optimisation passes over each batch (mu in the GRPO paper).")
+    minibatches: int = option(
+        1, help="Optimizer steps per pass: the batch is split into this many minibatches."
+    )
+    ref_sync_every: int = option(
+        0, help="Reset the reference policy to the current policy every N steps (0 = never)."
+    )
+    drop_zero_variance_groups: bool = option(
+        False, help="Leave groups whose rewards are all equal out of the loss (they carry no signal)."
+    )
+
+    def validate(self) -> None:
+        if self.mu < 1 or self.minibatches < 1:
+            raise ConfigError("mu and minibatches must be >= 1")
+        if not (0 <= self.clip_low < 1) or self.clip_high < 0:
+            raise ConfigError("need 0 <= clip_low < 1 and clip_high >= 0")
+        if self.beta < 0:
+            raise ConfigError("beta must be >= 0")
+
+
+@dataclass
+class GRPOTrainConfig:
+    steps: int = option(100, help="RL steps (one batch of prompts_per_step x group_size completions each).")
+    prompts_per_step: int = option(8, help="Prompts per step; each gets group_size completions.")
+
+
+@dataclass
+class EvalConfig:
+    every: int = option(
+        10, help="Evaluate on the held-out prompts every N steps (0 = only at start and end)."
+    )
+    num_prompts: int = option(200, help="Held-out prompts per evaluation (the first N of the eval set).")
+    greedy: bool = option(True, help="Greedy decoding for evaluation (else the rollout temperature).")
+    success_threshold: float = option(1.0, help="A completion counts as correct if its total reward >= this.")
+
+
+@dataclass
+class TrackConfig:
+    sample_every: int = option(10, help="Write sample completions every N steps (0 = never).")
+    samples_shown: int = option(4, help="Sample completions printed to the terminal each time.")
+    plot: bool = option(True, help="Write plots.png with the training curves at the end.")
+
+
+@dataclass
+class GRPORunConfig:
+    model: ModelConfig = option(
+        default_factory=lambda: ModelConfig(path="runs/tiny-model"), help="The policy to train."
+    )
+    data: PromptDataConfig = option(default_factory=PromptDataConfig, help="Training and held-out prompts.")
+    rewards: RewardConfig = option(default_factory=RewardConfig, help="How completions are scored.")
+    rollout: RolloutConfig = option(default_factory=RolloutConfig, help="How completions are sampled.")
+    algo: AlgoConfig = option(default_factory=AlgoConfig, help="Advantages, loss and KL.")
+    train: GRPOTrainConfig = option(default_factory=GRPOTrainConfig, help="Steps and batch size.")
+    optim: OptimConfig = option(default_factory=OptimConfig, help="AdamW and the learning-rate schedule.")
+    eval: EvalConfig = option(default_factory=EvalConfig, help="Held-out evaluation.")
+    track: TrackConfig = option(default_factory=TrackConfig, help="Samples and plots.")
+    run: RunConfig = option(
+        default_factory=lambda: RunConfig(output_dir="runs/grpo"), help="Run directory, seed, checkpoints."
+    )
+
+    def validate(self) -> None:
+        if self.optim.warmup_steps > self.train.steps:
+            raise ConfigError(
+                f"optim.warmup_steps={self.optim.warmup_steps} exceeds train.steps={self.train.steps}; lower it"
+            )
+        batch = self.train.prompts_per_step * self.rollout.group_size
+        if batch % self.algo.minibatches != 0:
+            raise ConfigError(
+                f"algo.minibatches={self.algo.minibatches} does not divide the batch of "
+                f"train.prompts_per_step x rollout.group_size = {batch} completions; "
+                f"choose a divisor of {batch}"
+            )
+        if (batch // self.algo.minibatches) % self.rollout.group_size != 0:
+            raise ConfigError(
+                f"each minibatch ({batch // self.algo.minibatches} completions) must hold whole groups of "
+                f"rollout.group_size={self.rollout.group_size}; lower algo.minibatches"
+            )

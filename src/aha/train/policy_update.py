@@ -1,0 +1,131 @@
+"""The clipped policy-gradient update shared by GRPO (and PPO's actor): passes, minibatches, KL, clipping.
+
+Inputs are plain tensors (an `UpdateBatch`), so the same function serves any advantage estimator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel
+
+from aha.algos.kl import kl_penalty
+from aha.algos.logprobs import token_entropy
+from aha.algos.masked import masked_mean
+from aha.algos.policy_loss import aggregate_loss, clipped_surrogate
+from aha.models.forward import score_completions
+
+
+@dataclass
+class UpdateBatch:
+    input_ids: torch.Tensor  # [N, P + C]
+    attention_mask: torch.Tensor  # [N, P + C]
+    completion_mask: torch.Tensor  # [N, C]
+    advantages: torch.Tensor  # [N] (one per completion) or [N, C]
+    ref_logprobs: torch.Tensor | None = None  # [N, C], None when beta == 0
+    old_logprobs: torch.Tensor | None = None  # [N, C], None: the batch is used once, old == current
+
+    def select(self, rows: torch.Tensor) -> UpdateBatch:
+        def pick(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t[rows]
+
+        return UpdateBatch(
+            self.input_ids[rows],
+            self.attention_mask[rows],
+            self.completion_mask[rows],
+            self.advantages[rows],
+            pick(self.ref_logprobs),
+            pick(self.old_logprobs),
+        )
+
+
+@dataclass(frozen=True)
+class PolicyLossSettings:
+    clip_low: float
+    clip_high: float
+    beta: float
+    kl_estimator: str
+    loss_agg: str
+    temperature: float
+    norm_constant: float | None = None  # for seq-mean-token-sum-norm (Dr. GRPO)
+
+
+@torch.no_grad()
+def completion_logprobs(
+    model: PreTrainedModel, batch: UpdateBatch, temperature: float, chunk: int = 64
+) -> torch.Tensor:
+    """Log-probs of the completion tokens under `model` without gradients (reference / old policy)."""
+    completion_len = batch.completion_mask.shape[1]
+    parts = [
+        score_completions(model, ids, mask, completion_len, temperature).logprobs
+        for ids, mask in zip(batch.input_ids.split(chunk), batch.attention_mask.split(chunk), strict=True)
+    ]
+    return torch.cat(parts)
+
+
+def minibatch_loss(
+    model: PreTrainedModel, mb: UpdateBatch, settings: PolicyLossSettings, with_entropy: bool
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Loss of one minibatch: clipped surrogate + beta * KL, aggregated as configured."""
+    scores = score_completions(
+        model, mb.input_ids, mb.attention_mask, mb.completion_mask.shape[1], settings.temperature
+    )
+    logprobs, mask = scores.logprobs, mb.completion_mask
+    old = logprobs.detach() if mb.old_logprobs is None else mb.old_logprobs
+    per_token, stats = clipped_surrogate(
+        logprobs, old, mb.advantages, mask, clip_low=settings.clip_low, clip_high=settings.clip_high
+    )
+    metrics = {k: float(v) for k, v in stats.items()}
+    if settings.beta > 0:
+        kl = kl_penalty(logprobs, mb.ref_logprobs, settings.kl_estimator)
+        per_token = per_token + settings.beta * kl
+        metrics["kl"] = float(masked_mean(kl.detach(), mask))
+    loss = aggregate_loss(per_token, mask, settings.loss_agg, settings.norm_constant)
+    if with_entropy:
+        metrics["entropy"] = float(
+            masked_mean(token_entropy(scores.logits.detach(), settings.temperature), mask)
+        )
+    return loss, metrics
+
+
+def policy_update(
+    model: PreTrainedModel,
+    optimizer: torch.optim.Optimizer,
+    batch: UpdateBatch,
+    settings: PolicyLossSettings,
+    *,
+    passes: int,
+    minibatches: int,
+    group_size: int,
+    grad_clip: float,
+    generator: torch.Generator,
+) -> dict[str, float]:
+    """`passes` epochs over the batch, each split into `minibatches` optimizer steps of whole groups.
+
+    Groups are shuffled between passes (seeded) and never split, so every minibatch holds complete
+    groups. Metrics are averaged over all optimizer steps; entropy comes from the first pass.
+    """
+    num_groups = batch.input_ids.shape[0] // group_size
+    totals: dict[str, float] = {}
+    steps = 0
+    model.train()
+    for p in range(passes):
+        order = torch.randperm(num_groups, generator=generator) if p > 0 else torch.arange(num_groups)
+        for group_ids in order.tensor_split(min(minibatches, num_groups)):
+            rows = (group_ids[:, None] * group_size + torch.arange(group_size)).flatten()
+            mb = batch.select(rows.to(batch.input_ids.device))
+            loss, metrics = minibatch_loss(model, mb, settings, with_entropy=p == 0)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if grad_clip > 0:
+                metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip))
+            optimizer.step()
+            metrics["loss"] = float(loss.detach())
+            for k, v in metrics.items():
+                totals[k] = totals.get(k, 0.0) + v
+            steps += 1
+    out = {k: v / steps for k, v in totals.items()}
+    if "entropy" in out:  # only first-pass minibatches contributed
+        out["entropy"] = totals["entropy"] / min(minibatches, num_groups)
+    return out
