@@ -191,7 +191,7 @@ def run_grpo(cfg: GRPORunConfig, resume: bool = False) -> GRPOResult:
             ]
             session.samples.log(step, rows)
             session.progress.write(
-                f"step {step}\n" + format_samples_table(rows, max_rows=cfg.track.samples_shown)
+                f"step {step}\n" + format_samples_table(rows[::G], max_rows=cfg.track.samples_shown)
             )
         if step == cfg.train.steps:
             final = run_eval()
