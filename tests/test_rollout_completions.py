@@ -69,3 +69,11 @@ def test_eos_ids_join_tokenizer_and_generation_config(tiny_model_dir):
 def test_bad_sampling_params_name_the_field(params, field):
     with pytest.raises(ValueError, match=field):
         check_sampling_params(params)
+
+
+def test_first_stop_length_is_the_shortest_prefix_with_a_stop_string(tiny_model_dir):
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    finder = StopStringFinder(tokenizer, ("ab", "zz"))
+    assert finder.first_stop_length(tokenizer.encode("xxabyyzz")) == 4
+    assert finder.first_stop_length(tokenizer.encode("zz")) == 2
+    assert finder.first_stop_length(tokenizer.encode("xaxbx")) is None

@@ -43,7 +43,10 @@ def test_greedy_layout_equals_native_sampler(model_and_tokenizer, engine):
     greedy = SamplingParams(max_new_tokens=20, temperature=0)
     stop = engine.generate(PROMPTS, greedy).completions[1][5:7]
     params = SamplingParams(max_new_tokens=20, temperature=0, stop_strings=(stop,))
-    ours, native = engine.generate(PROMPTS, params), NativeSampler(*model_and_tokenizer).generate(PROMPTS, params)
+    ours, native = (
+        engine.generate(PROMPTS, params),
+        NativeSampler(*model_and_tokenizer).generate(PROMPTS, params),
+    )
     assert ours.truncated.any() and not ours.truncated.all()
     for name in ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "truncated"):
         assert torch.equal(getattr(ours, name), getattr(native, name)), name

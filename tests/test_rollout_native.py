@@ -41,9 +41,11 @@ def teacher_forced_logprobs(model, batch: RolloutBatch, temperature: float) -> t
     return logprobs * batch.completion_mask
 
 
+@pytest.mark.parametrize("fast_decode", [True, False], ids=["llama-step", "hf-forward"])
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_logprobs_equal_teacher_forced_forward(model_and_tokenizer, sampler, temperature):
-    model, _ = model_and_tokenizer
+def test_logprobs_equal_teacher_forced_forward(model_and_tokenizer, temperature, fast_decode):
+    model, tokenizer = model_and_tokenizer
+    sampler = NativeSampler(model, tokenizer, fast_decode=fast_decode)
     # Frequent characters as stop strings make some rows end early (and the batch be compacted).
     params = SamplingParams(
         max_new_tokens=24, temperature=temperature, top_k=40, top_p=0.95, stop_strings=("e", "7"), seed=3
@@ -62,10 +64,16 @@ def test_logprobs_equal_teacher_forced_forward(model_and_tokenizer, sampler, tem
 def test_greedy_matches_hf_generate(model_and_tokenizer, sampler):
     model, tokenizer = model_and_tokenizer
     for min_new in (0, 12):
-        batch = sampler.generate(PROMPTS, SamplingParams(max_new_tokens=20, min_new_tokens=min_new, temperature=0))
+        batch = sampler.generate(
+            PROMPTS, SamplingParams(max_new_tokens=20, min_new_tokens=min_new, temperature=0)
+        )
         enc = tokenizer(PROMPTS, padding=True, return_tensors="pt")
         out = model.generate(
-            **enc, do_sample=False, max_new_tokens=20, min_new_tokens=min_new, pad_token_id=tokenizer.pad_token_id
+            **enc,
+            do_sample=False,
+            max_new_tokens=20,
+            min_new_tokens=min_new,
+            pad_token_id=tokenizer.pad_token_id,
         )
         expected = out[:, enc["input_ids"].shape[1] :]
         assert torch.equal(batch.prompt_ids, enc["input_ids"])
@@ -73,6 +81,15 @@ def test_greedy_matches_hf_generate(model_and_tokenizer, sampler):
         assert len(set(batch.completions)) == len(PROMPTS), "completions should differ between prompts"
         reference = teacher_forced_logprobs(model, batch, 0.0)
         assert (batch.logprobs - reference).abs().max().item() <= 1e-4
+
+
+def test_repeated_prompts_share_one_prefill(sampler):
+    greedy = SamplingParams(max_new_tokens=12, temperature=0)
+    alone = sampler.generate(PROMPTS, greedy)
+    grouped = sampler.generate([p for p in PROMPTS for _ in range(3)], greedy)
+    assert torch.equal(grouped.completion_ids, alone.completion_ids.repeat_interleave(3, dim=0))
+    assert torch.equal(grouped.prompt_ids, alone.prompt_ids.repeat_interleave(3, dim=0))
+    assert torch.allclose(grouped.logprobs, alone.logprobs.repeat_interleave(3, dim=0), atol=1e-5)
 
 
 def test_stop_string_cuts_text_mask_and_padding(sampler, model_and_tokenizer):
@@ -83,7 +100,9 @@ def test_stop_string_cuts_text_mask_and_padding(sampler, model_and_tokenizer):
     # token per character); decoding is greedy, so the stopped run is the free run cut after it.
     stop = free.completions[1][6:8]
     assert free.truncated.all() and len(stop) == 2
-    stopped = sampler.generate(PROMPTS, SamplingParams(max_new_tokens=20, temperature=0, stop_strings=(stop,)))
+    stopped = sampler.generate(
+        PROMPTS, SamplingParams(max_new_tokens=20, temperature=0, stop_strings=(stop,))
+    )
     for row, text in enumerate(free.completions):
         if stop in text:
             end = text.index(stop) + len(stop)
@@ -106,7 +125,9 @@ def test_min_new_tokens_forbids_early_eos(sampler, model_and_tokenizer):
     hot = SamplingParams(max_new_tokens=40, temperature=3.0, seed=0)
     free = sampler.generate(PROMPTS * 8, hot)
     assert (free.completion_mask.sum(1) < 20).any(), "need EOS before token 20 without min_new_tokens"
-    held = sampler.generate(PROMPTS * 8, SamplingParams(max_new_tokens=40, temperature=3.0, min_new_tokens=20, seed=0))
+    held = sampler.generate(
+        PROMPTS * 8, SamplingParams(max_new_tokens=40, temperature=3.0, min_new_tokens=20, seed=0)
+    )
     lengths = held.completion_mask.sum(1)
     assert (lengths >= 20).all()
     assert (held.completion_ids[:, :19] != tokenizer.eos_token_id).all()

@@ -13,17 +13,13 @@ import torch
 from transformers import PreTrainedModel
 
 from aha.algos.logprobs import token_logprobs
+from aha.rollout.completions import left_padded_position_ids
 
 
 @dataclass
 class CompletionScores:
     logprobs: torch.Tensor  # [B, C] float32, log pi(completion token | prefix) at the given temperature
     logits: torch.Tensor  # [B, C, V] the logits that produced them (for entropy), not temperature-scaled
-
-
-def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Left padding shifts real tokens right; positions must count real tokens only."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 def score_completions(
@@ -40,7 +36,7 @@ def score_completions(
     out = model(
         input_ids=input_ids,
         attention_mask=attention_mask,
-        position_ids=position_ids_from_mask(attention_mask),
+        position_ids=left_padded_position_ids(attention_mask),
         use_cache=False,
         logits_to_keep=completion_len + 1,
     )

@@ -29,7 +29,9 @@ def check_sampling_params(params: SamplingParams) -> None:
     if params.top_k < 0:
         raise ValueError(f"SamplingParams.top_k must be >= 0 (0 = off), got {params.top_k}")
     if any(not s for s in params.stop_strings):
-        raise ValueError(f"SamplingParams.stop_strings must not contain empty strings: {params.stop_strings!r}")
+        raise ValueError(
+            f"SamplingParams.stop_strings must not contain empty strings: {params.stop_strings!r}"
+        )
 
 
 def tokenize_prompts(
@@ -91,6 +93,26 @@ class StopStringFinder:
         texts = self.tokenizer.batch_decode(tails, skip_special_tokens=True)
         return [any(s in text for s in self.stop_strings) for text in texts]
 
+    def first_stop_length(self, ids: list[int]) -> int | None:
+        """How many of `ids` it takes for their text to contain a stop string (None: it never does).
+
+        For a finished sequence: a binary search over prefix lengths, as containing a stop string
+        only becomes true as tokens are added."""
+        if not self._has_stop(ids):
+            return None
+        low, high = 1, len(ids)
+        while low < high:
+            middle = (low + high) // 2
+            if self._has_stop(ids[:middle]):
+                high = middle
+            else:
+                low = middle + 1
+        return low
+
+    def _has_stop(self, ids: list[int]) -> bool:
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        return any(s in text for s in self.stop_strings)
+
     def cut_text(self, text: str) -> str:
         """The text up to and including the earliest-ending stop string (the last token may go past it)."""
         ends = [text.find(s) + len(s) for s in self.stop_strings if s in text]
@@ -120,10 +142,10 @@ def build_rollout_batch(
     completion_mask = (positions[None, :] < lengths[:, None].to(completion_ids.device)).long()
     completion_ids = completion_ids.masked_fill(completion_mask == 0, tokenizer.pad_token_id)
     logprobs = logprobs[:, :width].float().masked_fill(completion_mask == 0, 0.0)
-    kept = [row[:n] for row, n in zip(completion_ids.tolist(), lengths.tolist())]
+    kept = [row[:n] for row, n in zip(completion_ids.tolist(), lengths.tolist(), strict=True)]
     texts = tokenizer.batch_decode(kept, skip_special_tokens=True)
     if stop_finder is not None:
-        texts = [text if trunc else stop_finder.cut_text(text) for text, trunc in zip(texts, truncated.tolist())]
+        texts = [stop_finder.cut_text(text) for text in texts]
     return RolloutBatch(
         prompt_ids=prompt_ids,
         prompt_mask=prompt_mask,

@@ -113,13 +113,14 @@ class HFGenerateEngine:
         """Each row's length up to and including its first EOS or stop-string token. A row with neither is
         truncated if it ran to `max_new_tokens`; otherwise `generate` stopped it (its own stop-string
         check) and it keeps everything `generate` returned."""
-        batch, width = completion_ids.shape
-        is_end = torch.isin(completion_ids, torch.tensor(self._eos_ids, device=completion_ids.device))
+        width = completion_ids.shape[1]
+        is_eos = torch.isin(completion_ids, torch.tensor(self._eos_ids, device=completion_ids.device))
+        has_end = is_eos.any(dim=1)
+        # argmax returns the first maximum; rows without EOS keep all `width` tokens for now.
+        lengths = torch.where(has_end, is_eos.float().argmax(dim=1) + 1, width)
         if stop_finder is not None:
-            for step in range(width):
-                hits = stop_finder.rows_ending_here(completion_ids, list(range(batch)), step)
-                is_end[:, step] |= torch.tensor(hits, device=completion_ids.device)
-        has_end = is_end.any(dim=1)
-        first_end = is_end.float().argmax(dim=1)  # argmax returns the first maximum
-        lengths = torch.where(has_end, first_end + 1, torch.full_like(first_end, width))
+            for row, ids in enumerate(completion_ids.tolist()):
+                stop = stop_finder.first_stop_length(ids[: int(lengths[row])])
+                if stop is not None:
+                    lengths[row], has_end[row] = stop, True
         return lengths, ~has_end & (width == params.max_new_tokens)

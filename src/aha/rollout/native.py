@@ -26,6 +26,7 @@ from aha.rollout.completions import (
     left_padded_position_ids,
     tokenize_prompts,
 )
+from aha.rollout.llama_decode import decode_step_for
 
 # Rows that have ended keep being computed until at most this fraction of the batch is still live;
 # then the batch is compacted (one copy of the cache), which pays once enough rows are dead.
@@ -119,9 +120,12 @@ class NativeSampler:
     stays in the completion and mask. The text is cut right after the stop string.
     """
 
-    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase):
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, fast_decode: bool = True):
+        """`fast_decode=False` forces the generic HF forward for every step (the hand-written Llama step
+        is used by default where `decode_step_for` supports the model)."""
         self.model = model
         self.tokenizer = tokenizer
+        self.fast_decode = fast_decode
         forward_args = inspect.signature(model.forward).parameters
         # transformers renamed `past_key_values` to `cache`; accept both.
         self._cache_arg = "cache" if "cache" in forward_args else "past_key_values"
@@ -152,21 +156,60 @@ class NativeSampler:
         )
         return out.logits[:, -1]
 
+    @staticmethod
+    def _fast_step(decode_step, tokens, positions, cache, length, attention, padded) -> torch.Tensor:
+        mask = None
+        if padded:
+            visible = attention[:, None, None, : length + 1] == 1
+            mask = torch.zeros(visible.shape, dtype=decode_step.embed.dtype, device=tokens.device)
+            mask.masked_fill_(~visible, float("-inf"))
+        layers = cache.layers
+        keys, values = [layer.key_buffer for layer in layers], [layer.value_buffer for layer in layers]
+        logits = decode_step(tokens, positions, keys, values, length, mask)
+        for layer in layers:
+            layer.length = length + 1
+        return logits
+
+    def _prefill(
+        self, prompts: list[str], max_new: int
+    ) -> tuple[Cache, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Run the prompts through the model once, filling a cache with room for `max_new` more tokens.
+
+        Repeated prompts (GRPO samples a group of completions per prompt) are computed once and their
+        cache rows copied. Returns the cache, the left-padded prompt ids and mask, and the logits for
+        each row's first new token.
+        """
+        device = self.model.device
+        unique = list(dict.fromkeys(prompts))
+        ids, mask = tokenize_prompts(self.tokenizer, unique, device)
+        num_layers = self.model.config.get_text_config().num_hidden_layers
+        cache = Cache(layers=[PreallocatedLayer(ids.shape[1] + max_new) for _ in range(num_layers)])
+        logits = self._forward(ids, mask, left_padded_position_ids(mask), cache)
+        if len(unique) < len(prompts):
+            index = {prompt: i for i, prompt in enumerate(unique)}
+            rows = torch.tensor([index[p] for p in prompts], device=device)
+            cache.batch_select_indices(rows)
+            ids, mask, logits = ids[rows], mask[rows], logits[rows]
+        return cache, ids, mask, logits
+
     def _generate(self, prompts: list[str], params: SamplingParams) -> RolloutBatch:
         device = self.model.device
         started = time.perf_counter()
-        prompt_ids, prompt_mask = tokenize_prompts(self.tokenizer, prompts, device)
-        batch, prompt_len = prompt_ids.shape
         max_new = params.max_new_tokens
-        num_layers = self.model.config.get_text_config().num_hidden_layers
-        cache = Cache(layers=[PreallocatedLayer(prompt_len + max_new) for _ in range(num_layers)])
+        cache, prompt_ids, prompt_mask, logits = self._prefill(prompts, max_new)
+        batch, prompt_len = prompt_ids.shape
+        decode_step = decode_step_for(self.model, prompt_len + max_new) if self.fast_decode else None
+        padded = not bool(prompt_mask.all())
+        prefill_s = time.perf_counter() - started
+
         generator = None
         if params.seed is not None:
             generator = torch.Generator(device=device).manual_seed(params.seed)
         eos = torch.tensor(self._eos_ids, device=device)
         stop_finder = StopStringFinder(self.tokenizer, params.stop_strings) if params.stop_strings else None
-
-        completion_ids = torch.full((batch, max_new), self.tokenizer.pad_token_id, dtype=torch.long, device=device)
+        completion_ids = torch.full(
+            (batch, max_new), self.tokenizer.pad_token_id, dtype=torch.long, device=device
+        )
         logprobs = torch.zeros(batch, max_new, dtype=torch.float32, device=device)
         lengths = torch.full((batch,), max_new, dtype=torch.long, device=device)
         truncated = torch.ones(batch, dtype=torch.bool, device=device)
@@ -175,10 +218,7 @@ class NativeSampler:
         live = torch.ones(batch, dtype=torch.bool, device=device)
         attention = torch.zeros(batch, prompt_len + max_new, dtype=torch.long, device=device)
         attention[:, :prompt_len] = prompt_mask
-        positions = left_padded_position_ids(prompt_mask)
-        logits = self._forward(prompt_ids, prompt_mask, positions, cache)
-        next_position = positions[:, -1:] + 1
-        prefill_s = time.perf_counter() - started
+        next_position = left_padded_position_ids(prompt_mask)[:, -1:] + 1
 
         steps = compactions = 0
         for step in range(max_new):
@@ -205,7 +245,13 @@ class NativeSampler:
                 rows, live, tokens = rows[keep], live[keep], tokens[keep]
                 attention, next_position = attention[keep], next_position[keep]
             attention[:, prompt_len + step] = 1
-            logits = self._forward(tokens[:, None], attention[:, : prompt_len + step + 1], next_position, cache)
+            length = prompt_len + step  # cache entries before this token
+            if decode_step is None:
+                logits = self._forward(tokens[:, None], attention[:, : length + 1], next_position, cache)
+            else:
+                logits = self._fast_step(
+                    decode_step, tokens, next_position[:, 0], cache, length, attention, padded
+                )
             next_position = next_position + 1
 
         extras = {

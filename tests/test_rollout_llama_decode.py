@@ -1,0 +1,112 @@
+"""The hand-written Llama/Qwen2 decoding step gives the HF model's own outputs, and is refused for
+models whose math it does not cover (the sampler then uses the generic HF forward)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, Qwen2Config, Qwen2ForCausalLM
+
+from aha.models.loading import load_model, load_tokenizer
+from aha.models.tiny import build_char_tokenizer
+from aha.rollout.base import SamplingParams
+from aha.rollout.completions import left_padded_position_ids
+from aha.rollout.llama_decode import decode_step_for
+from aha.rollout.native import NativeSampler
+
+PROMPTS = ["Hi", "What is 12 + 30?", "x", "The quick brown fox jumps over"]
+
+
+def _save_with_char_tokenizer(model, out_dir):
+    """Redraw the matrices at std 0.2 (varied greedy text, see conftest) and save like any HF model."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() == 2:
+                param.normal_(0.0, 0.2, generator=generator)
+    model.save_pretrained(out_dir)
+    build_char_tokenizer().save_pretrained(out_dir)
+    return load_model(str(out_dir)), load_tokenizer(str(out_dir))
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen2(tmp_path_factory):
+    """Grouped-query attention (4 query heads share 2 KV heads) and q/k/v biases: the parts Llama lacks."""
+    vocab = len(build_char_tokenizer())
+    config = Qwen2Config(
+        vocab_size=vocab,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    torch.manual_seed(0)
+    return _save_with_char_tokenizer(Qwen2ForCausalLM(config), tmp_path_factory.mktemp("qwen2"))
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt2(tmp_path_factory):
+    """Learned absolute positions: only correct if left-padded positions are handled."""
+    vocab = len(build_char_tokenizer())
+    config = GPT2Config(
+        vocab_size=vocab,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        n_positions=128,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    torch.manual_seed(0)
+    return _save_with_char_tokenizer(GPT2LMHeadModel(config), tmp_path_factory.mktemp("gpt2"))
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tiny_varied_model_dir):
+    return load_model(str(tiny_varied_model_dir)), load_tokenizer(str(tiny_varied_model_dir))
+
+
+def _teacher_forced_error(model, batch, temperature: float) -> float:
+    mask = batch.attention_mask
+    with torch.no_grad():
+        logits = model(
+            input_ids=batch.input_ids, attention_mask=mask, position_ids=left_padded_position_ids(mask)
+        ).logits.float()
+    prompt_len = batch.prompt_ids.shape[1]
+    logprobs = torch.log_softmax(logits[:, prompt_len - 1 : -1] / temperature, -1)
+    reference = logprobs.gather(2, batch.completion_ids[..., None]).squeeze(-1) * batch.completion_mask
+    return (batch.logprobs - reference).abs().max().item()
+
+
+@pytest.mark.parametrize("name", ["tiny_llama", "tiny_qwen2"])
+def test_fast_step_matches_the_hf_forward(name, request):
+    model, tokenizer = request.getfixturevalue(name)
+    assert decode_step_for(model, 64) is not None
+    fast, generic = NativeSampler(model, tokenizer), NativeSampler(model, tokenizer, fast_decode=False)
+    greedy = SamplingParams(max_new_tokens=16, temperature=0)
+    fast_batch, generic_batch = fast.generate(PROMPTS, greedy), generic.generate(PROMPTS, greedy)
+    assert torch.equal(fast_batch.completion_ids, generic_batch.completion_ids)
+    assert torch.allclose(fast_batch.logprobs, generic_batch.logprobs, atol=1e-5)
+    sampled = fast.generate(PROMPTS * 2, SamplingParams(max_new_tokens=16, temperature=0.8, top_k=30, seed=0))
+    assert _teacher_forced_error(model, sampled, 0.8) <= 1e-4
+
+
+def test_other_architectures_use_the_generic_forward(tiny_gpt2, tiny_qwen2):
+    model, tokenizer = tiny_gpt2
+    assert decode_step_for(model, 64) is None
+    batch = NativeSampler(model, tokenizer).generate(PROMPTS, SamplingParams(max_new_tokens=12, seed=0))
+    assert _teacher_forced_error(model, batch, 1.0) <= 1e-4
+
+    qwen2, _ = tiny_qwen2
+    qwen2.config.layer_types = ["sliding_attention"] * qwen2.config.num_hidden_layers
+    try:
+        assert decode_step_for(qwen2, 64) is None
+    finally:
+        qwen2.config.layer_types = ["full_attention"] * qwen2.config.num_hidden_layers
+    assert decode_step_for(qwen2, 64) is not None
