@@ -1,0 +1,97 @@
+"""What the machine can do and what a process used: fp32 matmul peak, peak RSS, a description of the box.
+
+The matmul peak is the denominator of "fraction of the hardware limit": a GRPO step's model FLOPs divided
+by (step seconds x the FLOP/s that a large, well-shaped fp32 matmul reaches here with the same threads).
+It is a measured, practical peak (what torch's BLAS attains), not the vendor's theoretical number.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import resource
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+
+@dataclass
+class MatmulPeak:
+    gflops: float  # best over sizes of the median over repeats
+    size: int  # the n of the n x n @ n x n matmul that reached it
+    threads: int
+    per_size: dict[str, float]  # size -> median GFLOP/s
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def measure_matmul_peak(threads: int, sizes: tuple[int, ...] = (1024, 2048), repeats: int = 7) -> MatmulPeak:
+    """Median GFLOP/s of an n x n fp32 matmul (2 n^3 FLOPs) for each size; the best size is the peak."""
+    import torch
+
+    torch.set_num_threads(threads)
+    per_size: dict[str, float] = {}
+    for n in sizes:
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        out = torch.empty(n, n)
+        for _ in range(2):  # warm-up: thread pool start, page faults on `out`
+            torch.mm(a, b, out=out)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            torch.mm(a, b, out=out)
+            times.append(time.perf_counter() - t0)
+        per_size[str(n)] = 2 * n**3 / statistics.median(times) / 1e9
+    best = max(per_size, key=per_size.get)
+    return MatmulPeak(gflops=per_size[best], size=int(best), threads=threads, per_size=per_size)
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process so far (Linux reports ru_maxrss in KiB, macOS in bytes)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if platform.system() == "Darwin" else rss * 1024
+
+
+def load_average() -> tuple[float, float, float]:
+    return os.getloadavg()
+
+
+def machine_description() -> dict:
+    """CPU model, core count, memory and library versions: enough to tell two benchmark machines apart."""
+    import torch
+    import transformers
+
+    info = {
+        "cpu": _cpu_model(),
+        "logical_cpus": os.cpu_count(),
+        "memory_gib": round(_total_memory_bytes() / 2**30, 1),
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
+    try:  # the version from the package metadata: importing trl here would cost seconds
+        info["trl"] = importlib.metadata.version("trl")
+    except importlib.metadata.PackageNotFoundError:
+        info["trl"] = None
+    return info
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _total_memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0

@@ -1,0 +1,173 @@
+"""Held-out accuracy against training wall time, aha's GRPO vs TRL's GRPOTrainer, from one SFT checkpoint.
+
+The `aha demo` task (2-digit addition taught by a teacher that often forgets the carry): its SFT checkpoint
+(HF format) is trained further by each tool with the same reward, group size, prompts per step, learning
+rate, beta, temperature and loss aggregation. Both are evaluated by the same greedy evaluator (aha's, on
+each tool's live model) on held-out problems every few steps; evaluation time is left out of the training
+time. Target (issue 5): aha reaches TRL's best held-out accuracy in at most half of TRL's wall time.
+
+    python bench/time_to_accuracy.py            # SFT, then both tools; writes bench/results/time_to_accuracy.json
+                                                # and regenerates docs/benchmarks.md
+    python bench/time_to_accuracy.py --quick    # a few steps end to end (the test); writes nothing in the repo
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH_DIR))
+
+from _grpo_runners import AHA_TO_TRL_LOSS, GRPOBenchSettings, RunRecord, run_in_child  # noqa: E402
+from _hardware import load_average, machine_description  # noqa: E402
+
+DEFAULT_OUT = BENCH_DIR / "results" / "time_to_accuracy.json"
+TOOLS = ("trl", "aha")
+
+
+def verdict(runs: dict[str, RunRecord]) -> dict | None:
+    """TRL's best held-out accuracy, when TRL first reached it, and when aha first reached it (None: never)."""
+    if set(runs) != set(TOOLS):
+        return None
+    trl_best = max(e["accuracy"] for e in runs["trl"].evals)
+    trl_time = next(e["train_time_s"] for e in runs["trl"].evals if e["accuracy"] >= trl_best)
+    aha_time = next((e["train_time_s"] for e in runs["aha"].evals if e["accuracy"] >= trl_best), None)
+    return {"trl_best_accuracy": trl_best, "trl_time_to_best_s": trl_time, "aha_time_to_trl_best_s": aha_time}
+
+
+def summarize(record: RunRecord) -> dict:
+    return {
+        "steps": len(record.step_s),
+        "step_s_median": statistics.median(record.step_s),
+        "generate_s_median": statistics.median(record.generate_s) if record.generate_s else None,
+        "train_time_s": sum(record.step_s),
+        "peak_rss_gb": record.peak_rss_bytes / 1e9,
+        "wall_s": record.wall_s,
+        "evals": record.evals,
+    }
+
+
+def run_benchmark(args: argparse.Namespace) -> dict:
+    import torch
+    from _demo_checkpoint import REWARD, demo_grpo_settings, demo_sft_checkpoint
+
+    torch.set_num_threads(args.threads)  # the SFT stage runs in this process
+
+    started = time.time()
+    load_start = load_average()
+    machine = machine_description()
+    with tempfile.TemporaryDirectory(prefix="aha-tta-") as tmp:
+        tmp_dir = Path(tmp)
+        checkpoint = demo_sft_checkpoint(
+            tmp_dir / "sft", quick=args.quick, seed=args.seed, given=args.checkpoint
+        )
+        grpo = demo_grpo_settings(args.steps)
+        settings = GRPOBenchSettings(
+            model_dir=str(checkpoint.path),
+            train_prompts=checkpoint.train_prompts,
+            eval_prompts=checkpoint.eval_prompts,
+            reward=REWARD,
+            steps=args.steps,
+            prompts_per_step=grpo.prompts_per_step,
+            group_size=grpo.group_size,
+            max_new_tokens=grpo.max_new_tokens,
+            temperature=grpo.temperature,
+            lr=grpo.lr,
+            warmup_steps=grpo.warmup_steps,
+            beta=grpo.beta,
+            loss_agg=grpo.loss_agg,
+            seed=args.seed,
+            threads=args.threads,
+            eval_every=args.eval_every,
+            eval_prompts_used=min(args.eval_prompts, len(checkpoint.eval_prompts)),
+        )
+        runs = {}
+        for tool in args.tools:
+            print(f"{tool}: {args.steps} GRPO steps from the SFT checkpoint", file=sys.stderr)
+            runs[tool] = run_in_child(tool, settings, tmp_dir / tool)
+            print(f"  accuracy {[round(e['accuracy'], 3) for e in runs[tool].evals]}", file=sys.stderr)
+    return {
+        "benchmark": "time_to_accuracy",
+        "command": "python bench/time_to_accuracy.py " + " ".join(sys.argv[1:]),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
+        "duration_s": time.time() - started,
+        "machine": machine,
+        "load_average_start": load_start,
+        "load_average_end": load_average(),
+        "checkpoint": checkpoint.info,
+        "settings": {
+            "reward": "the demo's gold checker (exact final answer), the same function in both",
+            "group_size": settings.group_size,
+            "prompts_per_step": settings.prompts_per_step,
+            "lr": settings.lr,
+            "warmup_steps": settings.warmup_steps,
+            "beta": settings.beta,
+            "temperature": settings.temperature,
+            "loss": f"{settings.loss_agg} (TRL loss_type={AHA_TO_TRL_LOSS[settings.loss_agg]})",
+            "max_new_tokens": settings.max_new_tokens,
+            "eval_every": settings.eval_every,
+            "eval_prompts": settings.eval_prompts_used,
+            "threads": args.threads,
+        },
+        "runs": {tool: summarize(record) for tool, record in runs.items()},
+        "verdict": verdict(runs),
+    }
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--steps", type=int, default=200, help="GRPO steps for each tool")
+    parser.add_argument("--eval-every", type=int, default=10, help="held-out evaluation every N steps")
+    parser.add_argument("--eval-prompts", type=int, default=200, help="held-out problems per evaluation")
+    parser.add_argument(
+        "--checkpoint", type=Path, default=None, help="an SFT checkpoint to start from instead"
+    )
+    parser.add_argument("--tools", nargs="+", default=list(TOOLS), choices=TOOLS, help="in this order")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None, help=f"results JSON (default {DEFAULT_OUT})")
+    parser.add_argument("--no-report", action="store_true", help="do not regenerate docs/benchmarks.md")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a tiny SFT and one GRPO step; results go to --out (or a temp file)",
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.steps, args.eval_every, args.eval_prompts, args.no_report = 1, 1, 8, True
+    if args.steps < 1 or args.eval_every < 1:
+        parser.error("need --steps >= 1 and --eval-every >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    results = run_benchmark(args)
+    out = args.out or (
+        Path(tempfile.mkdtemp(prefix="aha-tta-")) / "time_to_accuracy.json" if args.quick else DEFAULT_OUT
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {out}", file=sys.stderr)
+    if not args.no_report:
+        import report
+
+        print(f"wrote {report.write_report()}", file=sys.stderr)
+    if (v := results["verdict"]) is not None:
+        print(
+            f"TRL best {v['trl_best_accuracy']:.3f} after {v['trl_time_to_best_s']:.1f} s; "
+            f"aha reached it after {v['aha_time_to_trl_best_s']} s"
+        )
+    return results
+
+
+if __name__ == "__main__":
+    main()

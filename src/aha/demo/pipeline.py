@@ -1,0 +1,249 @@
+"""`aha demo`: teacher demonstrations -> SFT from scratch -> GRPO on the gold checker -> held-out table.
+
+The whole article in one command on a laptop CPU: a tiny Llama is created, imitates a flawed (or
+terse) teacher with SFT, then GRPO with only a correctness reward and the SFT model as KL reference.
+Every stage is the library's own (aha.train.sft, aha.train.grpo); this module only wires them up and
+measures the result on problems no stage ever trained on.
+
+Run directory (default runs/demo-<scenario>):
+  data/        sft.jsonl, grpo_train.jsonl, heldout.jsonl      tiny-model/  the untrained model
+  sft/         the SFT run (final/ is the model GRPO starts from and keeps as KL reference)
+  grpo/        the GRPO run (metrics.jsonl, samples.jsonl, checkpoints/)
+  report.md    accuracy table and samples     demo.png   reward, held-out accuracy, KL, length
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from aha.config import ConfigError, load_config, option
+from aha.data.prompts import load_prompt_file
+from aha.demo.report import ModelScore, accuracy_table, plot_demo, samples_table, score_model
+from aha.demo.scenarios import SCENARIOS, Budget, Scenario, write_task_files
+from aha.models.loading import load_model
+from aha.models.tiny import TinyModelSpec, create_tiny_model
+from aha.rewards.base import make_reward_specs
+from aha.train.checkpoint import latest_checkpoint
+from aha.train.grpo import GRPORunConfig, run_grpo
+from aha.train.sft import SFTRunConfig, run_sft
+
+REWARD = "aha.demo.tasks:gold_answer"
+
+
+@dataclass
+class DemoModelConfig:
+    hidden_size: int = option(128, help="Width of the tiny Llama.")
+    num_layers: int = option(2, help="Transformer layers.")
+    num_heads: int = option(4, help="Attention heads.")
+    intermediate_size: int = option(512, help="MLP width.")
+    init_std: float = option(
+        0.08,
+        help="Std of the initial weight matrices; above HF's 0.02 the model leaves the loss plateau sooner.",
+    )
+
+
+@dataclass
+class DemoSFTConfig:
+    steps: int | None = option(None, help="SFT steps (None = the scenario's measured budget).")
+    batch_size: int = option(128, help="Demonstrations per step.")
+    lr: float = option(3e-3, help="Peak learning rate (linear warm-up over 5% of the steps, then cosine).")
+
+
+@dataclass
+class DemoGRPOConfig:
+    steps: int | None = option(None, help="GRPO steps (None = the scenario's measured budget).")
+    prompts_per_step: int = option(16, help="Training problems per step.")
+    group_size: int = option(8, help="Completions sampled per problem.")
+    lr: float = option(3e-4, help="Learning rate (constant after 5 warm-up steps).")
+    beta: float = option(0.04, help="KL penalty weight; the reference is the SFT model.")
+
+
+@dataclass
+class DemoConfig:
+    scenario: str = option(
+        "carry",
+        choices=tuple(SCENARIOS),
+        help="carry: RL surpasses a teacher that forgets carries; cot: RL makes the model write its "
+        "working (longer completions); limit: a teacher that never carries (RL cannot help).",
+    )
+    quick: bool = option(False, help="Smaller budgets (used by the test suite): same story, less converged.")
+    output_dir: str | None = option(None, help="Run directory (default runs/demo-<scenario>, + '-quick').")
+    overwrite: bool = option(False, help="Delete an existing run directory first (else use --resume).")
+    seed: int = option(0, help="Seed for the problems, the teacher, the initial weights and sampling.")
+    threads: int = option(0, help="torch CPU threads (0 = torch's default).")
+    heldout_size: int | None = option(None, help="Held-out problems in the table (None = scenario default).")
+    sampled_per_problem: int = option(4, help="Samples per held-out problem for the sampled accuracy.")
+    progress: bool = option(True, help="Show progress bars.")
+    model: DemoModelConfig = option(
+        default_factory=DemoModelConfig, help="The tiny model trained from scratch."
+    )
+    sft: DemoSFTConfig = option(default_factory=DemoSFTConfig, help="Imitating the teacher.")
+    grpo: DemoGRPOConfig = option(default_factory=DemoGRPOConfig, help="RL on the gold checker.")
+
+
+@dataclass
+class DemoResult:
+    run_dir: Path
+    teacher_accuracy: float
+    sft: ModelScore
+    rl: ModelScore
+    grpo_history: list[dict]
+    seconds: float
+
+
+def run_demo(cfg: DemoConfig, resume: bool = False) -> DemoResult:
+    """Run every stage of the scenario (finished stages are skipped with `resume`) and write the report."""
+    t0 = time.perf_counter()
+    scenario = SCENARIOS[cfg.scenario]
+    budget = scenario.quick if cfg.quick else scenario.full
+    run_dir = _prepare_run_dir(cfg, resume)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    heldout_size = cfg.heldout_size or budget.heldout_size
+    files = write_task_files(scenario, run_dir / "data", heldout_size, cfg.seed)
+
+    init_dir = run_dir / "tiny-model"
+    if not (init_dir / "config.json").exists():
+        _create_model(init_dir, cfg.model, cfg.seed)
+    sft = run_sft(_sft_config(cfg, budget, init_dir, files.sft, run_dir / "sft"), resume=resume)
+    grpo_cfg = _grpo_config(cfg, scenario, budget, sft.final_dir, files, run_dir / "grpo")
+    grpo = run_grpo(grpo_cfg, resume=resume)
+    rl_dir = latest_checkpoint(grpo.run_dir)
+
+    heldout = load_prompt_file(files.heldout)
+    rewards = make_reward_specs([REWARD])
+    scores = [
+        score_model(name, path, heldout, rewards, scenario.max_new_tokens, cfg.sampled_per_problem, cfg.seed)
+        for name, path in (
+            ("after SFT", sft.final_dir),
+            (f"after SFT + {grpo_cfg.train.steps} GRPO steps", rl_dir),
+        )
+    ]
+    teacher_accuracy = scenario.teacher.expected_accuracy(files.heldout_problems)
+    result = DemoResult(
+        run_dir, teacher_accuracy, scores[0], scores[1], grpo.history, time.perf_counter() - t0
+    )
+    report = write_report(result, scenario, heldout, cfg)
+    print("\n" + report)
+    return result
+
+
+def write_report(result: DemoResult, scenario: Scenario, heldout: list, cfg: DemoConfig) -> str:
+    """report.md (table, samples, timing), demo.png and scores.json in the run directory; returns report.md."""
+    cot = scenario.name == "cot"
+    plot = plot_demo(result.grpo_history, result.run_dir / "demo.png", f"aha demo: {scenario.name}", cot)
+    table = accuracy_table(result.teacher_accuracy, [result.sft, result.rl], show_scratchpad=cot)
+    samples = samples_table(heldout, result.sft, result.rl, rows=8)
+    report = "\n\n".join(
+        [
+            f"# aha demo: {scenario.name}",
+            scenario.summary,
+            f"Held-out accuracy on {len(heldout)} problems never trained on "
+            f"(sampled: {cfg.sampled_per_problem} samples per problem at temperature 1):",
+            table,
+            "Greedy completions on held-out problems, before and after RL:",
+            samples,
+            f"Curves: {plot.name}. Total time: {result.seconds:.0f} s.",
+        ]
+    )
+    (result.run_dir / "report.md").write_text(report + "\n", encoding="utf-8")
+    scores = {
+        "teacher_accuracy": result.teacher_accuracy,
+        **{key: _without_completions(asdict(s)) for key, s in (("sft", result.sft), ("rl", result.rl))},
+        "seconds": result.seconds,
+    }
+    (result.run_dir / "scores.json").write_text(json.dumps(scores, indent=2) + "\n", encoding="utf-8")
+    return report
+
+
+def _without_completions(score: dict) -> dict:
+    for decoding in ("greedy", "sampled"):
+        score[decoding].pop("completions")
+    return score
+
+
+def _create_model(out_dir: Path, spec: DemoModelConfig, seed: int) -> None:
+    """The built-in tiny Llama, its weight matrices redrawn with std `init_std` (seeded).
+
+    At HF's default std 0.02 the 2-digit addition loss sits on a plateau for a variable few hundred steps
+    before attention finds the digits; measured with std 0.08 it leaves it sooner and more reliably.
+    """
+    sizes = {k: v for k, v in asdict(spec).items() if k != "init_std"}
+    create_tiny_model(out_dir, TinyModelSpec(**sizes, max_position_embeddings=64), seed=seed)
+    model = load_model(str(out_dir))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() == 2:
+                param.normal_(0.0, spec.init_std, generator=generator)
+    model.save_pretrained(out_dir)
+
+
+def _prepare_run_dir(cfg: DemoConfig, resume: bool) -> Path:
+    name = f"demo-{cfg.scenario}" + ("-quick" if cfg.quick else "")
+    run_dir = Path(cfg.output_dir or Path("runs") / name)
+    if run_dir.exists() and any(run_dir.iterdir()) and not resume:
+        if not cfg.overwrite:
+            raise ConfigError(
+                f"{run_dir} already holds a demo run; pass --resume to finish it, overwrite=true to start "
+                "again, or output_dir=... for a new directory"
+            )
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def _sft_config(cfg: DemoConfig, budget: Budget, model_dir: Path, data: Path, out: Path) -> SFTRunConfig:
+    steps = cfg.sft.steps or budget.sft_steps
+    return load_config(
+        SFTRunConfig,
+        overrides=[
+            f"model.path={model_dir}",
+            "model.device=cpu",
+            f"data.train_file={data}",
+            f"train.steps={steps}",
+            f"train.batch_size={cfg.sft.batch_size}",
+            f"optim.lr={cfg.sft.lr}",
+            f"optim.warmup_steps={max(1, steps // 20)}",
+            "optim.schedule=cosine",
+            f"run.output_dir={out}",
+            f"run.seed={cfg.seed}",
+            f"run.progress={str(cfg.progress).lower()}",
+        ],
+    )
+
+
+def _grpo_config(
+    cfg: DemoConfig, scenario: Scenario, budget: Budget, sft_model: Path, files, out: Path
+) -> GRPORunConfig:
+    steps = cfg.grpo.steps or budget.grpo_steps
+    return load_config(
+        GRPORunConfig,
+        overrides=[
+            f"model.path={sft_model}",
+            "model.device=cpu",
+            f"data.train_file={files.grpo_train}",
+            f"data.eval_file={files.heldout}",
+            f"rewards.functions=[{REWARD}]",
+            f"rollout.group_size={cfg.grpo.group_size}",
+            f"rollout.max_new_tokens={scenario.max_new_tokens}",
+            f"algo.beta={cfg.grpo.beta}",
+            f"train.steps={steps}",
+            f"train.prompts_per_step={cfg.grpo.prompts_per_step}",
+            f"optim.lr={cfg.grpo.lr}",
+            f"optim.warmup_steps={min(5, steps)}",
+            f"eval.every={budget.grpo_eval_every}",
+            f"eval.num_prompts={budget.grpo_eval_size}",
+            "track.sample_every=0",
+            "track.plot=false",
+            f"run.output_dir={out}",
+            f"run.seed={cfg.seed}",
+            f"run.progress={str(cfg.progress).lower()}",
+        ],
+    )

@@ -1,0 +1,116 @@
+"""The demo's scenarios: which task, which teacher, and the budgets measured to show the effect quickly.
+
+A scenario fixes what the demo is about (task and teacher); the budgets are defaults the user can
+override from the command line (`aha demo scenario=cot grpo_steps=200`).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from aha.demo.tasks import AdditionProblem, CarryForgettingTeacher, ScratchpadTeacher, split_problems
+
+Teacher = CarryForgettingTeacher | ScratchpadTeacher
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Steps and sizes of one demo run (a scenario has a full and a quick one)."""
+
+    sft_steps: int
+    grpo_steps: int
+    heldout_size: int  # problems in the final accuracy table
+    grpo_eval_size: int  # held-out problems evaluated (greedy) during GRPO
+    grpo_eval_every: int
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    summary: str
+    digits: int
+    teacher: Teacher
+    max_new_tokens: int
+    train_problems: int | None  # None: every problem not held out (2-digit additions are few)
+    demos_per_problem: int  # teacher demonstrations drawn per training problem
+    full: Budget
+    quick: Budget
+
+
+SCENARIOS: dict[str, Scenario] = {
+    "carry": Scenario(
+        name="carry",
+        summary="2-digit addition; the teacher forgets the carry 3 times in 4. RL goes past its teacher.",
+        digits=2,
+        teacher=CarryForgettingTeacher(forget_prob=0.75),
+        max_new_tokens=6,
+        train_problems=None,
+        demos_per_problem=4,
+        full=Budget(sft_steps=2000, grpo_steps=60, heldout_size=500, grpo_eval_size=200, grpo_eval_every=10),
+        quick=Budget(sft_steps=800, grpo_steps=40, heldout_size=200, grpo_eval_size=100, grpo_eval_every=10),
+    ),
+    "limit": Scenario(
+        name="limit",
+        summary="As 'carry', but the teacher always forgets the carry: RL cannot find what is never sampled.",
+        digits=2,
+        teacher=CarryForgettingTeacher(forget_prob=1.0),
+        max_new_tokens=6,
+        train_problems=None,
+        demos_per_problem=4,
+        full=Budget(sft_steps=2000, grpo_steps=60, heldout_size=500, grpo_eval_size=200, grpo_eval_every=10),
+        quick=Budget(sft_steps=800, grpo_steps=40, heldout_size=200, grpo_eval_size=100, grpo_eval_every=10),
+    ),
+    "cot": Scenario(
+        name="cot",
+        summary="4-digit addition; the teacher shows its column-by-column working 1 time in 4. "
+        "A correctness reward alone makes the model write the working: it learns to think longer.",
+        digits=4,
+        teacher=ScratchpadTeacher(scratchpad_prob=0.25),
+        max_new_tokens=20,  # "[15,12,08,09]10825" + EOS
+        train_problems=20_000,
+        demos_per_problem=1,
+        full=Budget(sft_steps=1500, grpo_steps=100, heldout_size=500, grpo_eval_size=200, grpo_eval_every=10),
+        quick=Budget(sft_steps=600, grpo_steps=40, heldout_size=200, grpo_eval_size=100, grpo_eval_every=10),
+    ),
+}
+
+
+@dataclass
+class TaskFiles:
+    """The JSONL files one demo run trains and evaluates on (written under run_dir/data/)."""
+
+    sft: Path  # teacher demonstrations on training problems: prompt, completion, answer
+    grpo_train: Path  # training problems: prompt, answer
+    heldout: Path  # problems never trained on: prompt, answer
+    heldout_problems: list[AdditionProblem]
+
+
+def write_task_files(scenario: Scenario, out_dir: Path, heldout_size: int, seed: int) -> TaskFiles:
+    """Draw disjoint training and held-out problems and write the demonstrations and prompt files.
+
+    Each training problem gets `demos_per_problem` independent teacher demonstrations, so SFT sees the
+    teacher's mistakes and its occasional right answers in the teacher's proportions rather than one
+    fixed (memorisable) draw per problem.
+    """
+    train, heldout = split_problems(scenario.digits, heldout_size, scenario.train_problems, seed)
+    rng = random.Random(seed + 1)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = TaskFiles(out_dir / "sft.jsonl", out_dir / "grpo_train.jsonl", out_dir / "heldout.jsonl", heldout)
+    _write_jsonl(
+        files.sft,
+        [
+            {"prompt": p.prompt, "completion": scenario.teacher.complete(p, rng), "answer": p.answer}
+            for p in train
+            for _ in range(scenario.demos_per_problem)
+        ],
+    )
+    _write_jsonl(files.grpo_train, [{"prompt": p.prompt, "answer": p.answer} for p in train])
+    _write_jsonl(files.heldout, [{"prompt": p.prompt, "answer": p.answer} for p in heldout])
+    return files
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")

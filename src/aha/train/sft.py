@@ -1,0 +1,283 @@
+"""Supervised fine-tuning on demonstrations: the stage that gives RL a policy worth amplifying.
+
+Each example is a prompt and a completion (JSONL). The loss is the mean negative log-likelihood of the
+completion tokens only: the prompt is context, not something the model should learn to write. EOS is
+appended to every completion so the model learns to stop, which the rollout engines rely on. Prompts are
+tokenised exactly as the rollout engines do (`tokenizer(prompt)`, special tokens included), so the
+model sees the same prefix at SFT and at RL time.
+
+The run directory holds config.yaml, metrics.jsonl, checkpoints/ (atomic, for --resume), plots.png and
+final/: the trained model and tokenizer in `save_pretrained` layout, ready for `model.path` of GRPO.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from aha.algos.logprobs import token_logprobs
+from aha.algos.masked import masked_mean
+from aha.config import ConfigError, option
+from aha.data.prompts import DataError, PromptExample, load_prompt_file
+from aha.rollout.completions import left_padded_position_ids
+from aha.track.plots import plot_metrics
+from aha.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from aha.train.common_config import ModelConfig, OptimConfig, RunConfig
+from aha.train.session import TrainingSession
+
+FINAL_DIR = "final"
+
+
+@dataclass
+class SFTDataConfig:
+    train_file: str = option(help="JSONL demonstrations: one object per line with a prompt and a completion.")
+    eval_file: str | None = option(None, help="Held-out demonstrations (same format): their loss is logged.")
+    prompt_field: str = option("prompt", help="Name of the prompt column.")
+    completion_field: str = option("completion", help="Name of the completion column (the loss is on it).")
+    max_length: int = option(
+        1024, help="Longest prompt + completion + EOS in tokens; a longer example is an error, not truncated."
+    )
+
+
+@dataclass
+class SFTTrainConfig:
+    steps: int = option(0, help="Optimizer steps (0 = run `epochs` passes over the training file).")
+    epochs: float = option(1.0, help="Passes over the training file when steps = 0 (fractions allowed).")
+    batch_size: int = option(32, help="Demonstrations per optimizer step.")
+
+    def validate(self) -> None:
+        if self.steps < 0 or self.batch_size < 1:
+            raise ConfigError("need steps >= 0 and batch_size >= 1")
+        if self.steps == 0 and self.epochs <= 0:
+            raise ConfigError("set steps > 0 or epochs > 0")
+
+
+@dataclass
+class SFTEvalConfig:
+    every: int = option(0, help="Held-out loss every N steps (0 = only at the end). Needs data.eval_file.")
+    batch_size: int = option(256, help="Demonstrations per forward pass when evaluating.")
+
+
+@dataclass
+class SFTRunConfig:
+    model: ModelConfig = option(
+        default_factory=lambda: ModelConfig(path="runs/tiny-model"), help="The model to train."
+    )
+    data: SFTDataConfig = option(
+        default_factory=lambda: SFTDataConfig(train_file="data/sft.jsonl"), help="Demonstrations."
+    )
+    train: SFTTrainConfig = option(default_factory=SFTTrainConfig, help="Steps and batch size.")
+    optim: OptimConfig = option(
+        default_factory=lambda: OptimConfig(lr=1e-4, warmup_steps=10, schedule="cosine"),
+        help="AdamW and the learning-rate schedule.",
+    )
+    eval: SFTEvalConfig = option(default_factory=SFTEvalConfig, help="Held-out loss.")
+    run: RunConfig = option(
+        default_factory=lambda: RunConfig(output_dir="runs/sft"), help="Run directory, seed, checkpoints."
+    )
+
+
+@dataclass
+class SFTResult:
+    run_dir: Path
+    final_dir: Path  # the trained model + tokenizer (save_pretrained layout)
+    history: list[dict]  # every metrics row written, in order
+    final_eval_loss: float | None  # held-out loss at the end (None without data.eval_file)
+
+
+@dataclass
+class TokenBatch:
+    input_ids: torch.Tensor  # [B, T] right-padded
+    attention_mask: torch.Tensor  # [B, T]
+    loss_mask: torch.Tensor  # [B, T] 1 on completion tokens (EOS included): the tokens the loss is on
+
+
+def load_demonstrations(
+    path: str, prompt_field: str = "prompt", completion_field: str = "completion"
+) -> list[PromptExample]:
+    """Prompt + completion records; the completion stays in `fields[completion_field]`."""
+    examples = load_prompt_file(path, prompt_field=prompt_field, required_fields=(completion_field,))
+    for number, ex in enumerate(examples, start=1):
+        if not isinstance(ex.fields[completion_field], str):
+            raise DataError(
+                f'{path}: record {number}: field "{completion_field}" must be a string, '
+                f"got {type(ex.fields[completion_field]).__name__}"
+            )
+    return examples
+
+
+def tokenize_demonstrations(
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    completions: list[str],
+    max_length: int,
+    device: str | torch.device = "cpu",
+) -> TokenBatch:
+    """Right-padded prompt + completion + EOS, with a loss mask on the completion and EOS only."""
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer has no EOS token: SFT appends EOS so the model learns to stop")
+    prompt_ids = tokenizer(prompts)["input_ids"]  # as the rollout engines tokenise prompts
+    completion_ids = tokenizer(completions, add_special_tokens=False)["input_ids"]
+    rows, masks = [], []
+    for i, (p, c) in enumerate(zip(prompt_ids, completion_ids, strict=True)):
+        ids = p + c + [tokenizer.eos_token_id]
+        if len(ids) > max_length:
+            raise ValueError(
+                f"demonstration {prompts[i][:60]!r} is {len(ids)} tokens, over data.max_length={max_length}"
+            )
+        rows.append(ids)
+        masks.append([0] * len(p) + [1] * (len(c) + 1))
+    width = max(map(len, rows))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    def padded(values: list[list[int]], fill: int) -> torch.Tensor:
+        return torch.tensor([v + [fill] * (width - len(v)) for v in values], device=device)
+
+    return TokenBatch(
+        input_ids=padded(rows, pad),
+        attention_mask=padded([[1] * len(r) for r in rows], 0),
+        loss_mask=padded(masks, 0),
+    )
+
+
+def completion_nll(model: PreTrainedModel, batch: TokenBatch) -> torch.Tensor:
+    """Mean negative log-likelihood over all completion tokens of the batch (each token weighs the same)."""
+    logits = model(
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
+        position_ids=left_padded_position_ids(batch.attention_mask),
+        use_cache=False,
+    ).logits[:, :-1]  # logits at position t predict token t + 1
+    logprobs = token_logprobs(logits, batch.input_ids[:, 1:])
+    return -masked_mean(logprobs, batch.loss_mask[:, 1:])
+
+
+@torch.no_grad()
+def heldout_loss(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: list[PromptExample],
+    completion_field: str,
+    max_length: int,
+    batch_size: int,
+    device: str,
+) -> float:
+    """Completion NLL over `examples`, token-weighted across batches."""
+    was_training = model.training
+    model.eval()
+    total, tokens = 0.0, 0
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start : start + batch_size]
+        batch = tokenize_demonstrations(
+            tokenizer,
+            [ex.prompt for ex in chunk],
+            [ex.fields[completion_field] for ex in chunk],
+            max_length,
+            device,
+        )
+        n = int(batch.loss_mask[:, 1:].sum())
+        total += float(completion_nll(model, batch)) * n
+        tokens += n
+    model.train(was_training)
+    return total / tokens
+
+
+def run_sft(cfg: SFTRunConfig, resume: bool = False) -> SFTResult:
+    """Fine-tune on the demonstrations; with `resume`, continue from the run directory's last checkpoint."""
+    d = cfg.data
+    train_set = load_demonstrations(d.train_file, d.prompt_field, d.completion_field)
+    eval_set = load_demonstrations(d.eval_file, d.prompt_field, d.completion_field) if d.eval_file else []
+    if cfg.eval.every and not eval_set:
+        raise ConfigError("eval.every > 0 needs data.eval_file (held-out demonstrations)")
+    total_steps = cfg.train.steps or math.ceil(cfg.train.epochs * len(train_set) / cfg.train.batch_size)
+    if cfg.optim.warmup_steps > total_steps:
+        raise ConfigError(
+            f"optim.warmup_steps={cfg.optim.warmup_steps} exceeds the {total_steps} training steps"
+        )
+    session = TrainingSession.start(cfg, resume=resume, total_steps=total_steps)
+    model, tokenizer, device = session.model, session.tokenizer, session.device
+    sampler = session.prompt_sampler(train_set, cfg.train.batch_size)
+
+    def eval_loss() -> float:
+        return heldout_loss(
+            model, tokenizer, eval_set, d.completion_field, d.max_length, cfg.eval.batch_size, device
+        )
+
+    start_step = 0
+    if resume and (ckpt := latest_checkpoint(session.run_dir)) is not None:
+        state = load_checkpoint(ckpt, model, session.optimizer, session.scheduler)
+        start_step = state["step"]
+        sampler.load_state_dict(state["extra"]["sampler"])
+        session.progress_from(start_step)
+    elif eval_set:
+        session.log(0, {"eval/loss": eval_loss()})
+
+    model.train()
+    final_eval = None
+    for step in range(start_step + 1, total_steps + 1):
+        t0 = time.perf_counter()
+        examples = next(sampler)
+        batch = tokenize_demonstrations(
+            tokenizer,
+            [ex.prompt for ex in examples],
+            [ex.fields[d.completion_field] for ex in examples],
+            d.max_length,
+            device,
+        )
+        loss = completion_nll(model, batch)
+        session.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf  # inf: measure, don't clip
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
+        session.optimizer.step()
+        session.scheduler.step()
+        metrics = {
+            "loss": loss.item(),
+            "grad_norm": grad_norm,
+            "lr": session.scheduler.get_last_lr()[0],
+            "tokens/completion": float(batch.loss_mask.sum()),
+            "time/step_s": time.perf_counter() - t0,
+        }
+        if eval_set and ((cfg.eval.every and step % cfg.eval.every == 0) or step == total_steps):
+            metrics["eval/loss"] = final_eval = eval_loss()
+        session.log(step, metrics)
+        session.progress.update(step, loss=metrics["loss"])
+        if (cfg.run.save_every and step % cfg.run.save_every == 0) or step == total_steps:
+            save_checkpoint(
+                session.run_dir,
+                step,
+                model,
+                tokenizer,
+                session.optimizer,
+                session.scheduler,
+                trainer_state={"stage": "sft"},
+                extra_state={"sampler": sampler.state_dict()},
+                keep_last=cfg.run.keep_checkpoints,
+            )
+
+    if eval_set and final_eval is None:  # resumed a finished run
+        final_eval = eval_loss()
+    session.finish()
+    final_dir = save_final_model(model, tokenizer, session.run_dir / FINAL_DIR)
+    if session.history:
+        plot_metrics(session.history, [("loss", "eval/loss")], session.run_dir / "plots.png", title="SFT")
+    return SFTResult(session.run_dir, final_dir, session.history, final_eval)
+
+
+def save_final_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: Path) -> Path:
+    """Write model + tokenizer to a temp dir beside `out_dir`, then rename: never a half-written final/."""
+    tmp = out_dir.with_name(f".tmp-{out_dir.name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+    return out_dir

@@ -1,0 +1,69 @@
+"""bench/grpo_vs_trl.py runs end to end (one step of a toy model with each tool), and its FLOPs count is right.
+
+Benchmarks are not tests: nothing here checks speed. TRL is the optional `bench` extra; without it the end
+to end test runs aha's side only.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+from _flops import LlamaShape, forward_flops, grpo_step_flops  # noqa: E402
+
+
+def test_forward_flops_by_hand():
+    # h=4, 1 layer, 2 heads (kv 2 -> kv_dim 4), I=8, V=10; 3 positions, logits at 2 of them.
+    # per token: projections 2*4*(2*4 + 2*4) = 128, MLP 2*3*4*8 = 192 -> 320; x 3 positions = 960
+    # attention 4*4 * (1+2+3) = 96; LM head 2*4*10*2 = 160; total 960 + 96 + 160 = 1216
+    shape = LlamaShape(hidden=4, layers=1, heads=2, kv_heads=2, intermediate=8, vocab=10)
+    assert forward_flops(shape, positions=3, logit_positions=2) == 1216
+
+
+def test_grpo_step_is_generation_plus_four_teacher_forced_forwards():
+    shape = LlamaShape(hidden=4, layers=1, heads=2, kv_heads=2, intermediate=8, vocab=10)
+    # P=2, C=2: generation = forward over 3 positions, logits at 2 (1216, above); teacher-forced over 4:
+    # 320*4 + 4*4*(1+2+3+4) + 160 = 1280 + 160 + 160 = 1600; per sequence 1216 + 4*1600 = 7616; x 3 sequences
+    assert grpo_step_flops(shape, sequences=3, prompt_len=2, completion_len=2) == 3 * 7616
+
+
+def test_quick_run_end_to_end(tmp_path):
+    # TRL is the optional bench extra (CI installs only dev): without it only aha's side runs.
+    tools = ["aha", "trl", "floor"] if importlib.util.find_spec("trl") else ["aha", "floor"]
+    out = tmp_path / "grpo_vs_trl.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "grpo_vs_trl.py"),
+            "--quick",
+            "--out",
+            str(out),
+            "--tools",
+            *tools,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads(out.read_text())["sizes"]["toy"]
+    for tool in tools:
+        assert result[tool]["completion_lengths"] == [8.0], f"{tool} did not generate exactly 8 tokens"
+        assert result[tool]["step_s_median"] > 0 and result[tool]["peak_rss_gb"] > 0.05
+        assert 0 < result[tool]["fraction_of_peak"] < 1
+    assert result["ratio_aha_over_floor"]["median"] > 0
+    if "trl" in tools:
+        assert result["ratio_aha_over_trl"]["median"] > 0 and result["ratio_floor_over_trl"]["median"] > 0
+
+    import report
+
+    text = report.write_report(out.parent, tmp_path / "benchmarks.md").read_text()
+    assert "python bench/grpo_vs_trl.py --quick" in text
+    for tool in tools:
+        assert f"| toy | 0.02M | {report.TOOL_NAMES[tool]} |" in text
