@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 SCENARIO = "carry"
@@ -61,9 +61,8 @@ def demo_sft_checkpoint(
     workdir: Path, *, quick: bool, seed: int = 0, given: Path | None = None
 ) -> DemoCheckpoint:
     """Write the demo's task files and train its SFT stage (or take `given`, an SFT model directory)."""
-    from aha.demo.pipeline import DemoConfig, _sft_config
+    from aha.demo.pipeline import DemoConfig, _create_model, _sft_config
     from aha.demo.scenarios import SCENARIOS, write_task_files
-    from aha.models.tiny import TinyModelSpec, create_tiny_model
     from aha.train.sft import run_sft
 
     scenario = SCENARIOS[SCENARIO]
@@ -77,9 +76,8 @@ def demo_sft_checkpoint(
         path = Path(given)
         info["description"] = f"given with --checkpoint: {path}"
     else:
-        init_dir = create_tiny_model(
-            workdir / "tiny-model", TinyModelSpec(**asdict(cfg.model), max_position_embeddings=64), seed=seed
-        )
+        init_dir = workdir / "tiny-model"
+        _create_model(init_dir, cfg.model, scenario, seed)  # exactly the demo's initial model
         t0 = time.perf_counter()
         path = run_sft(_sft_config(cfg, budget, init_dir, files.sft, workdir / "sft")).final_dir
         steps = cfg.sft.steps or budget.sft_steps

@@ -19,6 +19,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from _hardware import OtherLoad, peak_rss_bytes
+
 AHA_TO_TRL_LOSS = {"token-mean": "dapo", "seq-mean-token-mean": "grpo", "seq-mean-token-sum-norm": "dr_grpo"}
 
 
@@ -56,6 +58,7 @@ class RunRecord:
     evals: list[dict] = field(default_factory=list)  # {"step", "train_time_s", "accuracy"}, step 0 first
     peak_rss_bytes: int = 0
     wall_s: float = 0.0  # the whole child, start-up and evaluation included
+    other_cores: float | None = None  # cores other processes kept busy meanwhile (set by run_in_child)
 
     @classmethod
     def from_dict(cls, data: dict) -> RunRecord:
@@ -76,16 +79,19 @@ def run_in_child(tool: str, settings: GRPOBenchSettings, workdir: Path, timeout_
         "MKL_NUM_THREADS": threads,
         "TOKENIZERS_PARALLELISM": "false",
     }
-    proc = subprocess.run(
-        [sys.executable, __file__, tool, str(settings_path), str(out_path)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-    )
+    with OtherLoad() as other:
+        proc = subprocess.run(
+            [sys.executable, __file__, tool, str(settings_path), str(out_path)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
     if proc.returncode != 0:
         raise RuntimeError(f"the {tool} run failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
-    return RunRecord.from_dict(json.loads(out_path.read_text()))
+    record = RunRecord.from_dict(json.loads(out_path.read_text()))
+    record.other_cores = other.cores
+    return record
 
 
 # ------------------------------------------------------------------------------------------------- aha
@@ -305,8 +311,6 @@ def _child_main(argv: list[str]) -> None:
     else:
         runner = {"aha": run_aha, "trl": run_trl}[tool]
     record = runner(settings, Path(out_path).parent)
-    from _hardware import peak_rss_bytes
-
     record.peak_rss_bytes = peak_rss_bytes()
     record.wall_s = time.perf_counter() - t0
     Path(out_path).write_text(json.dumps(asdict(record)))

@@ -58,6 +58,54 @@ def load_average() -> tuple[float, float, float]:
     return os.getloadavg()
 
 
+def busy_cpu_seconds() -> float | None:
+    """CPU seconds all processes have kept the machine busy since boot, summed over CPUs (Linux /proc/stat:
+    user + nice + system + irq + softirq + steal); None where /proc/stat does not exist."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    """CPU seconds used by this process and its finished children."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+class OtherLoad:
+    """Cores kept busy by *other* processes while a block ran: the interference a timing suffered.
+
+    with OtherLoad() as other: run_child(); then other.cores (None where /proc/stat is unavailable).
+    """
+
+    def __enter__(self) -> OtherLoad:
+        self._busy, self._own, self._t = busy_cpu_seconds(), own_cpu_seconds(), time.perf_counter()
+        self.cores: float | None = None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        busy = busy_cpu_seconds()
+        if busy is not None and self._busy is not None:
+            others = (busy - self._busy) - (own_cpu_seconds() - self._own)
+            self.cores = max(0.0, others) / max(time.perf_counter() - self._t, 1e-9)
+
+
+def wait_until_quiet(max_other_cores: float, timeout_s: float, sample_s: float = 3.0) -> float | None:
+    """Wait until other processes use at most `max_other_cores` over `sample_s`, or `timeout_s` passed.
+    Returns the last reading (None where it cannot be measured: then it does not wait)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with OtherLoad() as other:
+            time.sleep(sample_s)
+        if other.cores is None or other.cores <= max_other_cores or time.monotonic() >= deadline:
+            return other.cores
+
+
 def machine_description() -> dict:
     """CPU model, core count, memory and library versions: enough to tell two benchmark machines apart."""
     import torch

@@ -28,7 +28,7 @@ sys.path.insert(0, str(BENCH_DIR))
 
 from _flops import LlamaShape, grpo_step_flops  # noqa: E402
 from _grpo_runners import GRPOBenchSettings, RunRecord, run_in_child  # noqa: E402
-from _hardware import load_average, machine_description, measure_matmul_peak  # noqa: E402
+from _hardware import load_average, machine_description, measure_matmul_peak, wait_until_quiet  # noqa: E402
 
 DEFAULT_OUT = BENCH_DIR / "results" / "grpo_vs_trl.json"
 TOOLS = ("aha", "trl", "floor")  # floor: the same step with generation as cheap as a forward (_grpo_floor.py)
@@ -103,6 +103,7 @@ def summarize_size(
             "completion_tokens_per_s": tokens_per_step / step,
             "fraction_of_peak": flops / (step * peak_gflops * 1e9),
             "completion_lengths": sorted({round(x, 3) for r in runs for x in r.completion_length}),
+            "other_cores_per_run": [r.other_cores for r in runs],
         }
     for a, b in (("aha", "trl"), ("floor", "trl"), ("aha", "floor")):
         if a in records and b in records:
@@ -165,12 +166,18 @@ def run_benchmark(args: argparse.Namespace) -> dict:
             order = args.tools if repeat % 2 == 0 else tuple(reversed(args.tools))
             for key in args.sizes:
                 for tool in order:
-                    print(f"repeat {repeat + 1}/{args.repeats}: {SIZES[key].name} {tool}", file=sys.stderr)
+                    before = wait_until_quiet(args.quiet_cores, args.quiet_timeout) if args.quiet_cores else None
+                    print(
+                        f"repeat {repeat + 1}/{args.repeats}: {SIZES[key].name} {tool} "
+                        f"(other processes busy on {_cores(before)} cores before it)",
+                        file=sys.stderr,
+                    )
                     record = run_in_child(tool, prepared[key]["settings"], tmp_dir / f"{key}-{tool}-{repeat}")
                     records[key][tool].append(record)
                     print(
                         f"  median step {statistics.median(record.step_s[args.warmup :]):.3f} s, "
-                        f"peak RSS {record.peak_rss_bytes / 1e9:.2f} GB",
+                        f"peak RSS {record.peak_rss_bytes / 1e9:.2f} GB, "
+                        f"other processes busy on {_cores(record.other_cores)} cores meanwhile",
                         file=sys.stderr,
                     )
         for key in args.sizes:
@@ -205,11 +212,16 @@ def run_benchmark(args: argparse.Namespace) -> dict:
                 "warmup_steps": args.warmup,
                 "measured_steps": args.steps,
                 "repeats": args.repeats,
+                "quiet_cores": args.quiet_cores,
                 "reward": "fraction of digit characters (the same function in both)",
             },
         }
     )
     return results
+
+
+def _cores(value: float | None) -> str:
+    return "?" if value is None else f"{value:.2f}"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -226,6 +238,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--new-tokens", type=int, default=64, help="exact completion length")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--quiet-cores",
+        type=float,
+        default=0.25,
+        help="before each measurement, wait until other processes use at most this many cores (0: never wait)",
+    )
+    parser.add_argument("--quiet-timeout", type=float, default=300, help="longest wait for quiet, seconds")
     parser.add_argument("--out", type=Path, default=None, help=f"results JSON (default {DEFAULT_OUT})")
     parser.add_argument("--no-report", action="store_true", help="do not regenerate docs/benchmarks.md")
     parser.add_argument(
@@ -237,6 +256,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.tools = tuple(args.tools)
     if args.quick:
         args.sizes, args.steps, args.warmup, args.repeats, args.new_tokens = ["toy"], 1, 0, 1, 8
+        args.quiet_cores = 0.0
         args.no_report = True
     if args.steps < 1 or args.warmup < 0 or args.repeats < 1:
         parser.error("need --steps >= 1, --warmup >= 0 and --repeats >= 1")

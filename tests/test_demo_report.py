@@ -19,7 +19,7 @@ def test_accuracy_table_rows_and_columns():
         0.652, [_score("after SFT", 0.5, []), _score("after RL", 0.99, [])], show_scratchpad=False
     )
     lines = table.splitlines()
-    assert lines[0] == "| model | greedy accuracy | sampled accuracy (T=1) | mean length (tokens) |"
+    assert lines[0] == "| model | greedy accuracy | sampled accuracy (T=1) | mean greedy length (tokens) |"
     assert lines[2] == "| teacher (writes the demonstrations) |  | 65.2% |  |"
     assert lines[4] == "| after RL | 99.0% | 99.0% | 4.0 |"
     cot = accuracy_table(1.0, [_score("after RL", 0.9, [], share=0.95)], show_scratchpad=True).splitlines()

@@ -38,10 +38,10 @@ REWARD = "aha.demo.tasks:gold_answer"
 
 @dataclass
 class DemoModelConfig:
-    hidden_size: int = option(128, help="Width of the tiny Llama.")
+    hidden_size: int | None = option(None, help="Width of the tiny Llama (None = scenario default).")
     num_layers: int = option(2, help="Transformer layers.")
     num_heads: int = option(4, help="Attention heads.")
-    intermediate_size: int = option(512, help="MLP width.")
+    intermediate_size: int | None = option(None, help="MLP width (None = scenario default).")
     init_std: float = option(
         0.08,
         help="Std of the initial weight matrices; above HF's 0.02 the model leaves the loss plateau sooner.",
@@ -110,7 +110,7 @@ def run_demo(cfg: DemoConfig, resume: bool = False) -> DemoResult:
 
     init_dir = run_dir / "tiny-model"
     if not (init_dir / "config.json").exists():
-        _create_model(init_dir, cfg.model, cfg.seed)
+        _create_model(init_dir, cfg.model, scenario, cfg.seed)
     sft = run_sft(_sft_config(cfg, budget, init_dir, files.sft, run_dir / "sft"), resume=resume)
     grpo_cfg = _grpo_config(cfg, scenario, budget, sft.final_dir, files, run_dir / "grpo")
     grpo = run_grpo(grpo_cfg, resume=resume)
@@ -168,14 +168,20 @@ def _without_completions(score: dict) -> dict:
     return score
 
 
-def _create_model(out_dir: Path, spec: DemoModelConfig, seed: int) -> None:
+def _create_model(out_dir: Path, spec: DemoModelConfig, scenario: Scenario, seed: int) -> None:
     """The built-in tiny Llama, its weight matrices redrawn with std `init_std` (seeded).
 
     At HF's default std 0.02 the 2-digit addition loss sits on a plateau for a variable few hundred steps
     before attention finds the digits; measured with std 0.08 it leaves it sooner and more reliably.
     """
-    sizes = {k: v for k, v in asdict(spec).items() if k != "init_std"}
-    create_tiny_model(out_dir, TinyModelSpec(**sizes, max_position_embeddings=64), seed=seed)
+    sizes = TinyModelSpec(
+        hidden_size=spec.hidden_size or scenario.hidden_size,
+        num_layers=spec.num_layers,
+        num_heads=spec.num_heads,
+        intermediate_size=spec.intermediate_size or scenario.intermediate_size,
+        max_position_embeddings=64,
+    )
+    create_tiny_model(out_dir, sizes, seed=seed)
     model = load_model(str(out_dir))
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():

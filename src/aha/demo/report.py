@@ -77,7 +77,7 @@ def score_model(
 
 def accuracy_table(teacher_accuracy: float, scores: list[ModelScore], show_scratchpad: bool) -> str:
     """Markdown table: one row for the teacher, one per model."""
-    head = ["model", "greedy accuracy", "sampled accuracy (T=1)", "mean length (tokens)"]
+    head = ["model", "greedy accuracy", "sampled accuracy (T=1)", "mean greedy length (tokens)"]
     if show_scratchpad:
         head += ["scratchpad share", "accuracy with / without scratchpad"]
     rows = [

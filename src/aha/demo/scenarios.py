@@ -1,7 +1,7 @@
 """The demo's scenarios: which task, which teacher, and the budgets measured to show the effect quickly.
 
 A scenario fixes what the demo is about (task and teacher); the budgets are defaults the user can
-override from the command line (`aha demo scenario=cot grpo_steps=200`).
+override from the command line (`aha demo scenario=cot grpo.steps=200`).
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ class Scenario:
     digits: int
     teacher: Teacher
     max_new_tokens: int
+    hidden_size: int  # the tiny model's width and MLP width (measured to make the lesson visible)
+    intermediate_size: int
     train_problems: int | None  # None: every problem not held out (2-digit additions are few)
     demos_per_problem: int  # teacher demonstrations drawn per training problem
     full: Budget
@@ -47,6 +49,8 @@ SCENARIOS: dict[str, Scenario] = {
         digits=2,
         teacher=CarryForgettingTeacher(forget_prob=0.75),
         max_new_tokens=6,
+        hidden_size=128,
+        intermediate_size=512,
         train_problems=None,
         demos_per_problem=4,
         full=Budget(sft_steps=2000, grpo_steps=60, heldout_size=500, grpo_eval_size=200, grpo_eval_every=10),
@@ -58,6 +62,8 @@ SCENARIOS: dict[str, Scenario] = {
         digits=2,
         teacher=CarryForgettingTeacher(forget_prob=1.0),
         max_new_tokens=6,
+        hidden_size=128,
+        intermediate_size=512,
         train_problems=None,
         demos_per_problem=4,
         full=Budget(sft_steps=2000, grpo_steps=60, heldout_size=500, grpo_eval_size=200, grpo_eval_every=10),
@@ -70,6 +76,10 @@ SCENARIOS: dict[str, Scenario] = {
         digits=4,
         teacher=ScratchpadTeacher(scratchpad_prob=0.25),
         max_new_tokens=20,  # "[15,12,08,09]10825" + EOS
+        # Smaller than for 2 digits on purpose: with 128/512 the model also learned direct 3-digit answers
+        # (98% after SFT), leaving the scratchpad nothing to win.
+        hidden_size=96,
+        intermediate_size=256,
         train_problems=20_000,
         demos_per_problem=1,
         full=Budget(sft_steps=1500, grpo_steps=100, heldout_size=500, grpo_eval_size=200, grpo_eval_every=10),
