@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
+from shared_data import SHARED_DATA
 
 from aha.data.gsm8k import R1_ZERO_TEMPLATE, gsm8k_final_answer, load_gsm8k, main, render_chat
 from aha.data.prompts import DataError
 from aha.models.tiny import build_char_tokenizer
 
-GSM8K_TEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "test.jsonl"
+GSM8K_TEST = SHARED_DATA / "gsm8k" / "test.jsonl"
 needs_gsm8k = pytest.mark.skipif(not GSM8K_TEST.is_file(), reason="GSM8K data not present")
 
 

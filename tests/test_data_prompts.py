@@ -7,10 +7,11 @@ from itertools import islice
 from pathlib import Path
 
 import pytest
+from shared_data import SHARED_DATA
 
 from aha.data.prompts import DataError, PromptExample, PromptSampler, batch_fields, load_prompt_file
 
-GSM8K_TEST = Path("/work/shared/data/gsm8k/test.jsonl")
+GSM8K_TEST = SHARED_DATA / "gsm8k" / "test.jsonl"
 
 
 def write(tmp_path: Path, text: str, name: str = "p.jsonl") -> Path:

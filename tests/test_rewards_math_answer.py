@@ -5,16 +5,16 @@ from __future__ import annotations
 import json
 import random
 import re
-from pathlib import Path
 
 import pytest
+from shared_data import SHARED_DATA
 
 from aha.data.gsm8k import load_gsm8k
 from aha.rewards import BUILTIN_REWARDS, compute_rewards, make_reward_specs
 from aha.rewards.base import RewardError
 from aha.rewards.math_answer import BadGoldAnswer, MathAnswerReward
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = SHARED_DATA
 GSM8K_TEST = DATA / "gsm8k" / "test.jsonl"
 MATH500 = DATA / "math500" / "test.jsonl"
 needs_gsm8k = pytest.mark.skipif(not GSM8K_TEST.is_file(), reason="GSM8K data not present")
