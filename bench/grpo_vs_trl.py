@@ -129,6 +129,8 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         f"load average {load_start}; measuring the fp32 matmul peak with {args.threads} threads",
         file=sys.stderr,
     )
+    if args.quiet_cores:
+        wait_until_quiet(args.quiet_cores, args.quiet_timeout)
     peak = measure_matmul_peak(args.threads, sizes=(256,) if args.quick else (1024, 2048))
     results: dict = {"sizes": {}}
     with tempfile.TemporaryDirectory(prefix="aha-bench-") as tmp:
@@ -166,7 +168,9 @@ def run_benchmark(args: argparse.Namespace) -> dict:
             order = args.tools if repeat % 2 == 0 else tuple(reversed(args.tools))
             for key in args.sizes:
                 for tool in order:
-                    before = wait_until_quiet(args.quiet_cores, args.quiet_timeout) if args.quiet_cores else None
+                    before = (
+                        wait_until_quiet(args.quiet_cores, args.quiet_timeout) if args.quiet_cores else None
+                    )
                     print(
                         f"repeat {repeat + 1}/{args.repeats}: {SIZES[key].name} {tool} "
                         f"(other processes busy on {_cores(before)} cores before it)",

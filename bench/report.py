@@ -91,8 +91,8 @@ def render_grpo_vs_trl(data: dict) -> str:
         f"```\n{data['command']}\n```\n",
         _machine(data) + "\n",
         "| model | params | tool | s/step | generation s/step | completion tokens/s | peak RSS (GB) "
-        "| model FLOPs/step | fraction of fp32 peak |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model FLOPs/step | fraction of fp32 peak | other load (cores) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for res in data["sizes"].values():
         model = res["model"]
@@ -102,7 +102,8 @@ def render_grpo_vs_trl(data: dict) -> str:
             out.append(
                 f"| {model['name']} | {model['parameters'] / 1e6:.2f}M | {TOOL_NAMES[tool]} "
                 f"| {t['step_s_median']:.3f} | {gen} | {t['completion_tokens_per_s']:.0f} | {t['peak_rss_gb']:.2f} "
-                f"| {res['flops_per_step'] / 1e9:.1f} G | {100 * t['fraction_of_peak']:.1f}% |"
+                f"| {res['flops_per_step'] / 1e9:.1f} G | {100 * t['fraction_of_peak']:.1f}% "
+                f"| {_other_load(t.get('other_cores_per_run'))} |"
             )
     out += [
         "",
@@ -138,10 +139,23 @@ def render_grpo_vs_trl(data: dict) -> str:
         "(`bench/_flops.py`). The fraction of peak divides FLOPs per second of step time by the measured fp32 "
         "matmul peak above. The floor is the same step's model work with generation replaced by one batched "
         "teacher-forced forward (`bench/_grpo_floor.py`): what a step would cost with no per-token overhead at "
-        "all, at fp32 on this machine; floor/TRL is the best ratio any tool could reach without doing less work.",
+        "all, at fp32 on this machine; floor/TRL is the best ratio any tool could reach without doing less work. "
+        "Other load is the most CPU (in cores) that other processes used during any run of that row (from "
+        "/proc/stat, the benchmark's own processes subtracted); with 2 cores, anything above a few tenths "
+        "means the timings of that row are inflated.",
         "",
     ]
     return "\n".join(out)
+
+
+def _seconds(value: float | None) -> str:
+    return "not reached" if value is None else f"{value:.1f}"
+
+
+def _other_load(per_run: list[float | None] | None) -> str:
+    """The worst interference any run of this row suffered: cores other processes kept busy meanwhile."""
+    known = [x for x in per_run or [] if x is not None]
+    return f"{max(known):.2f}" if known else "?"
 
 
 def _ratio(r: dict | None) -> str:
@@ -165,15 +179,16 @@ def render_time_to_accuracy(data: dict, plot_name: str) -> str:
         f"```\n{data['command']}\n```\n",
         _machine(data) + "\n",
         f"![held-out accuracy against training time]({plot_name})\n",
-        "| tool | steps | s/step (median) | start accuracy | best accuracy | at step | training time to best (s) |",
-        "|---|---|---|---|---|---|---|",
+        "| tool | steps | s/step (median) | start accuracy | best accuracy | at step | training time to best (s) "
+        "| other load (cores) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for tool, run in data["runs"].items():
         best = max(run["evals"], key=lambda e: e["accuracy"])
         out.append(
-            f"| {'TRL' if tool == 'trl' else 'aha'} | {run['steps']} | {run['step_s_median']:.3f} "
+            f"| {TOOL_NAMES[tool]} | {run['steps']} | {run['step_s_median']:.3f} "
             f"| {100 * run['evals'][0]['accuracy']:.1f}% | {100 * best['accuracy']:.1f}% | {best['step']} "
-            f"| {best['train_time_s']:.1f} |"
+            f"| {best['train_time_s']:.1f} | {_other_load([run.get('other_cores')])} |"
         )
     v = data["verdict"]
     if v is None:
@@ -192,12 +207,25 @@ def render_time_to_accuracy(data: dict, plot_name: str) -> str:
             f"{v['aha_time_to_trl_best_s']:.1f} s of training against TRL's {v['trl_time_to_best_s']:.1f} s: "
             f"{ratio:.2f}x (target <= {TARGET_TTA_RATIO} {_mark(ratio <= TARGET_TTA_RATIO)})."
         )
-    out += ["", verdict, "", "Accuracy at every evaluation (training seconds, accuracy):", ""]
+    thresholds = list(next(iter(data["runs"].values()))["time_to_accuracy_s"])
+    out += [
+        "",
+        verdict,
+        "",
+        "Training seconds to first reach an accuracy (less sensitive to one lucky evaluation than the best):",
+        "",
+        "| tool | " + " | ".join(f"{100 * float(a):.0f}%" for a in thresholds) + " |",
+        "|---|" + "---|" * len(thresholds),
+    ]
+    for tool, run in data["runs"].items():
+        cells = [_seconds(run["time_to_accuracy_s"][a]) for a in thresholds]
+        out.append(f"| {TOOL_NAMES[tool]} | " + " | ".join(cells) + " |")
+    out += ["", "Accuracy at every evaluation (training seconds, accuracy):", ""]
     for tool, run in data["runs"].items():
         points = ", ".join(
             f"{e['step']}: {e['train_time_s']:.0f} s {100 * e['accuracy']:.0f}%" for e in run["evals"]
         )
-        out.append(f"- {'TRL' if tool == 'trl' else 'aha'}: {points}")
+        out.append(f"- {TOOL_NAMES[tool]}: {points}")
     out.append("")
     return "\n".join(out)
 

@@ -65,6 +65,7 @@ def test_quick_run_end_to_end(tmp_path):
         assert [e["step"] for e in run["evals"]] == [0, 1]
         assert all(0.0 <= e["accuracy"] <= 1.0 for e in run["evals"])
         assert run["evals"][1]["train_time_s"] > 0
+        assert set(run["time_to_accuracy_s"]) == {"0.8", "0.9", "0.95"}
     assert (result["verdict"] is None) == (len(tools) == 1)
 
     import report
