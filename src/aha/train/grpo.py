@@ -27,7 +27,7 @@ from aha.rollout import make_engine
 from aha.rollout.base import SamplingParams
 from aha.track.plots import plot_metrics
 from aha.track.samples import format_samples_table
-from aha.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from aha.train.checkpoint import latest_checkpoint, load_checkpoint
 from aha.train.evaluate import EvalResult, evaluate
 from aha.train.grpo_config import GRPORunConfig
 from aha.train.policy_update import PolicyLossSettings, UpdateBatch, completion_logprobs, policy_update
@@ -209,21 +209,10 @@ def run_grpo(cfg: GRPORunConfig, resume: bool = False) -> GRPOResult:
             kl=metrics.get("kl", 0.0),
             tok_s=metrics["throughput/tokens_per_s"],
         )
-        if (cfg.run.save_every and step % cfg.run.save_every == 0) or step == cfg.train.steps:
-            extra = {"sampler": sampler.state_dict()}
-            if ref_model is not None and cfg.algo.ref_sync_every:
-                extra["ref_model"] = ref_model.state_dict()
-            save_checkpoint(
-                session.run_dir,
-                step,
-                model,
-                tokenizer,
-                session.optimizer,
-                session.scheduler,
-                trainer_state={"stage": "grpo"},
-                extra_state=extra,
-                keep_last=cfg.run.keep_checkpoints,
-            )
+        extra = {"sampler": sampler.state_dict()}
+        if ref_model is not None and cfg.algo.ref_sync_every:
+            extra["ref_model"] = ref_model.state_dict()
+        session.save_if_due(step, "grpo", extra)
 
     if start_step >= cfg.train.steps:  # resumed a finished run: report its final evaluation again
         final = run_eval()

@@ -24,6 +24,7 @@ from aha.track.jsonl import to_json_value
 from aha.track.metrics import MetricsWriter, read_metrics
 from aha.track.progress import Progress
 from aha.track.samples import SampleWriter
+from aha.train.checkpoint import save_checkpoint
 from aha.train.common_config import resolve_device
 from aha.train.optim import build_optimizer, build_scheduler
 
@@ -109,6 +110,22 @@ class TrainingSession:
     def log(self, step: int, metrics: dict[str, float]) -> None:
         self.history.append({"step": step, **metrics})
         self.metrics.log(step, metrics)
+
+    def save_if_due(self, step: int, stage: str, extra_state: dict) -> None:
+        """Checkpoint every `run.save_every` steps and always at the last step."""
+        every = self.cfg.run.save_every
+        if (every and step % every == 0) or step == self.total_steps:
+            save_checkpoint(
+                self.run_dir,
+                step,
+                self.model,
+                self.tokenizer,
+                self.optimizer,
+                self.scheduler,
+                trainer_state={"stage": stage},
+                extra_state=extra_state,
+                keep_last=self.cfg.run.keep_checkpoints,
+            )
 
     def finish(self) -> None:
         self.progress.close()

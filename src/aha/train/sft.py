@@ -28,7 +28,7 @@ from aha.config import ConfigError, option
 from aha.data.prompts import DataError, PromptExample, load_prompt_file
 from aha.rollout.completions import left_padded_position_ids
 from aha.track.plots import plot_metrics
-from aha.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from aha.train.checkpoint import latest_checkpoint, load_checkpoint
 from aha.train.common_config import ModelConfig, OptimConfig, RunConfig
 from aha.train.session import TrainingSession
 
@@ -249,18 +249,7 @@ def run_sft(cfg: SFTRunConfig, resume: bool = False) -> SFTResult:
             metrics["eval/loss"] = final_eval = eval_loss()
         session.log(step, metrics)
         session.progress.update(step, loss=metrics["loss"])
-        if (cfg.run.save_every and step % cfg.run.save_every == 0) or step == total_steps:
-            save_checkpoint(
-                session.run_dir,
-                step,
-                model,
-                tokenizer,
-                session.optimizer,
-                session.scheduler,
-                trainer_state={"stage": "sft"},
-                extra_state={"sampler": sampler.state_dict()},
-                keep_last=cfg.run.keep_checkpoints,
-            )
+        session.save_if_due(step, "sft", {"sampler": sampler.state_dict()})
 
     if eval_set and final_eval is None:  # resumed a finished run
         final_eval = eval_loss()
