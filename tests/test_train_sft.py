@@ -19,7 +19,14 @@ from aha.rewards.base import make_reward_specs
 from aha.rollout import make_engine
 from aha.rollout.base import SamplingParams
 from aha.train.evaluate import evaluate
-from aha.train.sft import SFTRunConfig, completion_nll, load_demonstrations, run_sft, tokenize_demonstrations
+from aha.train.sft import (
+    SFTRunConfig,
+    completion_nll,
+    encode_demonstrations,
+    load_demonstrations,
+    run_sft,
+    tokenize_demonstrations,
+)
 
 
 def _copy_task(n: int, seed: int, exclude: set[str] = frozenset()) -> list[dict]:
@@ -78,6 +85,14 @@ def test_tokenize_masks_the_prompt_and_appends_eos(tiny_model_dir):
     assert batch.loss_mask.tolist() == [[0] * 5 + [1] * 3, [0] * 4 + [1] * 2 + [0, 0]]
     with pytest.raises(ValueError, match="max_length=6"):
         tokenize_demonstrations(tokenizer, ["12+3="], ["15"], max_length=6)
+
+
+def test_overlong_demonstration_names_the_file_and_record(tiny_model_dir):
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    with pytest.raises(
+        ValueError, match=r"^sft\.jsonl: record 2 \('12\+3='\) is 8 tokens, over data\.max_length=6"
+    ):
+        encode_demonstrations(tokenizer, ["1=", "12+3="], ["1", "15"], max_length=6, source="sft.jsonl")
 
 
 def test_loss_ignores_prompt_tokens(tiny_varied_model_dir):

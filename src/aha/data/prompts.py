@@ -152,13 +152,17 @@ class PromptSampler:
         return self
 
     def __next__(self) -> list[PromptExample]:
+        return [self.examples[i] for i in self.next_indices()]
+
+    def next_indices(self) -> list[int]:
+        """The next batch as indices into `examples` (for callers that prepared per-example data)."""
         batch = []
         while len(batch) < self.batch_size:
             if self.position == len(self._order):
                 self.epoch += 1
                 self.position = 0
                 self._order = self._epoch_order(self.epoch)
-            batch.append(self.examples[self._order[self.position]])
+            batch.append(self._order[self.position])
             self.position += 1
         return batch
 
@@ -180,8 +184,5 @@ class PromptSampler:
         self._order = self._epoch_order(self.epoch)
 
     def _fingerprint(self) -> str:
-        digest = hashlib.sha256()
-        for ex in self.examples:
-            digest.update(ex.prompt.encode("utf-8"))
-            digest.update(b"\0")
-        return f"{len(self.examples)}:{digest.hexdigest()[:16]}"
+        data = "".join(ex.prompt + "\0" for ex in self.examples).encode("utf-8")
+        return f"{len(self.examples)}:{hashlib.sha256(data).hexdigest()[:16]}"

@@ -53,7 +53,7 @@ SCENARIOS: dict[str, Scenario] = {
         intermediate_size=512,
         train_problems=None,
         demos_per_problem=4,
-        full=Budget(sft_steps=2000, grpo_steps=60, heldout_size=500, grpo_eval_size=200, grpo_eval_every=10),
+        full=Budget(sft_steps=1400, grpo_steps=60, heldout_size=500, grpo_eval_size=200, grpo_eval_every=10),
         quick=Budget(sft_steps=800, grpo_steps=40, heldout_size=200, grpo_eval_size=100, grpo_eval_every=10),
     ),
     "limit": Scenario(
@@ -66,7 +66,7 @@ SCENARIOS: dict[str, Scenario] = {
         intermediate_size=512,
         train_problems=None,
         demos_per_problem=4,
-        full=Budget(sft_steps=2000, grpo_steps=60, heldout_size=500, grpo_eval_size=200, grpo_eval_every=10),
+        full=Budget(sft_steps=1400, grpo_steps=60, heldout_size=500, grpo_eval_size=200, grpo_eval_every=10),
         quick=Budget(sft_steps=800, grpo_steps=40, heldout_size=200, grpo_eval_size=100, grpo_eval_every=10),
     ),
     "cot": Scenario(

@@ -209,10 +209,7 @@ def run_grpo(cfg: GRPORunConfig, resume: bool = False) -> GRPOResult:
             kl=metrics.get("kl", 0.0),
             tok_s=metrics["throughput/tokens_per_s"],
         )
-        extra = {"sampler": sampler.state_dict()}
-        if ref_model is not None and cfg.algo.ref_sync_every:
-            extra["ref_model"] = ref_model.state_dict()
-        session.save_if_due(step, "grpo", extra)
+        session.save_if_due(step, "grpo", lambda: _resume_state(sampler, ref_model, cfg))
 
     if start_step >= cfg.train.steps:  # resumed a finished run: report its final evaluation again
         final = run_eval()
@@ -220,6 +217,14 @@ def run_grpo(cfg: GRPORunConfig, resume: bool = False) -> GRPOResult:
     if cfg.track.plot and session.history:
         plot_metrics(session.history, PLOT_KEYS, session.run_dir / "plots.png", title="GRPO")
     return GRPOResult(session.run_dir, session.history, final)
+
+
+def _resume_state(sampler, ref_model: torch.nn.Module | None, cfg: GRPORunConfig) -> dict:
+    """What a checkpoint needs beyond the model and optimizer to resume exactly."""
+    extra = {"sampler": sampler.state_dict()}
+    if ref_model is not None and cfg.algo.ref_sync_every:
+        extra["ref_model"] = ref_model.state_dict()
+    return extra
 
 
 def _frozen_copy(model: torch.nn.Module) -> torch.nn.Module:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,21 +112,23 @@ class TrainingSession:
         self.history.append({"step": step, **metrics})
         self.metrics.log(step, metrics)
 
-    def save_if_due(self, step: int, stage: str, extra_state: dict) -> None:
-        """Checkpoint every `run.save_every` steps and always at the last step."""
+    def save_if_due(self, step: int, stage: str, extra_state: Callable[[], dict]) -> None:
+        """Checkpoint every `run.save_every` steps and always at the last step. `extra_state` is called
+        only when a checkpoint is written: gathering it (e.g. hashing the prompts) is not free."""
         every = self.cfg.run.save_every
-        if (every and step % every == 0) or step == self.total_steps:
-            save_checkpoint(
-                self.run_dir,
-                step,
-                self.model,
-                self.tokenizer,
-                self.optimizer,
-                self.scheduler,
-                trainer_state={"stage": stage},
-                extra_state=extra_state,
-                keep_last=self.cfg.run.keep_checkpoints,
-            )
+        if not ((every and step % every == 0) or step == self.total_steps):
+            return
+        save_checkpoint(
+            self.run_dir,
+            step,
+            self.model,
+            self.tokenizer,
+            self.optimizer,
+            self.scheduler,
+            trainer_state={"stage": stage},
+            extra_state=extra_state(),
+            keep_last=self.cfg.run.keep_checkpoints,
+        )
 
     def finish(self) -> None:
         self.progress.close()
