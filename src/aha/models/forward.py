@@ -3,14 +3,23 @@
 Shared by every trainer (policy, old policy, reference) so they all score tokens identically to the
 rollout engines: positions come from the attention mask (prompts are left-padded) and only the
 completion positions' logits are computed.
+
+GRPO scores each prompt's whole group of completions, so most rows of a batch repeat a prompt. The
+prompt is then run once per distinct prompt and its keys/values are shared by the group's rows
+(`shared_prompt=True`, the default): the same numbers, gradients included (a shared prompt's
+keys/values collect the gradient of every row that reads them, as the per-row graph would), for a
+fraction of the prompt work. With an 8-sample group and prompts as long as completions that is
+about 44% less forward and backward work.
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
 from transformers import PreTrainedModel
+from transformers.cache_utils import DynamicCache
 
 from aha.algos.logprobs import token_logprobs
 from aha.rollout.completions import left_padded_position_ids
@@ -22,17 +31,35 @@ class CompletionScores:
     logits: torch.Tensor  # [B, C, V] the logits that produced them (for entropy), not temperature-scaled
 
 
+def cache_argument(model: PreTrainedModel) -> str:
+    """The name `model.forward` takes its KV cache under (transformers renamed `past_key_values`)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 def score_completions(
     model: PreTrainedModel,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     completion_len: int,
     temperature: float = 1.0,
+    shared_prompt: bool = True,
 ) -> CompletionScores:
     """Log-probs of the last `completion_len` tokens of `input_ids` given everything before them.
 
     `logits_to_keep` skips the LM head on prompt positions, which dominate memory for long prompts.
     """
+    prompt_len = input_ids.shape[1] - completion_len
+    if shared_prompt and prompt_len > 0:
+        prompts, row_prompt = torch.unique(
+            torch.cat([input_ids[:, :prompt_len], attention_mask[:, :prompt_len]], dim=1),
+            dim=0,
+            return_inverse=True,
+        )
+        if prompts.shape[0] < input_ids.shape[0]:
+            logits = _shared_prompt_logits(
+                model, prompts[:, :prompt_len], prompts[:, prompt_len:], row_prompt, input_ids, attention_mask
+            )
+            return _scores(logits, input_ids, completion_len, temperature)
     out = model(
         input_ids=input_ids,
         attention_mask=attention_mask,
@@ -40,6 +67,46 @@ def score_completions(
         use_cache=False,
         logits_to_keep=completion_len + 1,
     )
-    logits = out.logits[:, :-1]  # logits at position t predict token t+1
+    return _scores(out.logits[:, :-1], input_ids, completion_len, temperature)  # t predicts t + 1
+
+
+def _scores(logits: torch.Tensor, input_ids: torch.Tensor, completion_len: int, temperature: float):
     tokens = input_ids[:, -completion_len:]
     return CompletionScores(token_logprobs(logits, tokens, temperature=temperature), logits)
+
+
+def _shared_prompt_logits(
+    model: PreTrainedModel,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    row_prompt: torch.Tensor,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+) -> torch.Tensor:
+    """Logits [B, C, V] predicting each row's completion tokens, with each distinct prompt (`prompt_ids`
+    [U, P], left-padded) run once and `row_prompt[i]` naming row i's prompt."""
+    prompt_len = prompt_ids.shape[1]
+    cache = DynamicCache(config=model.config)
+    arg = cache_argument(model)
+    prefix = model(
+        input_ids=prompt_ids,
+        attention_mask=prompt_mask,
+        position_ids=left_padded_position_ids(prompt_mask),
+        use_cache=True,
+        logits_to_keep=1,
+        **{arg: cache},
+    )
+    first = prefix.logits[row_prompt]  # [B, 1, V]: the last prompt position predicts completion token 0
+    if input_ids.shape[1] == prompt_len + 1:
+        return first
+    cache.batch_select_indices(row_prompt)  # indexing: the gradient flows back to the shared prompt
+    # The last completion token predicts nothing we score, so it is not fed.
+    positions = left_padded_position_ids(attention_mask)[:, prompt_len:-1]
+    out = model(
+        input_ids=input_ids[:, prompt_len:-1],
+        attention_mask=attention_mask[:, :-1],
+        position_ids=positions,
+        use_cache=True,
+        **{arg: cache},
+    )
+    return torch.cat([first, out.logits], dim=1)

@@ -10,13 +10,13 @@ stops when every row has ended. The model is any HF causal LM whose forward acce
 
 from __future__ import annotations
 
-import inspect
 import time
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.cache_utils import Cache, DynamicLayer
 
+from aha.models.forward import cache_argument
 from aha.rollout.base import RolloutBatch, SamplingParams
 from aha.rollout.completions import (
     StopStringFinder,
@@ -126,9 +126,7 @@ class NativeSampler:
         self.model = model
         self.tokenizer = tokenizer
         self.fast_decode = fast_decode
-        forward_args = inspect.signature(model.forward).parameters
-        # transformers renamed `past_key_values` to `cache`; accept both.
-        self._cache_arg = "cache" if "cache" in forward_args else "past_key_values"
+        self._cache_arg = cache_argument(model)
         self._eos_ids = eos_token_ids(model, tokenizer)
 
     def sync_weights(self) -> None:

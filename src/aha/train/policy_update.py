@@ -51,15 +51,20 @@ class PolicyLossSettings:
     norm_constant: float | None = None  # for seq-mean-token-sum-norm (Dr. GRPO)
 
 
+# Rows per no-grad scoring pass are chosen so their logits take at most this many elements (256 MB in
+# float32): small models score a whole batch in one pass, large vocabularies stay within memory.
+LOGITS_PER_PASS = 1 << 26
+
+
 @torch.no_grad()
-def completion_logprobs(
-    model: PreTrainedModel, batch: UpdateBatch, temperature: float, chunk: int = 64
-) -> torch.Tensor:
+def completion_logprobs(model: PreTrainedModel, batch: UpdateBatch, temperature: float) -> torch.Tensor:
     """Log-probs of the completion tokens under `model` without gradients (reference / old policy)."""
     completion_len = batch.completion_mask.shape[1]
+    vocab = model.config.get_text_config().vocab_size
+    rows = max(1, LOGITS_PER_PASS // (max(completion_len, 1) * vocab))
     parts = [
         score_completions(model, ids, mask, completion_len, temperature).logprobs
-        for ids, mask in zip(batch.input_ids.split(chunk), batch.attention_mask.split(chunk), strict=True)
+        for ids, mask in zip(batch.input_ids.split(rows), batch.attention_mask.split(rows), strict=True)
     ]
     return torch.cat(parts)
 
