@@ -5,7 +5,13 @@ import math
 import pytest
 import torch
 
-from aha.algos.policy_loss import LOSS_AGG_MODES, aggregate_loss, clipped_surrogate, value_loss
+from aha.algos.policy_loss import (
+    LOSS_AGG_MODES,
+    aggregate_loss,
+    clipped_surrogate,
+    micro_batch_weight,
+    value_loss,
+)
 
 
 def surrogate_one(ratio: float, adv: float, clip_low: float = 0.2, clip_high: float = 0.2):
@@ -183,6 +189,33 @@ def test_aggregation_unknown_mode():
 
 
 # ---- value loss -----------------------------------------------------------------------------------
+
+
+def test_micro_batch_weights_by_hand():
+    full = torch.tensor([[1, 1, 1], [1, 0, 0], [1, 1, 0], [0, 0, 0]])
+    first, second = full[:2], full[2:]
+    # 6 real tokens: 4 in the first two rows; 3 rows with tokens: 2 of them in the first two rows.
+    assert micro_batch_weight(first, full, "token-mean") == pytest.approx(4 / 6)
+    assert micro_batch_weight(second, full, "token-mean") == pytest.approx(2 / 6)
+    assert micro_batch_weight(first, full, "seq-mean-token-mean") == pytest.approx(2 / 3)
+    assert micro_batch_weight(second, full, "seq-mean-token-mean") == pytest.approx(1 / 3)
+    assert micro_batch_weight(first, full, "seq-mean-token-sum-norm") == 1.0
+
+
+@pytest.mark.parametrize("mode", LOSS_AGG_MODES)
+def test_weighted_micro_batch_losses_add_up_to_the_full_loss(mode):
+    g = torch.Generator().manual_seed(0)
+    per_token = torch.randn(7, 5, generator=g)
+    lengths = torch.tensor([5, 1, 3, 0, 2, 5, 4])
+    mask = (torch.arange(5)[None] < lengths[:, None]).long()
+    norm = 12.0
+    full = aggregate_loss(per_token, mask, mode, norm)
+    parts = [(0, 3), (3, 4), (4, 7)]  # uneven, one part holding only an empty sequence
+    total = sum(
+        micro_batch_weight(mask[a:b], mask, mode) * aggregate_loss(per_token[a:b], mask[a:b], mode, norm)
+        for a, b in parts
+    )
+    assert float(total) == pytest.approx(float(full), rel=1e-6)
 
 
 def test_value_loss_by_hand():

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from aha.models.loading import load_model, load_tokenizer
+from aha.models.positions import left_padded_position_ids
 from aha.rollout import make_engine
 from aha.rollout.base import SamplingParams
-from aha.rollout.completions import left_padded_position_ids
 from aha.rollout.hf_generate import HFGenerateEngine
 from aha.rollout.native import NativeSampler
 

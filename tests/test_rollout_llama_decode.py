@@ -8,9 +8,9 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, Qwen2Config, Qwen2ForCausalLM
 
 from aha.models.loading import load_model, load_tokenizer
+from aha.models.positions import left_padded_position_ids
 from aha.models.tiny import build_char_tokenizer
 from aha.rollout.base import SamplingParams
-from aha.rollout.completions import left_padded_position_ids
 from aha.rollout.llama_decode import decode_step_for
 from aha.rollout.native import NativeSampler
 

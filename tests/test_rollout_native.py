@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from aha.models.loading import load_model, load_tokenizer
+from aha.models.positions import left_padded_position_ids
 from aha.rollout import make_engine
 from aha.rollout.base import RolloutBatch, SamplingParams
-from aha.rollout.completions import left_padded_position_ids
 from aha.rollout.native import NativeSampler, choose_tokens
 
 # Different lengths, so rows are left-padded by different amounts.

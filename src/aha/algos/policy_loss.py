@@ -99,6 +99,26 @@ def aggregate_loss(
     return masked_sum(per_token, m) / norm_constant
 
 
+def micro_batch_weight(micro_mask: torch.Tensor, full_mask: torch.Tensor, mode: str) -> float:
+    """The factor that makes micro-batch losses add up to the full batch's: summing
+    `micro_batch_weight(m_i, full, mode) * aggregate_loss(x_i, m_i, mode)` over a split of the rows
+    equals `aggregate_loss(x, full, mode)` (same `norm_constant`), so accumulating gradients over
+    micro-batches gives exactly the whole-batch update with a fraction of the activation memory.
+
+    token-mean: the micro-batch's share of the real tokens; seq-mean-token-mean: its share of the
+    sequences that have real tokens; seq-mean-token-sum-norm: 1 (the normaliser is a constant).
+    """
+    if mode not in LOSS_AGG_MODES:
+        raise ValueError(f"unknown loss aggregation mode {mode!r}; expected one of {LOSS_AGG_MODES}")
+    if mode == "seq-mean-token-sum-norm":
+        return 1.0
+    if mode == "token-mean":
+        part, whole = micro_mask.bool().sum(), full_mask.bool().sum()
+    else:
+        part, whole = micro_mask.bool().any(-1).sum(), full_mask.bool().any(-1).sum()
+    return float(part) / max(float(whole), 1.0)
+
+
 def value_loss(
     values: torch.Tensor,
     old_values: torch.Tensor,

@@ -22,7 +22,7 @@ from transformers import PreTrainedModel
 from transformers.cache_utils import DynamicCache
 
 from aha.algos.logprobs import token_logprobs
-from aha.rollout.completions import left_padded_position_ids
+from aha.models.positions import left_padded_position_ids
 
 
 @dataclass

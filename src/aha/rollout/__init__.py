@@ -9,7 +9,6 @@ from __future__ import annotations
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from aha.rollout.base import RolloutBatch, RolloutEngine, SamplingParams
-from aha.rollout.completions import left_padded_position_ids
 from aha.rollout.hf_generate import HFGenerateEngine
 from aha.rollout.native import NativeSampler
 
@@ -37,6 +36,5 @@ __all__ = [
     "RolloutBatch",
     "RolloutEngine",
     "SamplingParams",
-    "left_padded_position_ids",
     "make_engine",
 ]

@@ -51,13 +51,6 @@ def tokenize_prompts(
     return enc["input_ids"].to(device), mask.to(device)
 
 
-def left_padded_position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions counted from each row's first real token (0, 1, ...), as `generate` does for left padding;
-    pad slots get 1 (any value works: they are masked). A trainer's teacher-forced pass should use the same."""
-    positions = attention_mask.long().cumsum(-1) - 1
-    return positions.masked_fill(attention_mask == 0, 1)
-
-
 def eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """Every id that ends a completion: the tokenizer's EOS and those in the model's generation config
     (chat models often list several, e.g. an end-of-turn token and end-of-text)."""

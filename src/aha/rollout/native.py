@@ -17,13 +17,13 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.cache_utils import Cache, DynamicLayer
 
 from aha.models.forward import cache_argument
+from aha.models.positions import left_padded_position_ids
 from aha.rollout.base import RolloutBatch, SamplingParams
 from aha.rollout.completions import (
     StopStringFinder,
     build_rollout_batch,
     check_sampling_params,
     eos_token_ids,
-    left_padded_position_ids,
     tokenize_prompts,
 )
 from aha.rollout.llama_decode import decode_step_for

@@ -148,6 +148,7 @@ def run_grpo(cfg: GRPORunConfig, resume: bool = False) -> GRPOResult:
                 group_size=G,
                 grad_clip=cfg.optim.grad_clip,
                 generator=update_generator,
+                micro_batch_size=cfg.train.micro_batch_size,
             )
         metrics["update/skipped"] = float(batch.input_ids.shape[0] == 0)
         session.scheduler.step()

@@ -116,6 +116,16 @@ class AlgoConfig:
 class GRPOTrainConfig:
     steps: int = option(100, help="RL steps (one batch of prompts_per_step x group_size completions each).")
     prompts_per_step: int = option(8, help="Prompts per step; each gets group_size completions.")
+    micro_batch_size: int = option(
+        0,
+        help="Completions per forward/backward pass, in whole groups (rounded down to a multiple of "
+        "group_size, at least one group). Gradients accumulate over a minibatch's micro-batches: the "
+        "same update with less activation memory. 0 = the whole minibatch in one pass (fastest).",
+    )
+
+    def validate(self) -> None:
+        if self.micro_batch_size < 0:
+            raise ConfigError("micro_batch_size must be >= 0 (0 = the whole minibatch in one pass)")
 
 
 @dataclass

@@ -13,7 +13,7 @@ from transformers import PreTrainedModel
 from aha.algos.kl import kl_penalty
 from aha.algos.logprobs import token_entropy
 from aha.algos.masked import masked_mean
-from aha.algos.policy_loss import aggregate_loss, clipped_surrogate
+from aha.algos.policy_loss import aggregate_loss, clipped_surrogate, micro_batch_weight
 from aha.models.forward import score_completions
 
 
@@ -105,28 +105,42 @@ def policy_update(
     group_size: int,
     grad_clip: float,
     generator: torch.Generator,
+    micro_batch_size: int = 0,
 ) -> dict[str, float]:
     """`passes` epochs over the batch, each split into `minibatches` optimizer steps of whole groups.
 
     Groups are shuffled between passes (seeded) and never split, so every minibatch holds complete
-    groups. Metrics are averaged over all optimizer steps; entropy comes from the first pass.
+    groups. Each minibatch is run `micro_batch_size` completions at a time (whole groups; 0 = all at
+    once), its gradients accumulated with `micro_batch_weight` so the update is the same either way.
+    Metrics are averaged over all optimizer steps; entropy comes from the first pass.
     """
     num_groups = batch.input_ids.shape[0] // group_size
+    groups_per_pass = max(1, micro_batch_size // group_size) if micro_batch_size else num_groups
     totals: dict[str, float] = {}
     steps = 0
     model.train()
     for p in range(passes):
         order = torch.randperm(num_groups, generator=generator) if p > 0 else torch.arange(num_groups)
         for group_ids in order.tensor_split(min(minibatches, num_groups)):
-            rows = (group_ids[:, None] * group_size + torch.arange(group_size)).flatten()
-            mb = batch.select(rows.to(batch.input_ids.device))
-            loss, metrics = minibatch_loss(model, mb, settings, with_entropy=p == 0)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            full_mask = batch.completion_mask[_rows(group_ids, group_size)]
+            metrics: dict[str, float] = {}
+            loss_total = 0.0
+            for micro_groups in group_ids.split(groups_per_pass):
+                mb = batch.select(_rows(micro_groups, group_size).to(batch.input_ids.device))
+                loss, micro_metrics = minibatch_loss(model, mb, settings, with_entropy=p == 0)
+                weight = micro_batch_weight(mb.completion_mask, full_mask, settings.loss_agg)
+                (loss * weight).backward()
+                loss_total += float(loss.detach()) * weight
+                _accumulate(
+                    metrics,
+                    micro_metrics,
+                    token_share=micro_batch_weight(mb.completion_mask, full_mask, "token-mean"),
+                )
             if grad_clip > 0:
                 metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip))
             optimizer.step()
-            metrics["loss"] = float(loss.detach())
+            metrics["loss"] = loss_total
             for k, v in metrics.items():
                 totals[k] = totals.get(k, 0.0) + v
             steps += 1
@@ -134,3 +148,17 @@ def policy_update(
     if "entropy" in out:  # only first-pass minibatches contributed
         out["entropy"] = totals["entropy"] / min(minibatches, num_groups)
     return out
+
+
+def _rows(group_ids: torch.Tensor, group_size: int) -> torch.Tensor:
+    return (group_ids[:, None] * group_size + torch.arange(group_size)).flatten()
+
+
+def _accumulate(metrics: dict[str, float], micro: dict[str, float], token_share: float) -> None:
+    """Minibatch metrics from micro-batch ones: maxima stay maxima, the rest are token-level means,
+    weighted by each micro-batch's share of the real tokens."""
+    for k, v in micro.items():
+        if k.endswith("_max"):
+            metrics[k] = max(metrics.get(k, v), v)
+        else:
+            metrics[k] = metrics.get(k, 0.0) + v * token_share

@@ -1,0 +1,78 @@
+"""policy_update: running a minibatch in micro-batches (gradient accumulation) gives the same update
+and the same metrics as running it whole, for every loss aggregation."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from aha.algos.policy_loss import LOSS_AGG_MODES
+from aha.models.loading import load_model
+from aha.train.policy_update import PolicyLossSettings, UpdateBatch, completion_logprobs, policy_update
+
+GROUP, GROUPS, PROMPT, COMPLETION = 4, 3, 4, 5
+
+
+def _batch(model) -> UpdateBatch:
+    g = torch.Generator().manual_seed(1)
+    prompts = torch.randint(3, 40, (GROUPS, PROMPT), generator=g).repeat_interleave(GROUP, 0)
+    completions = torch.randint(3, 40, (GROUPS * GROUP, COMPLETION), generator=g)
+    lengths = torch.randint(1, COMPLETION + 1, (GROUPS * GROUP,), generator=g)
+    completion_mask = (torch.arange(COMPLETION)[None] < lengths[:, None]).long()
+    batch = UpdateBatch(
+        input_ids=torch.cat([prompts, completions.masked_fill(completion_mask == 0, 0)], 1),
+        attention_mask=torch.cat([torch.ones_like(prompts), completion_mask], 1),
+        completion_mask=completion_mask,
+        advantages=torch.randn(GROUPS * GROUP, generator=g),
+    )
+    current = completion_logprobs(model, batch, temperature=1.0)
+    # Old and reference policies a little away from the current one, so ratios clip and KL is not 0.
+    batch.old_logprobs = current + 0.3 * torch.randn(current.shape, generator=g)
+    batch.ref_logprobs = current + 0.5 * torch.randn(current.shape, generator=g)
+    return batch
+
+
+@pytest.mark.parametrize("loss_agg", LOSS_AGG_MODES)
+def test_micro_batches_give_the_same_update(tiny_varied_model_dir, loss_agg):
+    base = load_model(str(tiny_varied_model_dir))
+    batch = _batch(base)
+    settings = PolicyLossSettings(
+        clip_low=0.2,
+        clip_high=0.28,
+        beta=0.1,
+        kl_estimator="k3",
+        loss_agg=loss_agg,
+        temperature=1.0,
+        norm_constant=GROUPS * GROUP * COMPLETION,
+    )
+
+    def update(micro_batch_size: int):
+        model = copy.deepcopy(base)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+        metrics = policy_update(
+            model,
+            optimizer,
+            batch,
+            settings,
+            passes=1,
+            minibatches=1,
+            group_size=GROUP,
+            grad_clip=0.0,
+            generator=torch.Generator().manual_seed(0),
+            micro_batch_size=micro_batch_size,
+        )
+        return metrics, [p.detach() for p in model.parameters()]
+
+    whole_metrics, whole_params = update(0)
+    assert whole_metrics["clip_frac"] > 0 and whole_metrics["kl"] > 0  # the comparison is not vacuous
+    for micro in (GROUP, 2 * GROUP + 1):  # one group per pass; two groups (rounded down) then one
+        metrics, params = update(micro)
+        assert metrics.keys() == whole_metrics.keys()
+        for k, v in whole_metrics.items():
+            assert metrics[k] == pytest.approx(v, rel=1e-4, abs=1e-6), k
+        moved = max((a - p).abs().max().item() for a, p in zip(whole_params, base.parameters(), strict=True))
+        assert moved > 1e-3  # SGD moved the weights, so equality below is a real check
+        for a, b in zip(params, whole_params, strict=True):
+            assert torch.allclose(a, b, atol=1e-5 * moved)
