@@ -19,7 +19,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from _hardware import OtherLoad, peak_rss_bytes
+from _hardware import OtherLoad, peak_rss_bytes, wait_until_quiet
 
 AHA_TO_TRL_LOSS = {"token-mean": "dapo", "seq-mean-token-mean": "grpo", "seq-mean-token-sum-norm": "dr_grpo"}
 
@@ -47,6 +47,7 @@ class GRPOBenchSettings:
     threads: int = 2
     eval_every: int = 0  # 0: no held-out evaluation during training (TRL), only start and end (aha)
     eval_prompts_used: int = 4
+    aha_micro_batch_size: int = 0  # aha's train.micro_batch_size (0: the whole batch in one pass)
 
 
 @dataclass
@@ -59,6 +60,8 @@ class RunRecord:
     peak_rss_bytes: int = 0
     wall_s: float = 0.0  # the whole child, start-up and evaluation included
     other_cores: float | None = None  # cores other processes kept busy meanwhile (set by run_in_child)
+    attempts: int = 1  # runs made until one was undisturbed (set by run_when_quiet)
+    settings_used: dict = field(default_factory=dict)  # a tool's own defaults worth reporting
 
     @classmethod
     def from_dict(cls, data: dict) -> RunRecord:
@@ -91,6 +94,23 @@ def run_in_child(tool: str, settings: GRPOBenchSettings, workdir: Path, timeout_
         raise RuntimeError(f"the {tool} run failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
     record = RunRecord.from_dict(json.loads(out_path.read_text()))
     record.other_cores = other.cores
+    return record
+
+
+def run_when_quiet(
+    tool: str, settings: GRPOBenchSettings, workdir: Path, max_other_cores: float, wait_s: float, retries: int
+) -> RunRecord:
+    """`run_in_child` on a quiet machine: wait until other processes use at most `max_other_cores`, and
+    measure again (up to `retries` times) when they used more while it ran. On 2 cores, one other busy
+    process slows a run several-fold. `max_other_cores` = 0 disables both: a single run, as it comes."""
+    for attempt in range(1, retries + 2):
+        if max_other_cores:
+            wait_until_quiet(max_other_cores, wait_s)
+        record = run_in_child(tool, settings, workdir / f"attempt-{attempt}")
+        record.attempts = attempt
+        if not max_other_cores or record.other_cores is None or record.other_cores <= max_other_cores:
+            break
+        print(f"  {tool}: other processes used {record.other_cores:.2f} cores meanwhile", file=sys.stderr)
     return record
 
 
@@ -148,6 +168,7 @@ def _aha_overrides(s: GRPOBenchSettings, train_file: Path, eval_file: Path, out_
         "algo.kl_estimator=k3",
         f"train.steps={s.steps}",
         f"train.prompts_per_step={s.prompts_per_step}",
+        f"train.micro_batch_size={s.aha_micro_batch_size}",
         f"optim.lr={s.lr}",
         "optim.weight_decay=0.0",
         f"optim.warmup_steps={s.warmup_steps}",
@@ -209,6 +230,7 @@ def run_trl(settings: GRPOBenchSettings, workdir: Path) -> RunRecord:
         processing_class=tokenizer,
         callbacks=[Timing()],
     )
+    record.settings_used["gradient_checkpointing"] = bool(trainer.args.gradient_checkpointing)
     trainer.train()
     return record
 

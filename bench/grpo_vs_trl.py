@@ -27,7 +27,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 
 from _flops import LlamaShape, grpo_step_flops  # noqa: E402
-from _grpo_runners import GRPOBenchSettings, RunRecord, run_in_child  # noqa: E402
+from _grpo_runners import GRPOBenchSettings, RunRecord, run_when_quiet  # noqa: E402
 from _hardware import load_average, machine_description, measure_matmul_peak, wait_until_quiet  # noqa: E402
 
 DEFAULT_OUT = BENCH_DIR / "results" / "grpo_vs_trl.json"
@@ -104,6 +104,9 @@ def summarize_size(
             "fraction_of_peak": flops / (step * peak_gflops * 1e9),
             "completion_lengths": sorted({round(x, 3) for r in runs for x in r.completion_length}),
             "other_cores_per_run": [r.other_cores for r in runs],
+            "attempts_per_run": [r.attempts for r in runs],
+            "step_s_all": [r.step_s for r in runs],  # every step of every run, warm-up included
+            "settings_used": runs[0].settings_used,
         }
     for a, b in (("aha", "trl"), ("floor", "trl"), ("aha", "floor")):
         if a in records and b in records:
@@ -153,6 +156,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
                 loss_agg="token-mean",
                 seed=args.seed,
                 threads=args.threads,
+                aha_micro_batch_size=args.aha_micro_batch,
             )
             sequences = settings.prompts_per_step * settings.group_size
             prepared[key] = {
@@ -168,15 +172,15 @@ def run_benchmark(args: argparse.Namespace) -> dict:
             order = args.tools if repeat % 2 == 0 else tuple(reversed(args.tools))
             for key in args.sizes:
                 for tool in order:
-                    before = (
-                        wait_until_quiet(args.quiet_cores, args.quiet_timeout) if args.quiet_cores else None
+                    print(f"repeat {repeat + 1}/{args.repeats}: {SIZES[key].name} {tool}", file=sys.stderr)
+                    record = run_when_quiet(
+                        tool,
+                        prepared[key]["settings"],
+                        tmp_dir / f"{key}-{tool}-{repeat}",
+                        args.quiet_cores,
+                        args.quiet_timeout,
+                        args.retries,
                     )
-                    print(
-                        f"repeat {repeat + 1}/{args.repeats}: {SIZES[key].name} {tool} "
-                        f"(other processes busy on {_cores(before)} cores before it)",
-                        file=sys.stderr,
-                    )
-                    record = run_in_child(tool, prepared[key]["settings"], tmp_dir / f"{key}-{tool}-{repeat}")
                     records[key][tool].append(record)
                     print(
                         f"  median step {statistics.median(record.step_s[args.warmup :]):.3f} s, "
@@ -197,7 +201,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     results.update(
         {
             "benchmark": "grpo_vs_trl",
-            "command": "python bench/grpo_vs_trl.py " + " ".join(sys.argv[1:]),
+            "command": " ".join(["python bench/grpo_vs_trl.py", *sys.argv[1:]]),
             "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
             "duration_s": time.time() - started,
             "machine": machine,
@@ -211,12 +215,14 @@ def run_benchmark(args: argparse.Namespace) -> dict:
                 "beta": 0.04,
                 "loss": "token-mean (TRL loss_type=dapo)",
                 "passes_per_batch": 1,
+                "aha_micro_batch_size": args.aha_micro_batch,
                 "dtype": "float32",
                 "threads": args.threads,
                 "warmup_steps": args.warmup,
                 "measured_steps": args.steps,
                 "repeats": args.repeats,
                 "quiet_cores": args.quiet_cores,
+                "retries": args.retries,
                 "reward": "fraction of digit characters (the same function in both)",
             },
         }
@@ -237,10 +243,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=6, help="measured steps per run (after the warm-up)")
     parser.add_argument("--warmup", type=int, default=2, help="steps per run left out of the timings")
     parser.add_argument(
-        "--repeats", type=int, default=2, help="runs per tool and size, alternating the order"
+        "--repeats", type=int, default=3, help="runs per tool and size, alternating the order"
     )
     parser.add_argument("--new-tokens", type=int, default=64, help="exact completion length")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--aha-micro-batch",
+        type=int,
+        default=8,
+        help="aha's train.micro_batch_size (completions per forward/backward; 0 = all 32 at once)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--quiet-cores",
@@ -249,6 +261,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="before each measurement, wait until other processes use at most this many cores (0: never wait)",
     )
     parser.add_argument("--quiet-timeout", type=float, default=300, help="longest wait for quiet, seconds")
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=2,
+        help="measure again when other processes used more than --quiet-cores",
+    )
     parser.add_argument("--out", type=Path, default=None, help=f"results JSON (default {DEFAULT_OUT})")
     parser.add_argument("--no-report", action="store_true", help="do not regenerate docs/benchmarks.md")
     parser.add_argument(

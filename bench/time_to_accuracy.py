@@ -24,8 +24,8 @@ from pathlib import Path
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 
-from _grpo_runners import AHA_TO_TRL_LOSS, GRPOBenchSettings, RunRecord, run_in_child  # noqa: E402
-from _hardware import load_average, machine_description, wait_until_quiet  # noqa: E402
+from _grpo_runners import AHA_TO_TRL_LOSS, GRPOBenchSettings, RunRecord, run_when_quiet  # noqa: E402
+from _hardware import load_average, machine_description  # noqa: E402
 
 DEFAULT_OUT = BENCH_DIR / "results" / "time_to_accuracy.json"
 TOOLS = ("trl", "aha")
@@ -59,8 +59,11 @@ def summarize(record: RunRecord) -> dict:
         "peak_rss_gb": record.peak_rss_bytes / 1e9,
         "wall_s": record.wall_s,
         "other_cores": record.other_cores,
+        "attempts": record.attempts,
         "evals": record.evals,
         "time_to_accuracy_s": {str(a): time_to(record, a) for a in THRESHOLDS},
+        "step_s": record.step_s,
+        "settings_used": record.settings_used,
     }
 
 
@@ -100,14 +103,14 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         )
         runs = {}
         for tool in args.tools:
-            if args.quiet_cores:
-                wait_until_quiet(args.quiet_cores, args.quiet_timeout)
             print(f"{tool}: {args.steps} GRPO steps from the SFT checkpoint", file=sys.stderr)
-            runs[tool] = run_in_child(tool, settings, tmp_dir / tool)
+            runs[tool] = run_when_quiet(
+                tool, settings, tmp_dir / tool, args.quiet_cores, args.quiet_timeout, args.retries
+            )
             print(f"  accuracy {[round(e['accuracy'], 3) for e in runs[tool].evals]}", file=sys.stderr)
     return {
         "benchmark": "time_to_accuracy",
-        "command": "python bench/time_to_accuracy.py " + " ".join(sys.argv[1:]),
+        "command": " ".join(["python bench/time_to_accuracy.py", *sys.argv[1:]]),
         "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
         "duration_s": time.time() - started,
         "machine": machine,
@@ -153,6 +156,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="before each tool's run, wait until other processes use at most this many cores (0: never wait)",
     )
     parser.add_argument("--quiet-timeout", type=float, default=300, help="longest wait for quiet, seconds")
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=1,
+        help="run a tool again when other processes used more than --quiet-cores",
+    )
     parser.add_argument("--out", type=Path, default=None, help=f"results JSON (default {DEFAULT_OUT})")
     parser.add_argument("--no-report", action="store_true", help="do not regenerate docs/benchmarks.md")
     parser.add_argument(
