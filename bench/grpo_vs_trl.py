@@ -20,7 +20,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -31,7 +31,9 @@ from _grpo_runners import GRPOBenchSettings, RunRecord, run_when_quiet  # noqa: 
 from _hardware import load_average, machine_description, measure_matmul_peak, wait_until_quiet  # noqa: E402
 
 DEFAULT_OUT = BENCH_DIR / "results" / "grpo_vs_trl.json"
-TOOLS = ("aha", "trl", "floor")  # floor: the same step with generation as cheap as a forward (_grpo_floor.py)
+# aha_mb: aha with train.micro_batch_size (--aha-micro-batch); floor: the same step with generation as
+# cheap as a forward (_grpo_floor.py).
+TOOLS = ("aha", "aha_mb", "trl", "floor")
 
 
 @dataclass(frozen=True)
@@ -108,14 +110,22 @@ def summarize_size(
             "step_s_all": [r.step_s for r in runs],  # every step of every run, warm-up included
             "settings_used": runs[0].settings_used,
         }
-    for a, b in (("aha", "trl"), ("floor", "trl"), ("aha", "floor")):
+    for a, b in (("aha", "trl"), ("aha_mb", "trl"), ("floor", "trl"), ("aha", "floor")):
         if a in records and b in records:
             out[f"ratio_{a}_over_{b}"] = _per_repeat_ratios(
                 out[a]["step_s_per_run"], out[b]["step_s_per_run"]
             )
-    if "aha" in records and "trl" in records:
-        out["rss_ratio_aha_over_trl"] = out["aha"]["peak_rss_gb"] / out["trl"]["peak_rss_gb"]
+    for a in ("aha", "aha_mb"):
+        if a in records and "trl" in records:
+            out[f"rss_ratio_{a}_over_trl"] = out[a]["peak_rss_gb"] / out["trl"]["peak_rss_gb"]
     return out
+
+
+def _child_run(tool: str, settings: GRPOBenchSettings, micro_batch: int) -> tuple[str, GRPOBenchSettings]:
+    """The runner and settings behind a tool name: aha_mb is aha with `micro_batch` completions per pass."""
+    if tool == "aha_mb":
+        return "aha", replace(settings, aha_micro_batch_size=micro_batch)
+    return tool, settings
 
 
 def _per_repeat_ratios(numerators: list[float], denominators: list[float]) -> dict:
@@ -156,7 +166,6 @@ def run_benchmark(args: argparse.Namespace) -> dict:
                 loss_agg="token-mean",
                 seed=args.seed,
                 threads=args.threads,
-                aha_micro_batch_size=args.aha_micro_batch,
             )
             sequences = settings.prompts_per_step * settings.group_size
             prepared[key] = {
@@ -173,9 +182,10 @@ def run_benchmark(args: argparse.Namespace) -> dict:
             for key in args.sizes:
                 for tool in order:
                     print(f"repeat {repeat + 1}/{args.repeats}: {SIZES[key].name} {tool}", file=sys.stderr)
+                    child, settings = _child_run(tool, prepared[key]["settings"], args.aha_micro_batch)
                     record = run_when_quiet(
-                        tool,
-                        prepared[key]["settings"],
+                        child,
+                        settings,
                         tmp_dir / f"{key}-{tool}-{repeat}",
                         args.quiet_cores,
                         args.quiet_timeout,
@@ -215,7 +225,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
                 "beta": 0.04,
                 "loss": "token-mean (TRL loss_type=dapo)",
                 "passes_per_batch": 1,
-                "aha_micro_batch_size": args.aha_micro_batch,
+                "aha_micro_batch_size": args.aha_micro_batch if "aha_mb" in args.tools else 0,
                 "dtype": "float32",
                 "threads": args.threads,
                 "warmup_steps": args.warmup,
@@ -251,7 +261,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--aha-micro-batch",
         type=int,
         default=8,
-        help="aha's train.micro_batch_size (completions per forward/backward; 0 = all 32 at once)",
+        help="train.micro_batch_size of the aha_mb runs (completions per forward/backward pass)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(

@@ -35,7 +35,9 @@ def test_grpo_step_is_generation_plus_four_teacher_forced_forwards():
 
 def test_quick_run_end_to_end(tmp_path):
     # TRL is the optional bench extra (CI installs only dev): without it only aha's side runs.
-    tools = ["aha", "trl", "floor"] if importlib.util.find_spec("trl") else ["aha", "floor"]
+    tools = (
+        ["aha", "aha_mb", "trl", "floor"] if importlib.util.find_spec("trl") else ["aha", "aha_mb", "floor"]
+    )
     out = tmp_path / "grpo_vs_trl.json"
     proc = subprocess.run(
         [
@@ -46,6 +48,8 @@ def test_quick_run_end_to_end(tmp_path):
             str(out),
             "--tools",
             *tools,
+            "--aha-micro-batch",
+            "8",  # the toy batch is 4 groups of 8: one group per pass
         ],
         capture_output=True,
         text=True,
@@ -60,6 +64,7 @@ def test_quick_run_end_to_end(tmp_path):
     assert result["ratio_aha_over_floor"]["median"] > 0
     if "trl" in tools:
         assert result["ratio_aha_over_trl"]["median"] > 0 and result["ratio_floor_over_trl"]["median"] > 0
+        assert result["ratio_aha_mb_over_trl"]["median"] > 0 and result["rss_ratio_aha_mb_over_trl"] > 0
 
     import report
 

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 from _grpo_runners import RunRecord  # noqa: E402
-from time_to_accuracy import verdict  # noqa: E402
+from time_to_accuracy import summarize_trials, verdict  # noqa: E402
 
 
 def _record(tool: str, points: list[tuple[float, float]]) -> RunRecord:
@@ -35,6 +35,27 @@ def test_verdict_times_aha_to_trls_best():
     slow = _record("aha", [(0, 0.6), (50, 0.79)])
     assert verdict({"trl": trl, "aha": slow})["aha_time_to_trl_best_s"] is None
     assert verdict({"aha": aha}) is None
+
+
+def _trial(trl_time: float, aha_time: float | None, aha_step: float, trl_step: float = 0.2) -> dict:
+    runs = {"trl": {"step_s_median": trl_step}, "aha": {"step_s_median": aha_step}}
+    v = {"trl_best_accuracy": 1.0, "trl_time_to_best_s": trl_time, "aha_time_to_trl_best_s": aha_time}
+    return {"runs": runs, "verdict": v}
+
+
+def test_summary_is_the_median_over_trials_with_never_as_infinitely_late():
+    trials = [_trial(10, 4, 0.08), _trial(8, 6, 0.10), _trial(5, None, 0.12)]  # 0.4, 0.75, never
+    assert summarize_trials(trials) == {
+        "ratios": [0.4, 0.75, None],
+        "median_ratio": 0.75,
+        "step_time_ratio": 0.5,  # median of 0.4, 0.5, 0.6
+    }
+    assert (
+        summarize_trials([_trial(5, None, 0.1), _trial(5, None, 0.1), _trial(5, 1, 0.1)])["median_ratio"]
+        is None
+    )
+    one_tool = {"runs": {"aha": {"step_s_median": 0.1}}, "verdict": None}
+    assert summarize_trials([one_tool]) is None
 
 
 def test_quick_run_end_to_end(tmp_path):
@@ -58,15 +79,20 @@ def test_quick_run_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.loads(out.read_text())
     assert result["checkpoint"]["sft_steps"] == 2
+    [trial] = result["trials"]
     for tool in tools:
-        run = result["runs"][tool]
+        run = trial["runs"][tool]
         assert run["steps"] == 1
         # evaluated before training and after its one step, on the same 8 held-out problems
         assert [e["step"] for e in run["evals"]] == [0, 1]
         assert all(0.0 <= e["accuracy"] <= 1.0 for e in run["evals"])
         assert run["evals"][1]["train_time_s"] > 0
         assert set(run["time_to_accuracy_s"]) == {"0.8", "0.9", "0.95"}
-    assert (result["verdict"] is None) == (len(tools) == 1)
+    assert (trial["verdict"] is None) == (len(tools) == 1)
+    if len(tools) == 1:
+        assert result["summary"] is None
+    else:  # no ratio when TRL's best was already the checkpoint's accuracy (likely after 2 SFT steps)
+        assert (result["summary"] is None) == (trial["verdict"]["trl_time_to_best_s"] == 0)
 
     import report
 
