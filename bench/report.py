@@ -65,7 +65,7 @@ def _machine(data: dict) -> str:
     if peak:
         lines.append(
             f"- Measured fp32 matmul peak: {peak['gflops']:.1f} GFLOP/s "
-            f"({peak['size']}x{peak['size']} matmul, {peak['threads']} threads, median of repeats)"
+            f"({peak['size']}x{peak['size']} matmul, {peak['threads']} threads, best of repeats)"
         )
     load0, load1 = data["load_average_start"], data["load_average_end"]
     lines.append(
@@ -129,7 +129,7 @@ def render_grpo_vs_trl(data: dict) -> str:
             f"| {_ratio(res.get('ratio_floor_over_trl'))} | {_ratio(res.get('ratio_aha_over_floor'))} |"
         )
     lengths = {
-        tool: res[tool]["completion_lengths"]
+        f"{res['model']['name']} {TOOL_NAMES[tool]}": res[tool]["completion_lengths"]
         for res in data["sizes"].values()
         for tool in ("aha", "aha_mb", "trl")
         if tool in res

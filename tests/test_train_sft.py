@@ -81,7 +81,6 @@ def test_tokenize_masks_the_prompt_and_appends_eos(tiny_model_dir):
     ids = tokenizer(["12+3=15", "1+1=2"], add_special_tokens=False)["input_ids"]
     # Row 0: 5 prompt + 2 completion tokens + EOS = 8; row 1: 4 + 1 + EOS = 6, right-padded to 8.
     assert batch.input_ids.tolist() == [ids[0] + [eos], ids[1] + [eos, pad, pad]]
-    assert batch.attention_mask.tolist() == [[1] * 8, [1] * 6 + [0, 0]]
     assert batch.loss_mask.tolist() == [[0] * 5 + [1] * 3, [0] * 4 + [1] * 2 + [0, 0]]
     with pytest.raises(ValueError, match="max_length=6"):
         tokenize_demonstrations(tokenizer, ["12+3="], ["15"], max_length=6)

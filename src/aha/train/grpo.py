@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from aha.algos.advantages import get_advantage_estimator, zero_variance_groups
-from aha.data.prompts import batch_fields
+from aha.data.prompts import PromptSampler, batch_fields
 from aha.rewards.base import compute_rewards
 from aha.rewards.signals import completion_signals
 from aha.rollout import make_engine
@@ -220,7 +220,7 @@ def run_grpo(cfg: GRPORunConfig, resume: bool = False) -> GRPOResult:
     return GRPOResult(session.run_dir, session.history, final)
 
 
-def _resume_state(sampler, ref_model: torch.nn.Module | None, cfg: GRPORunConfig) -> dict:
+def _resume_state(sampler: PromptSampler, ref_model: torch.nn.Module | None, cfg: GRPORunConfig) -> dict:
     """What a checkpoint needs beyond the model and optimizer to resume exactly."""
     extra = {"sampler": sampler.state_dict()}
     if ref_model is not None and cfg.algo.ref_sync_every:
