@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from aha.models.loading import load_model, load_tokenizer
+from aha.models.positions import left_padded_position_ids
 from aha.rollout.base import SamplingParams
 from aha.rollout.completions import (
     StopStringFinder,
     check_sampling_params,
     eos_token_ids,
-    left_padded_position_ids,
     tokenize_prompts,
 )
 
