@@ -19,6 +19,7 @@ DOCS_PAGE = ROOT / "docs" / "benchmarks.md"
 TTA_PLOT = "benchmarks-time-to-accuracy.png"  # next to the page
 TARGET_STEP_RATIO = 0.6  # issue 5: aha's GRPO step at most 0.6x TRL's time
 TARGET_TTA_RATIO = 0.5
+TARGET_SAMPLER_SPEEDUP = 2.0  # issue 5: the native sampler at least 2x generate's tokens/s at batch 32
 TOOL_NAMES = {
     "aha": "aha",
     "aha_mb": "aha, micro-batches",
@@ -32,6 +33,10 @@ def write_report(results_dir: Path = RESULTS_DIR, page: Path = DOCS_PAGE) -> Pat
     sections = ["# Benchmarks\n", _intro()]
     gvt = _load(results_dir / "grpo_vs_trl.json")
     sections.append(render_grpo_vs_trl(gvt) if gvt else "## GRPO step: aha vs TRL\n\nNot run yet.\n")
+    rollout = _load(results_dir / "rollout.json")
+    sections.append(
+        render_rollout(rollout) if rollout else "## Sampling: native sampler vs generate\n\nNot run yet.\n"
+    )
     tta = _load(results_dir / "time_to_accuracy.json")
     if tta:
         plot_time_to_accuracy(tta, page.parent / TTA_PLOT)
@@ -205,6 +210,34 @@ def _ratio(r: dict | None) -> str:
 
 def _mark(ok: bool) -> str:
     return "(met)" if ok else "(not met)"
+
+
+def render_rollout(data: dict) -> str:
+    s = data["settings"]
+    out = [
+        "## Sampling: native sampler vs generate\n",
+        "aha's native sampler against `transformers` `model.generate` on the same tiny Llamas, temperature 1, "
+        f"fp32, {s['threads']} threads, in one process, timed in alternating turns after a warm-up (tokens/s: "
+        f"median over {s['repeats']} repeats; speedup: median of the per-repeat ratios). *forced*: distinct "
+        f"prompts, every completion exactly {s['new_tokens']} tokens, against raw `generate` (as TRL's GRPO "
+        "trainer calls it). *grpo*: each prompt 8 times, completions ending at stop strings after varying "
+        f"lengths (up to {2 * s['new_tokens']} tokens), log-probs returned, against aha's `generate` engine.\n",
+        f"```\n{data['command']}\n```\n",
+        _machine(data) + "\n",
+        "| scenario | model | params | batch | native tokens/s | generate tokens/s | speedup |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in data["results"]:
+        target = ""
+        if r["scenario"] == "forced" and r["batch"] == 32:
+            met = r["speedup"] >= TARGET_SAMPLER_SPEEDUP
+            target = f" (target >= {TARGET_SAMPLER_SPEEDUP:g}x {_mark(met)})"
+        out.append(
+            f"| {r['scenario']} | {r['model']} | {r['params'] / 1e6:.2f}M | {r['batch']} "
+            f"| {r['native_tokens_per_s']:,.0f} | {r['generate_tokens_per_s']:,.0f} | {r['speedup']:.2f}x{target} |"
+        )
+    out.append("")
+    return "\n".join(out)
 
 
 def render_time_to_accuracy(data: dict, plot_name: str) -> str:

@@ -13,8 +13,8 @@ Batch 32 and 256, fp32 on CPU with `--threads` torch threads. Everything runs in
 in alternating turns after a warm-up; tokens/s are medians over repeats, the speedup is the median of
 per-repeat ratios.
 
-    python bench/rollout.py --out bench/results/rollout.json    # full run (~15 min on 2 busy cores)
-    python bench/rollout.py --quick --out /tmp/rollout.json     # one tiny repeat: checks the script runs
+    python bench/rollout.py                                  # full run: bench/results/rollout.json + docs page
+    python bench/rollout.py --quick --out /tmp/rollout.json  # one tiny repeat: checks the script runs
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import os
 import random
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -53,6 +54,7 @@ SIZES = {
 }
 
 
+DEFAULT_OUT = BENCH_DIR / "results" / "rollout.json"
 GROUP_SIZE = 8  # completions per prompt in the "grpo" scenario
 GRPO_STOP_STRINGS = ("+", "-", "*", "=")  # ~4% of a random tiny model's draws: lengths vary, long tail
 
@@ -195,7 +197,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--out", type=Path, required=True, help="where to write the results JSON")
+    parser.add_argument("--out", type=Path, default=None, help=f"results JSON (default {DEFAULT_OUT})")
+    parser.add_argument("--no-report", action="store_true", help="do not regenerate docs/benchmarks.md")
     parser.add_argument(
         "--scenarios", default="forced,grpo", help=f"comma-separated, from {sorted(SCENARIOS)}"
     )
@@ -208,6 +211,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.quick:
         args.sizes, args.batches, args.new_tokens, args.repeats = "toy", "8", 8, 1
+        args.no_report = True
+        if args.out is None:
+            parser.error("--quick needs --out (it must not overwrite the committed results)")
     sizes, scenarios = args.sizes.split(","), args.scenarios.split(",")
     for flag, given, known in (("--sizes", sizes, SIZES), ("--scenarios", scenarios, SCENARIOS)):
         if unknown := [x for x in given if x not in known]:
@@ -217,6 +223,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--batches must be multiples of the group size {GROUP_SIZE} for the grpo scenario")
     torch.set_num_threads(args.threads)
 
+    started = time.time()
     load_before = load_average()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -228,17 +235,26 @@ def main(argv: list[str] | None = None) -> None:
                     )
                     print(f"{scenario} {size} batch {batch}: speedup {result.speedup:.2f}x", flush=True)
                     results.append(result)
-    report = {
+    results_json = {
+        "benchmark": "rollout",
+        "command": " ".join(["python bench/rollout.py", *(argv if argv is not None else sys.argv[1:])]),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
+        "duration_s": time.time() - started,
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "machine": machine_description(),
         "omp_wait_policy": os.environ["OMP_WAIT_POLICY"],
-        "load_average_before": load_before,
-        "load_average_after": load_average(),
+        "load_average_start": load_before,
+        "load_average_end": load_average(),
         "results": [asdict(r) for r in results],
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
+    out = args.out or DEFAULT_OUT
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results_json, indent=2) + "\n")
     print(markdown_table(results))
+    if not args.no_report:
+        import report
+
+        print(f"wrote {report.write_report()}", file=sys.stderr)
 
 
 if __name__ == "__main__":

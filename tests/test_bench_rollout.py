@@ -35,3 +35,10 @@ def test_quick_run_end_to_end(tmp_path):
         assert abs(r["native_tokens_per_s"] - native_rate) < 1e-6 * native_rate
         assert abs(r["speedup"] - native_rate / generate_rate) < 1e-9 * r["speedup"]
     assert report["settings"]["threads"] == 2 and report["omp_wait_policy"]
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    import report as page
+
+    text = page.write_report(out.parent, tmp_path / "benchmarks.md").read_text()
+    assert "python bench/rollout.py --quick --out" in text
+    assert "| forced | toy |" in text and "| grpo | toy |" in text
