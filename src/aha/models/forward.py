@@ -46,6 +46,8 @@ def score_completions(
 ) -> CompletionScores:
     """Log-probs of the last `completion_len` tokens of `input_ids` given everything before them.
 
+    With `shared_prompt`, rows repeating a prompt share one pass over it (module docstring); False runs
+    one plain forward over every row, the reference the shared path is tested against.
     `logits_to_keep` skips the LM head on prompt positions, which dominate memory for long prompts.
     """
     prompt_len = input_ids.shape[1] - completion_len
@@ -70,7 +72,9 @@ def score_completions(
     return _scores(out.logits[:, :-1], input_ids, completion_len, temperature)  # t predicts t + 1
 
 
-def _scores(logits: torch.Tensor, input_ids: torch.Tensor, completion_len: int, temperature: float):
+def _scores(
+    logits: torch.Tensor, input_ids: torch.Tensor, completion_len: int, temperature: float
+) -> CompletionScores:
     tokens = input_ids[:, -completion_len:]
     return CompletionScores(token_logprobs(logits, tokens, temperature=temperature), logits)
 
