@@ -1,5 +1,6 @@
 """score_completions: log-probs match a hand-written log_softmax over one plain forward, and the
-shared-prompt path (each distinct prompt run once) gives the same log-probs and gradients."""
+shared-prompt path (each distinct prompt run once) gives the same log-probs and gradients, on Llama,
+Qwen2 and GPT-2."""
 
 from __future__ import annotations
 
@@ -46,9 +47,23 @@ def test_logprobs_match_a_hand_written_reference(tiny_varied_model_dir):
             assert torch.allclose(scores.logprobs[row, :n], expected, atol=1e-5)
 
 
+@pytest.fixture
+def model_of(request, tiny_varied_model_dir):
+    """The model a parametrised test names: the tiny Llama, or the Qwen2 (grouped-query attention, q/k/v
+    biases) or GPT-2 (learned absolute positions) of conftest."""
+
+    def load(name: str):
+        if name == "llama":
+            return load_model(str(tiny_varied_model_dir))
+        return request.getfixturevalue(f"tiny_{name}")[0]
+
+    return load
+
+
+@pytest.mark.parametrize("architecture", ["llama", "qwen2", "gpt2"])
 @pytest.mark.parametrize("completion_len", [1, 4])
-def test_shared_prompt_gives_the_same_logprobs_and_gradients(tiny_varied_model_dir, completion_len):
-    model = load_model(str(tiny_varied_model_dir))
+def test_shared_prompt_gives_the_same_logprobs_and_gradients(model_of, architecture, completion_len):
+    model = model_of(architecture)
     ids, mask = _group_batch(completion_len)
     scored = mask[:, -completion_len:].bool()
 
@@ -60,6 +75,7 @@ def test_shared_prompt_gives_the_same_logprobs_and_gradients(tiny_varied_model_d
 
     plain, plain_grads = logprobs_and_grads(shared=False)
     shared, shared_grads = logprobs_and_grads(shared=True)
+    model.zero_grad(set_to_none=True)  # the Qwen2 and GPT-2 models are shared by the whole session
     assert torch.allclose(shared[scored], plain[scored], atol=1e-5)
     assert shared.shape == plain.shape
     for a, b in zip(shared_grads, plain_grads, strict=True):
