@@ -97,6 +97,23 @@ def run_in_child(tool: str, settings: GRPOBenchSettings, workdir: Path, timeout_
     return record
 
 
+def add_quiet_machine_options(parser, retries: int) -> None:
+    """The command-line options of `run_when_quiet`, shared by the benchmarks that use it."""
+    parser.add_argument(
+        "--quiet-cores",
+        type=float,
+        default=0.25,
+        help="before each run, wait until other processes use at most this many cores (0: never wait)",
+    )
+    parser.add_argument("--quiet-timeout", type=float, default=300, help="longest wait for quiet, seconds")
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=retries,
+        help="run again when other processes used more than --quiet-cores meanwhile",
+    )
+
+
 def run_when_quiet(
     tool: str, settings: GRPOBenchSettings, workdir: Path, max_other_cores: float, wait_s: float, retries: int
 ) -> RunRecord:

@@ -14,7 +14,6 @@ is taken within each repeat, so slow drift of the machine's load hits both sides
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import statistics
 import sys
@@ -27,7 +26,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 
 from _flops import LlamaShape, grpo_step_flops  # noqa: E402
-from _grpo_runners import GRPOBenchSettings, RunRecord, run_when_quiet  # noqa: E402
+from _grpo_runners import GRPOBenchSettings, RunRecord, add_quiet_machine_options, run_when_quiet  # noqa: E402
 from _hardware import load_average, machine_description, measure_matmul_peak, wait_until_quiet  # noqa: E402
 
 DEFAULT_OUT = BENCH_DIR / "results" / "grpo_vs_trl.json"
@@ -264,19 +263,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="train.micro_batch_size of the aha_mb runs (completions per forward/backward pass)",
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--quiet-cores",
-        type=float,
-        default=0.25,
-        help="before each measurement, wait until other processes use at most this many cores (0: never wait)",
-    )
-    parser.add_argument("--quiet-timeout", type=float, default=300, help="longest wait for quiet, seconds")
-    parser.add_argument(
-        "--retries",
-        type=int,
-        default=2,
-        help="measure again when other processes used more than --quiet-cores",
-    )
+    add_quiet_machine_options(parser, retries=2)
     parser.add_argument("--out", type=Path, default=None, help=f"results JSON (default {DEFAULT_OUT})")
     parser.add_argument("--no-report", action="store_true", help="do not regenerate docs/benchmarks.md")
     parser.add_argument(
@@ -301,13 +288,9 @@ def main(argv: list[str] | None = None) -> dict:
     out = args.out or (
         Path(tempfile.mkdtemp(prefix="aha-bench-")) / "grpo_vs_trl.json" if args.quick else DEFAULT_OUT
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {out}", file=sys.stderr)
-    if not args.no_report:
-        import report
+    import report
 
-        print(f"wrote {report.write_report()}", file=sys.stderr)
+    report.save_results(results, out, regenerate_page=not args.no_report)
     for res in results["sizes"].values():
         line = " | ".join(
             f"{t} {res[t]['step_s_median']:.3f} s/step {res[t]['peak_rss_gb']:.2f} GB" for t in args.tools

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import sys
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -26,6 +27,15 @@ TOOL_NAMES = {
     "trl": "TRL",
     "floor": "floor (generation = 1 forward)",
 }  # issue 5: TRL's best accuracy in at most half of TRL's wall time
+
+
+def save_results(results: dict, out: Path, regenerate_page: bool) -> None:
+    """Write a benchmark's results JSON and, unless told not to, regenerate the page from all results."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {out}", file=sys.stderr)
+    if regenerate_page:
+        print(f"wrote {write_report()}", file=sys.stderr)
 
 
 def write_report(results_dir: Path = RESULTS_DIR, page: Path = DOCS_PAGE) -> Path:

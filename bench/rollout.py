@@ -20,7 +20,6 @@ per-repeat ratios.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import sys
@@ -247,14 +246,10 @@ def main(argv: list[str] | None = None) -> None:
         "load_average_end": load_average(),
         "results": [asdict(r) for r in results],
     }
-    out = args.out or DEFAULT_OUT
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results_json, indent=2) + "\n")
-    print(markdown_table(results))
-    if not args.no_report:
-        import report
+    import report
 
-        print(f"wrote {report.write_report()}", file=sys.stderr)
+    report.save_results(results_json, args.out or DEFAULT_OUT, regenerate_page=not args.no_report)
+    print(markdown_table(results))
 
 
 if __name__ == "__main__":

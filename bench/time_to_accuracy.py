@@ -16,7 +16,6 @@ several GRPO seeds (`--rl-seeds`) from the one checkpoint and the verdict is the
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import sys
@@ -28,7 +27,13 @@ from pathlib import Path
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 
-from _grpo_runners import AHA_TO_TRL_LOSS, GRPOBenchSettings, RunRecord, run_when_quiet  # noqa: E402
+from _grpo_runners import (  # noqa: E402
+    AHA_TO_TRL_LOSS,
+    GRPOBenchSettings,
+    RunRecord,
+    add_quiet_machine_options,
+    run_when_quiet,
+)
 from _hardware import load_average, machine_description  # noqa: E402
 
 DEFAULT_OUT = BENCH_DIR / "results" / "time_to_accuracy.json"
@@ -202,19 +207,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=[0, 1, 2],
         help="GRPO seeds (sampling, prompt order): one trial per seed from the same SFT checkpoint",
     )
-    parser.add_argument(
-        "--quiet-cores",
-        type=float,
-        default=0.25,
-        help="before each tool's run, wait until other processes use at most this many cores (0: never wait)",
-    )
-    parser.add_argument("--quiet-timeout", type=float, default=300, help="longest wait for quiet, seconds")
-    parser.add_argument(
-        "--retries",
-        type=int,
-        default=1,
-        help="run a tool again when other processes used more than --quiet-cores",
-    )
+    add_quiet_machine_options(parser, retries=1)
     parser.add_argument("--out", type=Path, default=None, help=f"results JSON (default {DEFAULT_OUT})")
     parser.add_argument("--no-report", action="store_true", help="do not regenerate docs/benchmarks.md")
     parser.add_argument(
@@ -237,13 +230,9 @@ def main(argv: list[str] | None = None) -> dict:
     out = args.out or (
         Path(tempfile.mkdtemp(prefix="aha-tta-")) / "time_to_accuracy.json" if args.quick else DEFAULT_OUT
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {out}", file=sys.stderr)
-    if not args.no_report:
-        import report
+    import report
 
-        print(f"wrote {report.write_report()}", file=sys.stderr)
+    report.save_results(results, out, regenerate_page=not args.no_report)
     if (summary := results["summary"]) is not None:
         print(
             f"aha's time to TRL's best / TRL's: {summary['ratios']} (median {summary['median_ratio']}); "

@@ -24,8 +24,8 @@ from aha.train.sft import (
     completion_nll,
     encode_demonstrations,
     load_demonstrations,
+    pad_demonstrations,
     run_sft,
-    tokenize_demonstrations,
 )
 
 
@@ -74,16 +74,21 @@ def _exact_match(model_dir: Path, heldout: Path) -> float:
     return evaluate(engine, load_prompt_file(heldout), make_reward_specs(["exact_answer"]), params).accuracy
 
 
+def _batch(tokenizer, prompts: list[str], completions: list[str], max_length: int):
+    rows = encode_demonstrations(tokenizer, prompts, completions, max_length)
+    return pad_demonstrations(rows, tokenizer.pad_token_id)
+
+
 def test_tokenize_masks_the_prompt_and_appends_eos(tiny_model_dir):
     tokenizer = load_tokenizer(str(tiny_model_dir))
-    batch = tokenize_demonstrations(tokenizer, ["12+3=", "1+1="], ["15", "2"], max_length=16)
+    batch = _batch(tokenizer, ["12+3=", "1+1="], ["15", "2"], max_length=16)
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     ids = tokenizer(["12+3=15", "1+1=2"], add_special_tokens=False)["input_ids"]
     # Row 0: 5 prompt + 2 completion tokens + EOS = 8; row 1: 4 + 1 + EOS = 6, right-padded to 8.
     assert batch.input_ids.tolist() == [ids[0] + [eos], ids[1] + [eos, pad, pad]]
     assert batch.loss_mask.tolist() == [[0] * 5 + [1] * 3, [0] * 4 + [1] * 2 + [0, 0]]
     with pytest.raises(ValueError, match="max_length=6"):
-        tokenize_demonstrations(tokenizer, ["12+3="], ["15"], max_length=6)
+        _batch(tokenizer, ["12+3="], ["15"], max_length=6)
 
 
 def test_overlong_demonstration_names_the_file_and_record(tiny_model_dir):
@@ -99,7 +104,7 @@ def test_loss_ignores_prompt_tokens(tiny_varied_model_dir):
     Reference: the same NLL computed by hand from log_softmax over the completion positions."""
     model = load_model(str(tiny_varied_model_dir))
     tokenizer = load_tokenizer(str(tiny_varied_model_dir))
-    batch = tokenize_demonstrations(tokenizer, ["ab=", "abcd="], ["ba", "x"], max_length=16)
+    batch = _batch(tokenizer, ["ab=", "abcd="], ["ba", "x"], max_length=16)
     with torch.no_grad():
         loss = completion_nll(model, batch)
         logp = torch.log_softmax(model(input_ids=batch.input_ids).logits.float(), -1)

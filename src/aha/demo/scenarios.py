@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from aha.demo.tasks import AdditionProblem, CarryForgettingTeacher, ScratchpadTeacher, split_problems
@@ -42,32 +42,27 @@ class Scenario:
     quick: Budget
 
 
+CARRY = Scenario(
+    name="carry",
+    summary="2-digit addition; the teacher forgets the carry 3 times in 4. RL goes past its teacher.",
+    digits=2,
+    teacher=CarryForgettingTeacher(forget_prob=0.75),
+    max_new_tokens=6,
+    hidden_size=128,
+    intermediate_size=512,
+    train_problems=None,
+    demos_per_problem=4,
+    full=Budget(sft_steps=1400, grpo_steps=60, heldout_size=500, grpo_eval_size=200, grpo_eval_every=10),
+    quick=Budget(sft_steps=800, grpo_steps=40, heldout_size=200, grpo_eval_size=100, grpo_eval_every=10),
+)
+
 SCENARIOS: dict[str, Scenario] = {
-    "carry": Scenario(
-        name="carry",
-        summary="2-digit addition; the teacher forgets the carry 3 times in 4. RL goes past its teacher.",
-        digits=2,
-        teacher=CarryForgettingTeacher(forget_prob=0.75),
-        max_new_tokens=6,
-        hidden_size=128,
-        intermediate_size=512,
-        train_problems=None,
-        demos_per_problem=4,
-        full=Budget(sft_steps=1400, grpo_steps=60, heldout_size=500, grpo_eval_size=200, grpo_eval_every=10),
-        quick=Budget(sft_steps=800, grpo_steps=40, heldout_size=200, grpo_eval_size=100, grpo_eval_every=10),
-    ),
-    "limit": Scenario(
+    "carry": CARRY,
+    "limit": replace(
+        CARRY,
         name="limit",
         summary="As 'carry', but the teacher always forgets the carry: RL cannot find what is never sampled.",
-        digits=2,
         teacher=CarryForgettingTeacher(forget_prob=1.0),
-        max_new_tokens=6,
-        hidden_size=128,
-        intermediate_size=512,
-        train_problems=None,
-        demos_per_problem=4,
-        full=Budget(sft_steps=1400, grpo_steps=60, heldout_size=500, grpo_eval_size=200, grpo_eval_every=10),
-        quick=Budget(sft_steps=800, grpo_steps=40, heldout_size=200, grpo_eval_size=100, grpo_eval_every=10),
     ),
     "cot": Scenario(
         name="cot",

@@ -159,18 +159,6 @@ def pad_demonstrations(
     )
 
 
-def tokenize_demonstrations(
-    tokenizer: PreTrainedTokenizerBase,
-    prompts: list[str],
-    completions: list[str],
-    max_length: int,
-    device: str | torch.device = "cpu",
-) -> TokenBatch:
-    """`encode_demonstrations` then `pad_demonstrations`, for one batch."""
-    rows = encode_demonstrations(tokenizer, prompts, completions, max_length)
-    return pad_demonstrations(rows, _pad_id(tokenizer), device)
-
-
 def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
