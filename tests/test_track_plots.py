@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import pytest
 
@@ -45,3 +47,11 @@ def test_nothing_to_plot_raises(tmp_path):
     assert not (tmp_path / "x.png").exists()
     with pytest.raises(ValueError, match="no 'step'"):
         metrics_figure([{"loss": 1.0}], ["loss"])
+
+
+def test_trainers_import_matplotlib_only_when_they_draw():
+    """matplotlib costs every training process ~26 MB of resident memory (the GRPO benchmark compares
+    peak RSS with TRL's), so importing the trainers must not load it."""
+    code = "import sys, aha.train.grpo, aha.train.sft; print('matplotlib' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -9,10 +9,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 PlotKey = str | tuple[str, ...]
 
@@ -46,6 +46,11 @@ def metrics_figure(metrics: Sequence[dict[str, Any]], keys: Sequence[PlotKey], t
     if not panels:
         available = sorted({k for row in metrics for k in row if k != "step"})
         raise ValueError(f"none of the keys {list(keys)} has a value to plot; available: {available}")
+
+    # Imported here: matplotlib adds ~26 MB of resident memory and ~0.3 s of start-up to every
+    # process that imports the trainers, and a run with track.plot=false never draws.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     ncols = 1 if len(panels) == 1 else 2
     nrows = math.ceil(len(panels) / ncols)
