@@ -52,8 +52,26 @@ def forward_flops(shape: LlamaShape, positions: int, logit_positions: int) -> fl
     return shape.layers * (per_token_layer * positions + attention_layer) + lm_head
 
 
-def grpo_step_flops(shape: LlamaShape, sequences: int, prompt_len: int, completion_len: int) -> float:
+@dataclass(frozen=True)
+class StepFlops:
+    generation: float  # sampling the completions (token by token, a few rows per matmul)
+    training: float  # reference forward + policy forward and backward (whole sequences per matmul)
+
+    @property
+    def total(self) -> float:
+        return self.generation + self.training
+
+
+def grpo_step_flops(shape: LlamaShape, sequences: int, prompt_len: int, completion_len: int) -> StepFlops:
     """Model FLOPs of one GRPO step (generation + reference forward + policy forward and backward)."""
     generation = forward_flops(shape, prompt_len + completion_len - 1, completion_len)
     teacher_forced = forward_flops(shape, prompt_len + completion_len, completion_len)
-    return sequences * (generation + 4 * teacher_forced)
+    return StepFlops(generation=sequences * generation, training=sequences * 4 * teacher_forced)
+
+
+def decode_projection_shapes(shape: LlamaShape) -> list[tuple[int, int]]:
+    """(out, in) of every weight one decoding step multiplies by, fused as aha's decode step fuses them:
+    q/k/v in one, gate/up in one, per layer, then the LM head."""
+    h, kv_dim, i = shape.hidden, shape.hidden * shape.kv_heads // shape.heads, shape.intermediate
+    layer = [(h + 2 * kv_dim, h), (h, h), (2 * i, h), (h, i)]
+    return layer * shape.layers + [(shape.vocab, h)]

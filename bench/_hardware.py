@@ -49,6 +49,31 @@ def measure_matmul_peak(threads: int, sizes: tuple[int, ...] = (1024, 2048), rep
     return MatmulPeak(gflops=per_size[best], size=int(best), threads=threads, per_size=per_size)
 
 
+def measure_decode_matmul_rate(
+    weight_shapes: list[tuple[int, int]], rows: int, threads: int, repeats: int = 15
+) -> float:
+    """Best GFLOP/s of one decoding step's matmuls: `rows` token rows times every weight (out, in) in
+    `weight_shapes`, in the form aha's decode step uses (`Projection`, the faster one for the row count).
+    A product of a few rows with a large weight runs far below the square-matmul peak (the weights are
+    streamed for little arithmetic), so this, not the peak, bounds how fast any sampler can decode."""
+    import torch
+
+    from aha.rollout.llama_decode import Projection
+
+    torch.set_num_threads(threads)
+    projections = [Projection(torch.randn(out_dim, in_dim)) for out_dim, in_dim in weight_shapes]
+    inputs = {in_dim: torch.randn(rows, in_dim) for _, in_dim in weight_shapes}
+    flops = sum(2 * rows * out_dim * in_dim for out_dim, in_dim in weight_shapes)
+    times = []
+    for i in range(repeats + 2):  # the first two are warm-up
+        t0 = time.perf_counter()
+        for projection, (_, in_dim) in zip(projections, weight_shapes, strict=True):
+            projection(inputs[in_dim])
+        if i >= 2:
+            times.append(time.perf_counter() - t0)
+    return flops / min(times) / 1e9
+
+
 def peak_rss_bytes() -> int:
     """Peak resident set size of this process so far (Linux reports ru_maxrss in KiB, macOS in bytes)."""
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

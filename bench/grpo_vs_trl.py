@@ -25,9 +25,15 @@ from pathlib import Path
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 
-from _flops import LlamaShape, grpo_step_flops  # noqa: E402
+from _flops import LlamaShape, decode_projection_shapes, grpo_step_flops  # noqa: E402
 from _grpo_runners import GRPOBenchSettings, RunRecord, add_quiet_machine_options, run_when_quiet  # noqa: E402
-from _hardware import load_average, machine_description, measure_matmul_peak, wait_until_quiet  # noqa: E402
+from _hardware import (  # noqa: E402
+    load_average,
+    machine_description,
+    measure_decode_matmul_rate,
+    measure_matmul_peak,
+    wait_until_quiet,
+)
 
 DEFAULT_OUT = BENCH_DIR / "results" / "grpo_vs_trl.json"
 # aha_mb: aha with train.micro_batch_size (--aha-micro-batch); floor: the same step with generation as
@@ -88,9 +94,15 @@ def _parameter_count(s: LlamaShape) -> int:
 
 
 def summarize_size(
-    records: dict[str, list[RunRecord]], warmup: int, flops: float, peak_gflops: float, tokens_per_step: int
+    records: dict[str, list[RunRecord]],
+    warmup: int,
+    flops: float,
+    peak_gflops: float,
+    tokens_per_step: int,
+    attainable_s: float,
 ) -> dict:
-    """Medians per tool over all its runs, the per-repeat step-time ratios and the fraction of the peak."""
+    """Medians per tool over all its runs, the per-repeat step-time ratios, the fraction of the peak and
+    the attainable step (`attainable_s`, the model work at the best measured rates) against TRL's step."""
     out: dict = {}
     for tool, runs in records.items():
         run_medians = [statistics.median(r.step_s[warmup:]) for r in runs]
@@ -117,6 +129,8 @@ def summarize_size(
     for a in ("aha", "aha_mb"):
         if a in records and "trl" in records:
             out[f"rss_ratio_{a}_over_trl"] = out[a]["peak_rss_gb"] / out["trl"]["peak_rss_gb"]
+    if "trl" in records:
+        out["attainable_over_trl"] = attainable_s / out["trl"]["step_s_median"]
     return out
 
 
@@ -167,10 +181,20 @@ def run_benchmark(args: argparse.Namespace) -> dict:
                 threads=args.threads,
             )
             sequences = settings.prompts_per_step * settings.group_size
+            flops = grpo_step_flops(shape, sequences, prompt_len, args.new_tokens)
+            decode_gflops = measure_decode_matmul_rate(
+                decode_projection_shapes(shape), sequences, args.threads, repeats=3 if args.quick else 15
+            )
             prepared[key] = {
                 "settings": settings,
                 "model": {**asdict(size), "parameters": params, "prompt_tokens": prompt_len},
-                "flops_per_step": grpo_step_flops(shape, sequences, prompt_len, args.new_tokens),
+                "flops_per_step": flops.total,
+                "flops_generation": flops.generation,
+                "decode_matmul_gflops": decode_gflops,
+                # The step's model work at the best rates measured here: training at the matmul peak,
+                # generation at the rate of its own matmuls with `sequences` rows.
+                "attainable_step_s": flops.training / (peak.gflops * 1e9)
+                + flops.generation / (decode_gflops * 1e9),
                 "completion_tokens_per_step": sequences * args.new_tokens,
             }
         records: dict[str, dict[str, list[RunRecord]]] = {
@@ -205,6 +229,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
                 info["flops_per_step"],
                 peak.gflops,
                 info["completion_tokens_per_step"],
+                info["attainable_step_s"],
             )
             results["sizes"][key] = {**info, **summary}
     results.update(

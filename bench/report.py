@@ -132,8 +132,8 @@ def render_grpo_vs_trl(data: dict) -> str:
         f"the largest of each tool's runs). Targets: step time <= {TARGET_STEP_RATIO}, peak RSS <= 1.",
         "",
         "| model | aha step / TRL | aha RSS / TRL | aha, micro-batches: step / TRL | aha, micro-batches: RSS / TRL "
-        "| floor step / TRL | aha step / floor |",
-        "|---|---|---|---|---|---|---|",
+        "| floor step / TRL | aha step / floor | attainable step / TRL |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for res in data["sizes"].values():
         cells = [
@@ -142,7 +142,8 @@ def render_grpo_vs_trl(data: dict) -> str:
         ]
         out.append(
             f"| {res['model']['name']} | {' | '.join(cells)} "
-            f"| {_ratio(res.get('ratio_floor_over_trl'))} | {_ratio(res.get('ratio_aha_over_floor'))} |"
+            f"| {_ratio(res.get('ratio_floor_over_trl'))} | {_ratio(res.get('ratio_aha_over_floor'))} "
+            f"| {_attainable(res)} |"
         )
     lengths = {
         f"{res['model']['name']} {TOOL_NAMES[tool]}": res[tool]["completion_lengths"]
@@ -163,12 +164,26 @@ def render_grpo_vs_trl(data: dict) -> str:
         "matmul peak above. The floor is the same step's model work with generation replaced by one batched "
         "teacher-forced forward (`bench/_grpo_floor.py`): what a step would cost with no per-token overhead at "
         "all, at fp32 on this machine; floor/TRL is the best ratio any tool could reach without doing less work. "
+        "The attainable step bounds any tool built on the same kernels: the reference and policy work at the "
+        "matmul peak plus the generation FLOPs at the best rate measured for the decoding step's own matmuls "
+        "(every weight times one token per sequence, in aha's fastest form), with attention, norms, sampling "
+        "and all other overhead taken as free. "
         "Other load is the most CPU (in cores) that other processes used during any run of that row (from "
         "/proc/stat, the benchmark's own processes subtracted); with 2 cores, anything above a few tenths "
         "means the timings of that row are inflated.",
         "",
     ]
     return "\n".join(out)
+
+
+def _attainable(res: dict) -> str:
+    """The bound in seconds, its ratio to TRL's step and the decoding matmul rate behind it."""
+    if "attainable_step_s" not in res:
+        return "-"
+    ratio = f" = {res['attainable_over_trl']:.2f}" if "attainable_over_trl" in res else ""
+    return (
+        f"{res['attainable_step_s']:.2f} s{ratio} (decode matmuls {res['decode_matmul_gflops']:.0f} GFLOP/s)"
+    )
 
 
 def _against_target(step: dict | None, rss: float | None) -> str:

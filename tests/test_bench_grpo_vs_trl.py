@@ -15,7 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from _flops import LlamaShape, forward_flops, grpo_step_flops  # noqa: E402
+from _flops import LlamaShape, decode_projection_shapes, forward_flops, grpo_step_flops  # noqa: E402
 
 
 def test_forward_flops_by_hand():
@@ -30,7 +30,15 @@ def test_grpo_step_is_generation_plus_four_teacher_forced_forwards():
     shape = LlamaShape(hidden=4, layers=1, heads=2, kv_heads=2, intermediate=8, vocab=10)
     # P=2, C=2: generation = forward over 3 positions, logits at 2 (1216, above); teacher-forced over 4:
     # 320*4 + 4*4*(1+2+3+4) + 160 = 1280 + 160 + 160 = 1600; per sequence 1216 + 4*1600 = 7616; x 3 sequences
-    assert grpo_step_flops(shape, sequences=3, prompt_len=2, completion_len=2) == 3 * 7616
+    flops = grpo_step_flops(shape, sequences=3, prompt_len=2, completion_len=2)
+    assert (flops.generation, flops.training, flops.total) == (3 * 1216, 3 * 4 * 1600, 3 * 7616)
+
+
+def test_decode_projection_shapes_by_hand():
+    # h=8, 4 heads of 2 with 2 KV heads -> kv_dim 4; q/k/v fused: 8 + 2*4 = 16 rows; gate/up fused: 2*6.
+    shape = LlamaShape(hidden=8, layers=2, heads=4, kv_heads=2, intermediate=6, vocab=11)
+    layer = [(16, 8), (8, 8), (12, 8), (8, 6)]
+    assert decode_projection_shapes(shape) == layer * 2 + [(11, 8)]
 
 
 def test_quick_run_end_to_end(tmp_path):
@@ -62,9 +70,14 @@ def test_quick_run_end_to_end(tmp_path):
         assert result[tool]["step_s_median"] > 0 and result[tool]["peak_rss_gb"] > 0.05
         assert 0 < result[tool]["fraction_of_peak"] < 1
     assert result["ratio_aha_over_floor"]["median"] > 0
+    assert (
+        result["decode_matmul_gflops"] > 0
+        and 0 < result["attainable_step_s"] < result["aha"]["step_s_median"]
+    )
     if "trl" in tools:
         assert result["ratio_aha_over_trl"]["median"] > 0 and result["ratio_floor_over_trl"]["median"] > 0
         assert result["ratio_aha_mb_over_trl"]["median"] > 0 and result["rss_ratio_aha_mb_over_trl"] > 0
+        assert result["attainable_over_trl"] > 0
 
     import report
 
