@@ -163,7 +163,7 @@ def render_grpo_vs_trl(data: dict) -> str:
         "(`bench/_flops.py`). The fraction of peak divides FLOPs per second of step time by the measured fp32 "
         "matmul peak above. The floor is the same step's model work with generation replaced by one batched "
         "teacher-forced forward (`bench/_grpo_floor.py`): what a step would cost with no per-token overhead at "
-        "all, at fp32 on this machine; floor/TRL is the best ratio any tool could reach without doing less work. "
+        "all, with aha's reference and policy passes as they are, at fp32 on this machine. "
         "The attainable step bounds any tool built on the same kernels: the reference and policy work at the "
         "matmul peak plus the generation FLOPs at the best rate measured for the decoding step's own matmuls "
         "(every weight times one token per sequence, in aha's fastest form), with attention, norms, sampling "

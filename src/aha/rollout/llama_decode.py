@@ -3,8 +3,9 @@
 Why: on a CPU with a small model the generic HF forward spends a good share of each step on
 bookkeeping (decorators, mask construction, ~40 small ops per layer), and the shape of its matmuls is
 a poor one for MKL at decoding batch sizes (`Projection`). This step does the same math with fused
-weights (q/k/v in one matmul, gate/up in one) and a rotary table built once per call. It reads and writes the KV-cache buffers that the HF prefill filled
-(`PreallocatedLayer`), so prefill stays on the generic path.
+weights (q/k/v in one matmul, gate/up in one) and a rotary table built once per call. It reads and
+writes the KV-cache buffers that the HF prefill filled (`PreallocatedLayer`), so prefill stays on the
+generic path.
 
 The math is that of transformers' Llama/Qwen2 modules; `decode_step_for` returns None (and the
 sampler falls back to the HF forward) for anything it does not cover exactly.
@@ -31,7 +32,7 @@ WEIGHTS_LEFT_MAX_ROWS = 48
 class Projection:
     """x @ W.T for a weight W [out, in] (nn.Linear's layout), in the faster form for the batch size.
 
-    Why: with MKL on this kind of CPU, for 2-48 rows W @ x.T runs 1.4-3x faster than x @ W.T or a
+    Why: with MKL on this kind of CPU, for 2-48 rows W @ x.T runs 1.2-3x faster than x @ W.T or a
     product with a pre-transposed copy (a 25M-parameter Llama's decoding matmuls at 32 rows: 23 vs
     34 ms); from ~64 rows, and for a single row, x @ (a contiguous W.T) is the faster one. The
     transposed copy is made only when a batch first needs it (once per `generate` call at most).
