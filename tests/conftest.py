@@ -41,51 +41,49 @@ def tiny_varied_model_dir(tiny_model_dir: Path, tmp_path_factory) -> Path:
     return out_dir
 
 
-def _save_with_char_tokenizer(model, out_dir):
-    """Redraw the matrices at std 0.2 (varied greedy text, see conftest) and save like any HF model."""
+def _char_tokenizer_model(model_class, config_class, out_dir, **config):
+    """A seeded `model_class` sized for the character tokenizer (its vocabulary and pad/BOS/EOS ids),
+    matrices redrawn at std 0.2 (varied greedy text, see conftest), saved and loaded like any HF model."""
+    tokenizer = build_char_tokenizer()
+    torch.manual_seed(0)
+    model = model_class(
+        config_class(vocab_size=len(tokenizer), pad_token_id=0, bos_token_id=1, eos_token_id=2, **config)
+    )
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for param in model.parameters():
             if param.dim() == 2:
                 param.normal_(0.0, 0.2, generator=generator)
     model.save_pretrained(out_dir)
-    build_char_tokenizer().save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
     return load_model(str(out_dir)), load_tokenizer(str(out_dir))
 
 
 @pytest.fixture(scope="session")
 def tiny_qwen2(tmp_path_factory):
     """Grouped-query attention (4 query heads share 2 KV heads) and q/k/v biases: the parts Llama lacks."""
-    vocab = len(build_char_tokenizer())
-    config = Qwen2Config(
-        vocab_size=vocab,
+    return _char_tokenizer_model(
+        Qwen2ForCausalLM,
+        Qwen2Config,
+        tmp_path_factory.mktemp("qwen2"),
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=128,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
     )
-    torch.manual_seed(0)
-    return _save_with_char_tokenizer(Qwen2ForCausalLM(config), tmp_path_factory.mktemp("qwen2"))
 
 
 @pytest.fixture(scope="session")
 def tiny_gpt2(tmp_path_factory):
     """Learned absolute positions: only correct if left-padded positions are handled."""
-    vocab = len(build_char_tokenizer())
-    config = GPT2Config(
-        vocab_size=vocab,
+    return _char_tokenizer_model(
+        GPT2LMHeadModel,
+        GPT2Config,
+        tmp_path_factory.mktemp("gpt2"),
         n_embd=32,
         n_layer=2,
         n_head=2,
         n_positions=128,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
     )
-    torch.manual_seed(0)
-    return _save_with_char_tokenizer(GPT2LMHeadModel(config), tmp_path_factory.mktemp("gpt2"))
