@@ -1,4 +1,5 @@
-"""`aha demo` end to end (quick preset): RL on the gold checker beats the SFT model it starts from."""
+"""`aha demo` end to end (quick preset): RL on the gold checker beats the SFT model it starts from, and
+it cannot when the teacher never shows the right behaviour (the limit scenario, the control)."""
 
 from __future__ import annotations
 
