@@ -19,11 +19,15 @@ from aha.demo import DemoConfig, run_demo
 MIN_GAIN = 0.14
 
 
+def _quick_run(tmp_path_factory, scenario: str):
+    out = tmp_path_factory.mktemp(f"demo-{scenario}") / "run"
+    overrides = [f"scenario={scenario}", "quick=true", f"output_dir={out}", "progress=false"]
+    return run_demo(load_config(DemoConfig, overrides=overrides))
+
+
 @pytest.fixture(scope="module")
 def quick_demo(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo") / "run"
-    cfg = load_config(DemoConfig, overrides=["quick=true", f"output_dir={out}", "progress=false"])
-    return run_demo(cfg)
+    return _quick_run(tmp_path_factory, "carry")
 
 
 def test_rl_beats_sft_on_heldout_problems(quick_demo):
@@ -65,9 +69,7 @@ def test_resume_of_a_finished_demo_reuses_its_models(quick_demo):
 
 @pytest.fixture(scope="module")
 def quick_limit_demo(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo-limit") / "run"
-    overrides = ["scenario=limit", "quick=true", f"output_dir={out}", "progress=false"]
-    return run_demo(load_config(DemoConfig, overrides=overrides))
+    return _quick_run(tmp_path_factory, "limit")
 
 
 def test_rl_cannot_amplify_what_is_never_sampled(quick_limit_demo):
