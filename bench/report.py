@@ -247,20 +247,26 @@ def render_rollout(data: dict) -> str:
         f"median over {s['repeats']} repeats; speedup: median of the per-repeat ratios). *forced*: distinct "
         f"prompts, every completion exactly {s['new_tokens']} tokens, against raw `generate` (as TRL's GRPO "
         "trainer calls it). *grpo*: each prompt 8 times, completions ending at stop strings after varying "
-        f"lengths (up to {2 * s['new_tokens']} tokens), log-probs returned, against aha's `generate` engine.\n",
+        f"lengths (up to {2 * s['new_tokens']} tokens), log-probs returned, against aha's `generate` engine. "
+        "*native, torch step*: the native sampler with its torch decoding step instead of the compiled one "
+        '(`decode="torch"`, forced only); *kernel gain*: median per-repeat ratio of the two.\n',
         f"```\n{data['command']}\n```\n",
         _machine(data) + "\n",
-        "| scenario | model | params | batch | native tokens/s | generate tokens/s | speedup |",
-        "|---|---|---|---|---|---|---|",
+        "| scenario | model | params | batch | native tokens/s | native, torch step | kernel gain "
+        "| generate tokens/s | speedup |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in data["results"]:
         target = ""
         if r["scenario"] == "forced" and r["batch"] == 32:
             met = r["speedup"] >= TARGET_SAMPLER_SPEEDUP
             target = f" (target >= {TARGET_SAMPLER_SPEEDUP:g}x {_mark(met)})"
+        torch_step, gain = r.get("torch_step_tokens_per_s"), r.get("kernel_speedup")
         out.append(
             f"| {r['scenario']} | {r['model']} | {r['params'] / 1e6:.2f}M | {r['batch']} "
-            f"| {r['native_tokens_per_s']:,.0f} | {r['generate_tokens_per_s']:,.0f} | {r['speedup']:.2f}x{target} |"
+            f"| {r['native_tokens_per_s']:,.0f} | {f'{torch_step:,.0f}' if torch_step else '-'} "
+            f"| {f'{gain:.2f}x' if gain else '-'} "
+            f"| {r['generate_tokens_per_s']:,.0f} | {r['speedup']:.2f}x{target} |"
         )
     out.append("")
     return "\n".join(out)

@@ -4,7 +4,9 @@ Two scenarios on the same tiny Llamas (~3M and ~25M parameters, the sizes of grp
 the format of aha's arithmetic task (mixed lengths, so left padding is exercised), temperature 1:
 
 - forced: distinct prompts, every completion exactly `--new-tokens` tokens (min_new_tokens =
-  max_new_tokens) so both sides do identical work; baseline raw `model.generate`.
+  max_new_tokens) so both sides do identical work; baseline raw `model.generate`. The native sampler
+  also runs with its torch decoding step instead of the compiled one (`decode="torch"`), to show what
+  the kernel adds.
 - grpo: each prompt 8 times, completions ending at stop strings after varying lengths (up to 2 x
   `--new-tokens`), log-probs returned; baseline the `generate` engine (HFGenerateEngine). Tokens/s
   counts the completion tokens each side actually produced.
@@ -72,6 +74,8 @@ class Result:
     generate_s: list[float]
     native_tokens: list[int]
     generate_tokens: list[int]
+    torch_step_tokens_per_s: float | None = None  # forced only: the native sampler with decode="torch"
+    kernel_speedup: float | None = None  # median over repeats of native / torch-step tokens/s
 
 
 def make_prompts(count: int, seed: int) -> list[str]:
@@ -89,14 +93,20 @@ def forced_runs(model, tokenizer, batch: int, new_tokens: int) -> dict[str, Call
     """Distinct prompts, exactly `new_tokens` per completion; the baseline is raw `model.generate`,
     as TRL's GRPO trainer calls it. Each run takes a token count and returns the tokens produced."""
     prompts = make_prompts(batch, seed=batch)
-    sampler = NativeSampler(model, tokenizer)
 
-    def native(tokens: int) -> int:
-        params = SamplingParams(max_new_tokens=tokens, min_new_tokens=tokens, temperature=1.0, seed=0)
-        mask = sampler.generate(prompts, params).completion_mask
-        if mask.shape != (batch, tokens) or not bool(mask.all()):
-            raise RuntimeError(f"native did not produce exactly {tokens} tokens for each of {batch} prompts")
-        return int(mask.sum())
+    def native(decode: str) -> Callable[[int], int]:
+        sampler = NativeSampler(model, tokenizer, decode=decode)
+
+        def call(tokens: int) -> int:
+            params = SamplingParams(max_new_tokens=tokens, min_new_tokens=tokens, temperature=1.0, seed=0)
+            mask = sampler.generate(prompts, params).completion_mask
+            if mask.shape != (batch, tokens) or not bool(mask.all()):
+                raise RuntimeError(
+                    f"native did not produce exactly {tokens} tokens for each of {batch} prompts"
+                )
+            return int(mask.sum())
+
+        return call
 
     def generate(tokens: int) -> int:
         enc = tokenizer(prompts, padding=True, padding_side="left", return_tensors="pt")
@@ -116,7 +126,7 @@ def forced_runs(model, tokenizer, batch: int, new_tokens: int) -> dict[str, Call
             raise RuntimeError(f"generate produced {new} tokens per row, not {tokens}")
         return batch * new
 
-    return {"native": native, "generate": generate}
+    return {"native": native("kernel"), "native_torch_step": native("torch"), "generate": generate}
 
 
 def grpo_runs(model, tokenizer, batch: int, new_tokens: int) -> dict[str, Callable[[int], int]]:
@@ -163,6 +173,7 @@ def bench_one(
         warmups={run: (lambda run=run: runs[run](warmup_tokens)) for run in runs},
     )
     rates = {run: [n / s for n, s in zip(produced[run], seconds[run], strict=True)] for run in runs}
+    torch_step = rates.get("native_torch_step")
     return Result(
         scenario=scenario,
         model=name,
@@ -176,6 +187,10 @@ def bench_one(
         generate_s=seconds["generate"],
         native_tokens=produced["native"],
         generate_tokens=produced["generate"],
+        torch_step_tokens_per_s=median(torch_step) if torch_step else None,
+        kernel_speedup=median([n / t for n, t in zip(rates["native"], torch_step, strict=True)])
+        if torch_step
+        else None,
     )
 
 
@@ -232,7 +247,8 @@ def main(argv: list[str] | None = None) -> None:
                     result = bench_one(
                         scenario, size, SIZES[size], batch, args.new_tokens, args.repeats, Path(tmp)
                     )
-                    print(f"{scenario} {size} batch {batch}: speedup {result.speedup:.2f}x", flush=True)
+                    gain = f", kernel gain {result.kernel_speedup:.2f}x" if result.kernel_speedup else ""
+                    print(f"{scenario} {size} batch {batch}: speedup {result.speedup:.2f}x{gain}", flush=True)
                     results.append(result)
     results_json = {
         "benchmark": "rollout",

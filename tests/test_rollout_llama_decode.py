@@ -1,7 +1,11 @@
-"""The hand-written Llama/Qwen2 decoding step gives the HF model's own outputs, and is refused for
-models whose math it does not cover (the sampler then uses the generic HF forward)."""
+"""The hand-written Llama/Qwen2 decoding steps (torch ops, and the compiled kernel) give the HF model's
+own outputs, and are refused for models whose math they do not cover (the sampler then uses the
+generic HF forward). The kernel builds here, falls back when it cannot, and leaves torch's
+floating-point mode alone."""
 
 from __future__ import annotations
+
+import shutil
 
 import pytest
 import torch
@@ -9,7 +13,8 @@ import torch
 from aha.models.loading import load_model, load_tokenizer
 from aha.models.positions import left_padded_position_ids
 from aha.rollout.base import SamplingParams
-from aha.rollout.llama_decode import WEIGHTS_LEFT_MAX_ROWS, Projection, decode_step_for
+from aha.rollout.decode_kernel import KernelDecodeStep, load_decode_kernel
+from aha.rollout.llama_decode import WEIGHTS_LEFT_MAX_ROWS, LlamaDecodeStep, Projection, decode_step_for
 from aha.rollout.native import NativeSampler
 
 PROMPTS = ["Hi", "What is 12 + 30?", "x", "The quick brown fox jumps over"]
@@ -43,13 +48,19 @@ def test_projection_is_x_times_weight_transposed_in_either_form(rows):
         torch.testing.assert_close(out, x @ weight.T)
 
 
+@pytest.mark.parametrize("decode", ["kernel", "torch"])
 @pytest.mark.parametrize("copies", [1, 16], ids=["4-rows", "64-rows"])
 @pytest.mark.parametrize("name", ["tiny_llama", "tiny_qwen2"])
-def test_fast_step_matches_the_hf_forward(name, copies, request):
-    """4 rows take the weights-left matmuls, 64 rows the x @ W.T ones (`Projection`)."""
+def test_fast_step_matches_the_hf_forward(name, copies, decode, request):
+    """4 rows take the torch step's weights-left matmuls, 64 rows its x @ W.T ones (`Projection`); the
+    prompts' lengths differ, so rows are left-padded and attention is masked."""
     model, tokenizer = request.getfixturevalue(name)
-    assert decode_step_for(model, 64) is not None
-    fast, generic = NativeSampler(model, tokenizer), NativeSampler(model, tokenizer, fast_decode=False)
+    step_type = KernelDecodeStep if decode == "kernel" else LlamaDecodeStep
+    assert isinstance(decode_step_for(model, 64, kernel=decode == "kernel"), step_type)
+    fast, generic = (
+        NativeSampler(model, tokenizer, decode=decode),
+        NativeSampler(model, tokenizer, decode="hf"),
+    )
     greedy = SamplingParams(max_new_tokens=16, temperature=0)
     prompts = PROMPTS * copies
     fast_batch, generic_batch = fast.generate(prompts, greedy), generic.generate(prompts, greedy)
@@ -57,6 +68,65 @@ def test_fast_step_matches_the_hf_forward(name, copies, request):
     assert torch.allclose(fast_batch.logprobs, generic_batch.logprobs, atol=1e-5)
     sampled = fast.generate(PROMPTS * 2, SamplingParams(max_new_tokens=16, temperature=0.8, top_k=30, seed=0))
     assert _teacher_forced_error(model, sampled, 0.8) <= 1e-4
+
+
+@pytest.mark.parametrize("rows", [1, 5, 33])
+def test_kernel_logits_equal_the_torch_step(tiny_qwen2, rows):
+    """One step straight after a prefill, rows left-padded to different lengths: same logits and the same
+    keys and values written into the cache."""
+    model, tokenizer = tiny_qwen2
+    prompts = [PROMPTS[i % len(PROMPTS)] * (1 + i % 3) for i in range(rows)]
+    ids, mask = tokenizer(prompts, padding=True, padding_side="left", return_tensors="pt").values()
+    length, capacity = ids.shape[1], ids.shape[1] + 4
+    torch_step, kernel_step = decode_step_for(model, capacity, kernel=False), decode_step_for(model, capacity)
+    assert isinstance(kernel_step, KernelDecodeStep)
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask, position_ids=left_padded_position_ids(mask))
+    caches = []
+    for _ in range(2):
+        keys = [torch.zeros(rows, 2, capacity, 16) for _ in model.model.layers]
+        values = [torch.zeros(rows, 2, capacity, 16) for _ in model.model.layers]
+        for layer, k, v in zip(out.past_key_values.layers, keys, values, strict=True):
+            k[:, :, :length], v[:, :, :length] = layer.keys, layer.values
+        caches.append((keys, values))
+    tokens = out.logits[:, -1].argmax(-1)
+    positions = left_padded_position_ids(mask)[:, -1] + 1
+    attention = torch.cat([mask, torch.ones(rows, 1, dtype=mask.dtype)], dim=1)
+    with torch.no_grad():
+        expected = torch_step(tokens, positions, *caches[0], length, attention)
+        got = kernel_step(tokens, positions, *caches[1], length, attention)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    for expected_cache, got_cache in zip(caches[0], caches[1], strict=True):
+        for e, g in zip(expected_cache, got_cache, strict=True):
+            torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
+
+
+def test_kernel_builds_here_and_keeps_denormals():
+    """Where there is a C compiler the kernel must build (a silent fallback would hide a broken build);
+    loading it must not switch the process to flush-to-zero, as a -ffast-math library would."""
+    if shutil.which("cc") is None:
+        pytest.skip("no C compiler on this machine")
+    assert load_decode_kernel() is not None
+    tiny = torch.tensor(1e-40)
+    assert (tiny * 1.0).item() > 0.0
+
+
+def test_kernel_falls_back_to_the_torch_step_without_a_compiler(tiny_llama, monkeypatch, tmp_path):
+    model, tokenizer = tiny_llama
+    monkeypatch.setenv("CC", "no-such-compiler")
+    monkeypatch.setenv("AHA_CACHE_DIR", str(tmp_path))  # nothing built here yet
+    load_decode_kernel.cache_clear()
+    try:
+        assert load_decode_kernel() is None
+        assert isinstance(decode_step_for(model, 64), LlamaDecodeStep)
+        batch = NativeSampler(model, tokenizer).generate(PROMPTS, SamplingParams(max_new_tokens=8, seed=0))
+        assert _teacher_forced_error(model, batch, 1.0) <= 1e-4
+        monkeypatch.setenv("CC", "cc")
+        monkeypatch.setenv("AHA_DECODE_KERNEL", "0")
+        load_decode_kernel.cache_clear()
+        assert load_decode_kernel() is None
+    finally:
+        load_decode_kernel.cache_clear()
 
 
 def test_other_architectures_use_the_generic_forward(tiny_gpt2, tiny_qwen2):

@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 
+from aha.rollout.decode_kernel import KernelDecodeStep, load_decode_kernel
+
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2")
 # Rotary variants whose angles depend on the position only (not on the sequence length seen so far).
 STATIC_ROPE_TYPES = ("default", "linear", "llama3")
@@ -61,9 +63,12 @@ class _LayerWeights:
     down: Projection
 
 
-def decode_step_for(model: PreTrainedModel, max_positions: int) -> LlamaDecodeStep | None:
+def decode_step_for(
+    model: PreTrainedModel, max_positions: int, kernel: bool = True
+) -> LlamaDecodeStep | KernelDecodeStep | None:
     """A decode step for `model` if it is a plain (unwrapped, unquantised) Llama or Qwen2 with full
-    attention, SiLU MLPs and static rotary angles; otherwise None."""
+    attention, SiLU MLPs and static rotary angles; otherwise None. For an fp32 model on the CPU it is the
+    compiled step where that builds here (`kernel=False`: always the torch step)."""
     config = model.config
     if getattr(config, "model_type", None) not in SUPPORTED_MODEL_TYPES:
         return None
@@ -88,7 +93,11 @@ def decode_step_for(model: PreTrainedModel, max_positions: int) -> LlamaDecodeSt
             return None
     if type(model.lm_head) is not nn.Linear or model.lm_head.bias is not None:
         return None
-    return LlamaDecodeStep(model, max_positions)
+    step = LlamaDecodeStep(model, max_positions)
+    library = load_decode_kernel() if kernel else None
+    if library is not None and step.embed.device.type == "cpu" and step.embed.dtype == torch.float32:
+        return KernelDecodeStep(step, library)
+    return step
 
 
 class LlamaDecodeStep:
@@ -142,12 +151,17 @@ class LlamaDecodeStep:
         key_buffers: list[torch.Tensor],
         value_buffers: list[torch.Tensor],
         length: int,
-        mask: torch.Tensor | None,
+        attention: torch.Tensor | None,
     ) -> torch.Tensor:
         """Logits [B, V] for `tokens` [B] at `positions` [B]; their keys/values are written at index
         `length` of each layer's buffers [B, kv_heads, capacity, head_dim], and attention covers
-        indices [0, length]. `mask` is additive [B, 1, 1, length + 1] (-inf on padding) or None."""
+        indices [0, length] where `attention` [B, >= length + 1] is 1 (None: all of them)."""
         batch, heads, kv_heads, head_dim = tokens.shape[0], self.heads, self.kv_heads, self.head_dim
+        mask = None
+        if attention is not None:
+            visible = attention[:, None, None, : length + 1] == 1
+            mask = torch.zeros(visible.shape, dtype=self.embed.dtype, device=tokens.device)
+            mask.masked_fill_(~visible, float("-inf"))
         half = head_dim // 2
         cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]
         hidden = F.embedding(tokens, self.embed)

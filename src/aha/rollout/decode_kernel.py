@@ -1,0 +1,239 @@
+"""The compiled fp32 CPU decoding step (`llama_decode_kernel.c`): built on first use, called through ctypes.
+
+Why compiled on first use rather than at install: it is one small C file with no torch headers, so a
+C compiler builds it in well under a second (a torch C++ extension takes ~35 s), and `-march=native`
+fits it to the machine it runs on. The build is cached under `$AHA_CACHE_DIR` (default
+~/.cache/aha) keyed by the source, the compiler and the CPU, and written atomically. Where no
+compiler, no MKL sgemm or no build works, `load_decode_kernel` returns None and the sampler keeps the
+torch step; `AHA_DECODE_KERNEL=0` turns the kernel off.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("llama_decode_kernel.c")
+# Reassociation lets the reductions vectorize. Not -ffast-math: linked into a shared library it sets the
+# CPU's flush-to-zero mode for the whole process (torch included) when the library loads.
+CFLAGS = [
+    "-O3",
+    "-march=native",
+    "-fno-math-errno",
+    "-fno-trapping-math",
+    "-fassociative-math",
+    "-fno-signed-zeros",
+    "-fopenmp",
+    "-shared",
+    "-fPIC",
+]
+
+
+class KernelLayer(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_void_p)
+        for name in ("input_norm", "qkv", "qkv_bias", "out", "post_norm", "gate_up", "down")
+    ]
+
+
+class KernelModel(ctypes.Structure):
+    _fields_ = [
+        *[
+            (name, ctypes.c_int64)
+            for name in (
+                "num_layers",
+                "hidden",
+                "heads",
+                "kv_heads",
+                "head_dim",
+                "intermediate",
+                "vocab",
+            )
+        ],
+        ("eps", ctypes.c_float),
+        ("scale", ctypes.c_float),
+        *[(name, ctypes.c_void_p) for name in ("embed", "final_norm", "lm_head", "cos", "sin")],
+        ("layers", ctypes.POINTER(KernelLayer)),
+        ("sgemm", ctypes.c_void_p),
+    ]
+
+
+@functools.cache
+def load_decode_kernel() -> ctypes.CDLL | None:
+    """The built kernel library with its sgemm address in `library.sgemm`, or None where unavailable."""
+    if os.environ.get("AHA_DECODE_KERNEL", "1") == "0":
+        return None
+    sgemm = _mkl_sgemm()
+    if sgemm is None:
+        log.info("no MKL sgemm in this torch build: decoding uses the torch step")
+        return None
+    try:
+        library = ctypes.CDLL(str(_build()))
+    except subprocess.CalledProcessError as error:
+        log.warning("the decode kernel did not compile, decoding uses the torch step:\n%s", error.stderr)
+        return None
+    except OSError as error:  # no compiler, or a build that does not load
+        log.info("no decode kernel (%s): decoding uses the torch step", error)
+        return None
+    library.workspace_floats.restype = ctypes.c_int64
+    library.workspace_floats.argtypes = [ctypes.POINTER(KernelModel), ctypes.c_int64]
+    library.decode_step.restype = None
+    library.decode_step.argtypes = [
+        ctypes.POINTER(KernelModel),
+        ctypes.c_int64,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_int64,
+        ctypes.c_int64,
+        ctypes.c_void_p,
+        ctypes.c_int64,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+    ]
+    library.sgemm = sgemm
+    return library
+
+
+def _mkl_sgemm() -> int | None:
+    """The address of the Fortran `sgemm_` inside libtorch_cpu (MKL builds export it), else None."""
+    path = Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"
+    if "mkl" not in torch.__config__.show().lower() or not path.exists():
+        return None
+    try:
+        return ctypes.cast(ctypes.CDLL(str(path)).sgemm_, ctypes.c_void_p).value
+    except (OSError, AttributeError):
+        return None
+
+
+def _build() -> Path:
+    """Compile the kernel unless a build for this source, compiler and CPU is cached; return its path."""
+    compiler = shutil.which(os.environ.get("CC", "cc"))
+    if compiler is None:
+        raise FileNotFoundError("no C compiler (set CC)")
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True).stdout
+    key = hashlib.sha256(
+        b"\0".join(
+            [SOURCE.read_bytes(), " ".join(CFLAGS).encode(), version.encode(), _cpu_signature().encode()]
+        )
+    ).hexdigest()[:16]
+    cache = Path(os.environ.get("AHA_CACHE_DIR", Path.home() / ".cache" / "aha")) / "kernels"
+    target = cache / f"llama_decode_kernel-{key}.so"
+    if target.exists():
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+        built = Path(tmp) / target.name
+        subprocess.run(
+            [compiler, *CFLAGS, str(SOURCE), "-o", str(built), "-lm"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        os.replace(built, target)
+    return target
+
+
+def _cpu_signature() -> str:
+    """What -march=native depends on: the CPU model and its feature flags (a shared home directory may
+    serve machines with different CPUs)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor() or platform.machine()
+    wanted = [line for line in lines if line.startswith(("model name", "flags"))]
+    return "\n".join(dict.fromkeys(wanted)) or platform.machine()
+
+
+class KernelDecodeStep:
+    """`LlamaDecodeStep`'s math in one compiled call per token: same fused weights, same interface."""
+
+    def __init__(self, torch_step, library: ctypes.CDLL):
+        self.library = library
+        self.embed = torch_step.embed
+        self._keep = torch_step  # owns the fused weight tensors the struct points into
+        layers = torch_step.layers
+        self._layers = (KernelLayer * len(layers))(
+            *[
+                KernelLayer(
+                    w.input_norm.data_ptr(),
+                    w.qkv.weight.data_ptr(),
+                    w.qkv_bias.data_ptr() if w.qkv_bias is not None else None,
+                    w.out.weight.data_ptr(),
+                    w.post_norm.data_ptr(),
+                    w.gate_up.weight.data_ptr(),
+                    w.down.weight.data_ptr(),
+                )
+                for w in layers
+            ]
+        )
+        self.vocab = torch_step.lm_head.weight.shape[0]
+        self.model = KernelModel(
+            num_layers=len(layers),
+            hidden=self.embed.shape[1],
+            heads=torch_step.heads,
+            kv_heads=torch_step.kv_heads,
+            head_dim=torch_step.head_dim,
+            intermediate=torch_step.intermediate,
+            vocab=self.vocab,
+            eps=torch_step.eps,
+            scale=torch_step.scaling,
+            embed=self.embed.data_ptr(),
+            final_norm=torch_step.final_norm.data_ptr(),
+            lm_head=torch_step.lm_head.weight.data_ptr(),
+            cos=torch_step.cos.data_ptr(),
+            sin=torch_step.sin.data_ptr(),
+            layers=self._layers,
+            sgemm=library.sgemm,
+        )
+        self._workspaces: dict[int, torch.Tensor] = {}
+
+    def __call__(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        key_buffers: list[torch.Tensor],
+        value_buffers: list[torch.Tensor],
+        length: int,
+        attention: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """As `LlamaDecodeStep.__call__`; every tensor float32 (int64 for ids, positions and `attention`)
+        on the CPU."""
+        rows = tokens.shape[0]
+        workspace = self._workspaces.get(rows)
+        if workspace is None:
+            workspace = torch.empty(self.library.workspace_floats(ctypes.byref(self.model), rows))
+            self._workspaces[rows] = workspace
+        tokens, positions = tokens.contiguous(), positions.contiguous()
+        if attention is not None:
+            attention = attention.contiguous()
+        pointers = ctypes.c_void_p * len(key_buffers)
+        logits = torch.empty(rows, self.vocab)
+        self.library.decode_step(
+            ctypes.byref(self.model),
+            rows,
+            tokens.data_ptr(),
+            positions.data_ptr(),
+            pointers(*[k.data_ptr() for k in key_buffers]),
+            pointers(*[v.data_ptr() for v in value_buffers]),
+            key_buffers[0].shape[2],
+            length,
+            attention.data_ptr() if attention is not None else None,
+            attention.shape[1] if attention is not None else 0,
+            workspace.data_ptr(),
+            logits.data_ptr(),
+        )
+        return logits

@@ -1,0 +1,255 @@
+/* One decoding step of a Llama/Qwen2 model in fp32, in a single call from Python.
+
+   Why: on a small CPU the hand-written torch step (llama_decode.py) still spends more time between
+   its ~30 ops a layer (dispatch, allocation, transposed copies, the SDPA kernel's set-up) than in
+   the matmuls. Here the matmuls go to the same MKL sgemm torch uses (resolved from libtorch_cpu),
+   and everything between them is a plain loop: RMSNorm, rotary, the KV-cache write, attention over
+   the cache, SwiGLU and the residual adds. OpenMP threads are the ones torch uses (the same libgomp
+   is already loaded), so torch's thread count applies.
+
+   Activations are kept feature-major ([features, rows]): the matmuls run as W @ x.T, the form MKL
+   is fastest in at decoding batch sizes, with no transposed copies, and the elementwise loops run
+   over contiguous rows. Only attention transposes its q/k/v into per-row vectors.
+
+   The math is that of llama_decode.LlamaDecodeStep; tests check the two agree. */
+
+#include <float.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* MKL's Fortran sgemm (column-major), passed in by the loader. */
+typedef void (*sgemm_fn)(const char *transa, const char *transb, const int *m, const int *n, const int *k,
+                         const float *alpha, const float *a, const int *lda, const float *b, const int *ldb,
+                         const float *beta, float *c, const int *ldc);
+
+typedef struct {
+    const float *input_norm; /* [hidden] */
+    const float *qkv;        /* [(heads + 2 kv_heads) * head_dim, hidden] */
+    const float *qkv_bias;   /* [(heads + 2 kv_heads) * head_dim] or NULL */
+    const float *out;        /* [hidden, heads * head_dim] */
+    const float *post_norm;  /* [hidden] */
+    const float *gate_up;    /* [2 intermediate, hidden] */
+    const float *down;       /* [hidden, intermediate] */
+} Layer;
+
+typedef struct {
+    int64_t num_layers, hidden, heads, kv_heads, head_dim, intermediate, vocab;
+    float eps, scale;
+    const float *embed;      /* [vocab, hidden] */
+    const float *final_norm; /* [hidden] */
+    const float *lm_head;    /* [vocab, hidden] */
+    const float *cos, *sin;  /* [positions, head_dim]; sin's first half negated (rotate_half folded in) */
+    const Layer *layers;
+    sgemm_fn sgemm;
+} Model;
+
+/* Loops over this many elements or more are split across the OpenMP threads (fewer do not pay for
+   waking them). */
+#define PARALLEL_MIN 32768
+
+static inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+
+/* e^x to ~1 ulp (Cephes' expf: x = n ln2 + r, a degree-7 polynomial in r, times 2^n), written so that
+   loops calling it vectorize (libm's expf does not without -ffast-math, which would change the whole
+   process's floating-point state by flushing denormals). Inputs are clamped to [-87.3, 88]. */
+static inline float exp_approx(float x) {
+    x = x < -87.3365448f ? -87.3365448f : (x > 88.0f ? 88.0f : x);
+    const float n = rintf(x * 1.44269504088896341f);
+    const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    union {
+        int32_t i;
+        float f;
+    } scale = {.i = ((int32_t)n + 127) << 23};
+    return p * scale.f;
+}
+
+/* out [features, rows] = W @ in for W [features, in_features] (nn.Linear's layout); `in` is
+   [in_features, rows] (feature-major) or, with in_row_major, [rows, in_features]. */
+static void project(const Model *m, const float *in, int in_row_major, const float *weight, int64_t rows,
+                    int64_t in_features, int64_t features, float *out) {
+    const float one = 1.0f, zero = 0.0f;
+    const int r = (int)rows, k = (int)in_features, f = (int)features, lda = in_row_major ? k : r;
+    /* column-major out [rows, features] = in^T [rows, k] @ W^T [k, features] */
+    m->sgemm(in_row_major ? "T" : "N", "N", &r, &f, &k, &one, in, &lda, weight, &k, &zero, out, &r);
+}
+
+/* out [n, rows] = weight * rms_norm over features of hidden [n, rows] (LlamaRMSNorm in fp32). */
+static void rms_norm(const float *hidden, const float *weight, float *out, float *inv, int64_t rows, int64_t n,
+                     float eps) {
+    for (int64_t r = 0; r < rows; r++) inv[r] = 0.0f;
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t r = 0; r < rows; r++) inv[r] += hidden[i * rows + r] * hidden[i * rows + r];
+    for (int64_t r = 0; r < rows; r++) inv[r] = 1.0f / sqrtf(inv[r] / (float)n + eps);
+#pragma omp parallel for if (rows * n >= PARALLEL_MIN)
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t r = 0; r < rows; r++) out[i * rows + r] = weight[i] * (hidden[i * rows + r] * inv[r]);
+}
+
+/* act [intermediate, rows] = silu(gate) * up for gate_up [2 intermediate, rows]. */
+static void swiglu(const float *gate_up, float *act, int64_t rows, int64_t intermediate) {
+    const float *gate = gate_up, *up = gate_up + intermediate * rows;
+#pragma omp parallel for if (rows * intermediate >= PARALLEL_MIN)
+    for (int64_t i = 0; i < intermediate; i++)
+        for (int64_t r = 0; r < rows; r++) {
+            const float g = gate[i * rows + r];
+            act[i * rows + r] = g / (1.0f + exp_approx(-g)) * up[i * rows + r];
+        }
+}
+
+/* out [rows, features] = in [features, rows] transposed, plus bias [features] if given. */
+static void transpose_rows(const float *in, const float *bias, float *out, int64_t rows, int64_t features) {
+    enum { BLOCK = 16 };
+#pragma omp parallel for if (rows * features >= PARALLEL_MIN)
+    for (int64_t f0 = 0; f0 < features; f0 += BLOCK) {
+        const int64_t f1 = f0 + BLOCK < features ? f0 + BLOCK : features;
+        for (int64_t r0 = 0; r0 < rows; r0 += BLOCK) {
+            const int64_t r1 = r0 + BLOCK < rows ? r0 + BLOCK : rows;
+            for (int64_t r = r0; r < r1; r++)
+                for (int64_t f = f0; f < f1; f++) out[r * features + f] = in[f * rows + r];
+        }
+        if (bias)
+            for (int64_t r = 0; r < rows; r++)
+                for (int64_t f = f0; f < f1; f++) out[r * features + f] += bias[f];
+    }
+}
+
+/* scores[t] = scale * (query . keys[t]) for t in [0, count); four keys at a time for independent sums. */
+static void dot_keys(const float *query, const float *keys, int64_t count, int64_t hd, float scale,
+                     float *scores) {
+    int64_t t = 0;
+    for (; t + 4 <= count; t += 4) {
+        const float *k0 = keys + t * hd, *k1 = k0 + hd, *k2 = k1 + hd, *k3 = k2 + hd;
+        float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
+        for (int64_t d = 0; d < hd; d++) {
+            a0 += query[d] * k0[d];
+            a1 += query[d] * k1[d];
+            a2 += query[d] * k2[d];
+            a3 += query[d] * k3[d];
+        }
+        scores[t] = a0 * scale;
+        scores[t + 1] = a1 * scale;
+        scores[t + 2] = a2 * scale;
+        scores[t + 3] = a3 * scale;
+    }
+    for (; t < count; t++) {
+        const float *key = keys + t * hd;
+        float a = 0.0f;
+        for (int64_t d = 0; d < hd; d++) a += query[d] * key[d];
+        scores[t] = a * scale;
+    }
+}
+
+/* Rotary embedding of one head: out = x * cos + cat(x2, x1) * sin. */
+static inline void rotate(const float *x, int64_t head_dim, const float *cos, const float *sin, float *out) {
+    const int64_t half = head_dim / 2;
+    for (int64_t d = 0; d < half; d++) {
+        out[d] = x[d] * cos[d] + x[d + half] * sin[d];
+        out[d + half] = x[d + half] * cos[d + half] + x[d] * sin[d + half];
+    }
+}
+
+/* Per row and KV head: rotary on its key and queries, the new key/value written at `length`, and
+   softmax attention of the group's query heads over cache positions [0, length] that `attention`
+   (1 = visible; NULL: all) allows. qkv [rows, (heads + 2 kv_heads) * head_dim]; out [rows, heads * head_dim]. */
+static void attend(const Model *m, const float *qkv, const int64_t *positions, float *keys, float *values,
+                   int64_t capacity, int64_t length, const int64_t *attention, int64_t attention_stride,
+                   float *out, int64_t rows) {
+    const int64_t heads = m->heads, kv_heads = m->kv_heads, hd = m->head_dim, group = heads / kv_heads;
+    const int64_t width = (heads + 2 * kv_heads) * hd;
+#pragma omp parallel if (rows * kv_heads * (length + 1) * hd >= PARALLEL_MIN)
+    {
+        float *scores = malloc(sizeof(float) * (size_t)(length + 1));
+        float *query = malloc(sizeof(float) * (size_t)hd);
+#pragma omp for
+        for (int64_t task = 0; task < rows * kv_heads; task++) {
+            const int64_t r = task / kv_heads, g = task % kv_heads;
+            const float *row = qkv + r * width;
+            const float *cos = m->cos + positions[r] * hd, *sin = m->sin + positions[r] * hd;
+            float *k_cache = keys + (r * kv_heads + g) * capacity * hd;
+            float *v_cache = values + (r * kv_heads + g) * capacity * hd;
+            rotate(row + (heads + g) * hd, hd, cos, sin, k_cache + length * hd);
+            memcpy(v_cache + length * hd, row + (heads + kv_heads + g) * hd, sizeof(float) * (size_t)hd);
+            const int64_t *visible = attention ? attention + r * attention_stride : NULL;
+            for (int64_t j = 0; j < group; j++) {
+                const int64_t h = g * group + j;
+                rotate(row + h * hd, hd, cos, sin, query);
+                dot_keys(query, k_cache, length + 1, hd, m->scale, scores);
+                float best = -FLT_MAX;
+                for (int64_t t = 0; t <= length; t++)
+                    if (!visible || visible[t]) best = scores[t] > best ? scores[t] : best;
+                float total = 0.0f;
+                for (int64_t t = 0; t <= length; t++) {
+                    scores[t] = !visible || visible[t] ? exp_approx(scores[t] - best) : 0.0f;
+                    total += scores[t];
+                }
+                float *o = out + r * heads * hd + h * hd;
+                for (int64_t d = 0; d < hd; d++) o[d] = 0.0f;
+                for (int64_t t = 0; t <= length; t++) {
+                    const float p = scores[t] / total;
+                    const float *value = v_cache + t * hd;
+                    for (int64_t d = 0; d < hd; d++) o[d] += p * value[d];
+                }
+            }
+        }
+        free(query);
+        free(scores);
+    }
+}
+
+/* Workspace floats per row: hidden, normed x, a projection's output, its row-major copy for attention,
+   the attention output / SwiGLU activation, and the norm's per-row factor. */
+static int64_t projected_floats(const Model *m) {
+    return max64(max64((m->heads + 2 * m->kv_heads) * m->head_dim, 2 * m->intermediate), m->hidden);
+}
+static int64_t inner_floats(const Model *m) { return max64(m->heads * m->head_dim, m->intermediate); }
+
+/* Floats of workspace `decode_step` needs for `rows` rows. */
+int64_t workspace_floats(const Model *m, int64_t rows) {
+    return rows * (2 * m->hidden + 2 * projected_floats(m) + inner_floats(m) + 1);
+}
+
+/* Logits [rows, vocab] for `tokens` at `positions`. keys[l], values[l]: layer l's cache
+   [rows, kv_heads, capacity, head_dim]; this token's key/value go to index `length`. `attention`
+   [rows, attention_stride]: 1 where a cache position is visible (NULL: all are). */
+void decode_step(const Model *m, int64_t rows, const int64_t *tokens, const int64_t *positions, float **keys,
+                 float **values, int64_t capacity, int64_t length, const int64_t *attention,
+                 int64_t attention_stride, float *workspace, float *logits) {
+    const int64_t n = m->hidden, qkv_features = (m->heads + 2 * m->kv_heads) * m->head_dim;
+    const int64_t attended = m->heads * m->head_dim, inter = m->intermediate;
+    float *hidden = workspace, *x = hidden + rows * n;
+    float *projected = x + rows * n, *qkv_rows = projected + rows * projected_floats(m);
+    float *inner = qkv_rows + rows * projected_floats(m), *inv = inner + rows * inner_floats(m);
+
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t i = 0; i < n; i++) hidden[i * rows + r] = m->embed[tokens[r] * n + i];
+    rms_norm(hidden, m->layers[0].input_norm, x, inv, rows, n, m->eps);
+    for (int64_t l = 0; l < m->num_layers; l++) {
+        const Layer *layer = &m->layers[l];
+        project(m, x, 0, layer->qkv, rows, n, qkv_features, projected);
+        transpose_rows(projected, layer->qkv_bias, qkv_rows, rows, qkv_features);
+        attend(m, qkv_rows, positions, keys[l], values[l], capacity, length, attention, attention_stride, inner,
+               rows);
+        project(m, inner, 1, layer->out, rows, attended, n, projected);
+        for (int64_t i = 0; i < rows * n; i++) hidden[i] += projected[i];
+        rms_norm(hidden, layer->post_norm, x, inv, rows, n, m->eps);
+        project(m, x, 0, layer->gate_up, rows, n, 2 * inter, projected);
+        swiglu(projected, inner, rows, inter);
+        project(m, inner, 0, layer->down, rows, inter, n, projected);
+        for (int64_t i = 0; i < rows * n; i++) hidden[i] += projected[i];
+        rms_norm(hidden, l + 1 < m->num_layers ? m->layers[l + 1].input_norm : m->final_norm, x, inv, rows, n,
+                 m->eps);
+    }
+    /* column-major logits [vocab, rows] = row-major [rows, vocab] = lm_head [vocab, n] @ x [n, rows] */
+    const float one = 1.0f, zero = 0.0f;
+    const int r = (int)rows, k = (int)n, v = (int)m->vocab;
+    m->sgemm("T", "T", &v, &r, &k, &one, m->lm_head, &k, x, &r, &zero, logits, &v);
+}
