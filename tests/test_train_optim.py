@@ -36,6 +36,28 @@ def test_weight_decay_split():
     assert decay["lr"] == 0.1 and decay["betas"] == (0.8, 0.9) and decay["eps"] == 1e-6
 
 
+def test_fused_on_cpu_and_the_same_steps_as_plain_adamw():
+    torch.manual_seed(0)
+    fused_model, plain_model = TinyNet(), TinyNet()
+    plain_model.load_state_dict(fused_model.state_dict())
+    start = {name: p.detach().clone() for name, p in fused_model.named_parameters()}
+    fused = build_optimizer(fused_model, lr=0.1, weight_decay=0.01)
+    assert fused.defaults["fused"]
+    groups = build_optimizer(plain_model, lr=0.1, weight_decay=0.01).param_groups
+    plain = torch.optim.AdamW([{k: g[k] for k in ("params", "weight_decay")} for g in groups], lr=0.1)
+    assert not plain.defaults["fused"]
+    tokens = torch.tensor([0, 3, 1, 4])
+    for _ in range(3):
+        for model, opt in ((fused_model, fused), (plain_model, plain)):
+            opt.zero_grad()
+            model.head(model.norm(model.linear(model.embed(tokens)))).logsumexp(-1).sum().backward()
+            opt.step()
+    for (name, a), b in zip(fused_model.named_parameters(), plain_model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+        if a.requires_grad:
+            assert not torch.equal(a, start[name]), f"{name} did not move"
+
+
 def test_no_trainable_parameters():
     model = torch.nn.Linear(2, 2).requires_grad_(False)
     with pytest.raises(ValueError, match="no trainable parameters"):

@@ -7,9 +7,10 @@
    the cache, SwiGLU and the residual adds. OpenMP threads are the ones torch uses (the same libgomp
    is already loaded), so torch's thread count applies.
 
-   Activations are kept feature-major ([features, rows]): the matmuls run as W @ x.T, the form MKL
-   is fastest in at decoding batch sizes, with no transposed copies, and the elementwise loops run
-   over contiguous rows. Only attention transposes its q/k/v into per-row vectors.
+   Layouts: every matmul runs as W @ x.T with x row-major ([rows, features]), the form MKL is fastest
+   in at decoding batch sizes, so its output is feature-major ([features, rows]). The residual stream
+   stays feature-major (the adds are contiguous); RMSNorm and SwiGLU write their outputs row-major,
+   the next matmul's input, and attention transposes q/k/v into per-row vectors.
 
    The math is that of llama_decode.LlamaDecodeStep; tests check the two agree. */
 
@@ -72,37 +73,15 @@ static inline float exp_approx(float x) {
     return p * scale.f;
 }
 
-/* out [features, rows] = W @ in for W [features, in_features] (nn.Linear's layout); `in` is
-   [in_features, rows] (feature-major) or, with in_row_major, [rows, in_features]. */
-static void project(const Model *m, const float *in, int in_row_major, const float *weight, int64_t rows,
-                    int64_t in_features, int64_t features, float *out) {
+/* out [features, rows] = W @ x.T for x [rows, in_features] and W [features, in_features] (nn.Linear's
+   layout). Row-major x matters: with weights streaming from memory, MKL runs this form ~30% faster
+   than the same product with x feature-major (25M decoding matmuls at 32 rows: 149 vs 110 GFLOP/s). */
+static void project(const Model *m, const float *x, const float *weight, int64_t rows, int64_t in_features,
+                    int64_t features, float *out) {
     const float one = 1.0f, zero = 0.0f;
-    const int r = (int)rows, k = (int)in_features, f = (int)features, lda = in_row_major ? k : r;
-    /* column-major out [rows, features] = in^T [rows, k] @ W^T [k, features] */
-    m->sgemm(in_row_major ? "T" : "N", "N", &r, &f, &k, &one, in, &lda, weight, &k, &zero, out, &r);
-}
-
-/* out [n, rows] = weight * rms_norm over features of hidden [n, rows] (LlamaRMSNorm in fp32). */
-static void rms_norm(const float *hidden, const float *weight, float *out, float *inv, int64_t rows, int64_t n,
-                     float eps) {
-    for (int64_t r = 0; r < rows; r++) inv[r] = 0.0f;
-    for (int64_t i = 0; i < n; i++)
-        for (int64_t r = 0; r < rows; r++) inv[r] += hidden[i * rows + r] * hidden[i * rows + r];
-    for (int64_t r = 0; r < rows; r++) inv[r] = 1.0f / sqrtf(inv[r] / (float)n + eps);
-#pragma omp parallel for if (rows * n >= PARALLEL_MIN)
-    for (int64_t i = 0; i < n; i++)
-        for (int64_t r = 0; r < rows; r++) out[i * rows + r] = weight[i] * (hidden[i * rows + r] * inv[r]);
-}
-
-/* act [intermediate, rows] = silu(gate) * up for gate_up [2 intermediate, rows]. */
-static void swiglu(const float *gate_up, float *act, int64_t rows, int64_t intermediate) {
-    const float *gate = gate_up, *up = gate_up + intermediate * rows;
-#pragma omp parallel for if (rows * intermediate >= PARALLEL_MIN)
-    for (int64_t i = 0; i < intermediate; i++)
-        for (int64_t r = 0; r < rows; r++) {
-            const float g = gate[i * rows + r];
-            act[i * rows + r] = g / (1.0f + exp_approx(-g)) * up[i * rows + r];
-        }
+    const int r = (int)rows, k = (int)in_features, f = (int)features;
+    /* column-major out [rows, features] = x [rows, k] @ W^T [k, features] */
+    m->sgemm("T", "N", &r, &f, &k, &one, x, &k, weight, &k, &zero, out, &r);
 }
 
 /* out [rows, features] = in [features, rows] transposed, plus bias [features] if given. */
@@ -120,6 +99,36 @@ static void transpose_rows(const float *in, const float *bias, float *out, int64
             for (int64_t r = 0; r < rows; r++)
                 for (int64_t f = f0; f < f1; f++) out[r * features + f] += bias[f];
     }
+}
+
+/* out [rows, n] = weight * rms_norm over features of hidden [n, rows] (LlamaRMSNorm in fp32). */
+static void rms_norm(const float *hidden, const float *weight, float *out, float *inv, int64_t rows, int64_t n,
+                     float eps) {
+    enum { BLOCK = 16 };
+    for (int64_t r = 0; r < rows; r++) inv[r] = 0.0f;
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t r = 0; r < rows; r++) inv[r] += hidden[i * rows + r] * hidden[i * rows + r];
+    for (int64_t r = 0; r < rows; r++) inv[r] = 1.0f / sqrtf(inv[r] / (float)n + eps);
+#pragma omp parallel for if (rows * n >= PARALLEL_MIN)
+    for (int64_t i0 = 0; i0 < n; i0 += BLOCK) {
+        const int64_t i1 = i0 + BLOCK < n ? i0 + BLOCK : n;
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t i = i0; i < i1; i++) out[r * n + i] = weight[i] * (hidden[i * rows + r] * inv[r]);
+    }
+}
+
+/* act [rows, intermediate] = silu(gate) * up for gate_up [2 intermediate, rows]. The gate half is
+   overwritten: computed feature-major so that the exponentials vectorize, then transposed. */
+static void swiglu(float *gate_up, float *act, int64_t rows, int64_t intermediate) {
+    float *gate = gate_up;
+    const float *up = gate_up + intermediate * rows;
+#pragma omp parallel for if (rows * intermediate >= PARALLEL_MIN)
+    for (int64_t i = 0; i < intermediate; i++)
+        for (int64_t r = 0; r < rows; r++) {
+            const float g = gate[i * rows + r];
+            gate[i * rows + r] = g / (1.0f + exp_approx(-g)) * up[i * rows + r];
+        }
+    transpose_rows(gate, NULL, act, rows, intermediate);
 }
 
 /* scores[t] = scale * (query . keys[t]) for t in [0, count); four keys at a time for independent sums. */
@@ -234,22 +243,22 @@ void decode_step(const Model *m, int64_t rows, const int64_t *tokens, const int6
     rms_norm(hidden, m->layers[0].input_norm, x, inv, rows, n, m->eps);
     for (int64_t l = 0; l < m->num_layers; l++) {
         const Layer *layer = &m->layers[l];
-        project(m, x, 0, layer->qkv, rows, n, qkv_features, projected);
+        project(m, x, layer->qkv, rows, n, qkv_features, projected);
         transpose_rows(projected, layer->qkv_bias, qkv_rows, rows, qkv_features);
         attend(m, qkv_rows, positions, keys[l], values[l], capacity, length, attention, attention_stride, inner,
                rows);
-        project(m, inner, 1, layer->out, rows, attended, n, projected);
+        project(m, inner, layer->out, rows, attended, n, projected);
         for (int64_t i = 0; i < rows * n; i++) hidden[i] += projected[i];
         rms_norm(hidden, layer->post_norm, x, inv, rows, n, m->eps);
-        project(m, x, 0, layer->gate_up, rows, n, 2 * inter, projected);
+        project(m, x, layer->gate_up, rows, n, 2 * inter, projected);
         swiglu(projected, inner, rows, inter);
-        project(m, inner, 0, layer->down, rows, inter, n, projected);
+        project(m, inner, layer->down, rows, inter, n, projected);
         for (int64_t i = 0; i < rows * n; i++) hidden[i] += projected[i];
         rms_norm(hidden, l + 1 < m->num_layers ? m->layers[l + 1].input_norm : m->final_norm, x, inv, rows, n,
                  m->eps);
     }
-    /* column-major logits [vocab, rows] = row-major [rows, vocab] = lm_head [vocab, n] @ x [n, rows] */
+    /* column-major logits [vocab, rows] = row-major [rows, vocab] = lm_head [vocab, n] @ x.T */
     const float one = 1.0f, zero = 0.0f;
     const int r = (int)rows, k = (int)n, v = (int)m->vocab;
-    m->sgemm("T", "T", &v, &r, &k, &one, m->lm_head, &k, x, &r, &zero, logits, &v);
+    m->sgemm("T", "N", &v, &r, &k, &one, m->lm_head, &k, x, &k, &zero, logits, &v);
 }
