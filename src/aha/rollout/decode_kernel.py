@@ -41,10 +41,22 @@ CFLAGS = [
 ]
 
 
+class KernelWeight(ctypes.Structure):
+    _fields_ = [("weight", ctypes.c_void_p), ("packed", ctypes.c_void_p)]
+
+
+PROJECTIONS = ("qkv", "out", "gate_up", "down")
+
+
 class KernelLayer(ctypes.Structure):
     _fields_ = [
-        (name, ctypes.c_void_p)
-        for name in ("input_norm", "qkv", "qkv_bias", "out", "post_norm", "gate_up", "down")
+        ("input_norm", ctypes.c_void_p),
+        ("qkv", KernelWeight),
+        ("qkv_bias", ctypes.c_void_p),
+        ("out", KernelWeight),
+        ("post_norm", ctypes.c_void_p),
+        ("gate_up", KernelWeight),
+        ("down", KernelWeight),
     ]
 
 
@@ -60,23 +72,24 @@ class KernelModel(ctypes.Structure):
                 "head_dim",
                 "intermediate",
                 "vocab",
+                "packed_rows",
             )
         ],
         ("eps", ctypes.c_float),
         ("scale", ctypes.c_float),
         *[(name, ctypes.c_void_p) for name in ("embed", "final_norm", "lm_head", "cos", "sin")],
         ("layers", ctypes.POINTER(KernelLayer)),
-        ("sgemm", ctypes.c_void_p),
+        *[(name, ctypes.c_void_p) for name in ("sgemm", "pack_size", "pack", "compute")],
     ]
 
 
 @functools.cache
 def load_decode_kernel() -> ctypes.CDLL | None:
-    """The built kernel library with its sgemm address in `library.sgemm`, or None where unavailable."""
+    """The built kernel library with MKL's routines in `library.mkl`, or None where unavailable."""
     if os.environ.get("AHA_DECODE_KERNEL", "1") == "0":
         return None
-    sgemm = _mkl_sgemm()
-    if sgemm is None:
+    mkl = _mkl_routines()
+    if mkl is None:
         log.info("no MKL sgemm in this torch build: decoding uses the torch step")
         return None
     try:
@@ -104,17 +117,41 @@ def load_decode_kernel() -> ctypes.CDLL | None:
         ctypes.c_void_p,
         ctypes.c_void_p,
     ]
-    library.sgemm = sgemm
+    library.packed_floats.restype = ctypes.c_int64
+    library.packed_floats.argtypes = [ctypes.POINTER(KernelModel), *[ctypes.c_int64] * 3]
+    library.pack_weight.restype = None
+    library.pack_weight.argtypes = [
+        ctypes.POINTER(KernelModel),
+        ctypes.c_int64,
+        ctypes.c_void_p,
+        ctypes.c_int64,
+        ctypes.c_int64,
+        ctypes.c_void_p,
+    ]
+    library.mkl = mkl
     return library
 
 
-def _mkl_sgemm() -> int | None:
-    """The address of the Fortran `sgemm_` inside libtorch_cpu (MKL builds export it), else None."""
+MKL_ROUTINES = {
+    "sgemm": "sgemm_",
+    "pack_size": "sgemm_pack_get_size",
+    "pack": "sgemm_pack",
+    "compute": "sgemm_compute",
+}
+
+
+def _mkl_routines() -> dict[str, int] | None:
+    """Addresses of MKL's Fortran sgemm and packed-sgemm routines inside libtorch_cpu (MKL builds export
+    them), else None."""
     path = Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"
     if "mkl" not in torch.__config__.show().lower() or not path.exists():
         return None
     try:
-        return ctypes.cast(ctypes.CDLL(str(path)).sgemm_, ctypes.c_void_p).value
+        library = ctypes.CDLL(str(path))
+        return {
+            name: ctypes.cast(getattr(library, symbol), ctypes.c_void_p).value
+            for name, symbol in MKL_ROUTINES.items()
+        }
     except (OSError, AttributeError):
         return None
 
@@ -169,13 +206,13 @@ class KernelDecodeStep:
         self._layers = (KernelLayer * len(layers))(
             *[
                 KernelLayer(
-                    w.input_norm.data_ptr(),
-                    w.qkv.weight.data_ptr(),
-                    w.qkv_bias.data_ptr() if w.qkv_bias is not None else None,
-                    w.out.weight.data_ptr(),
-                    w.post_norm.data_ptr(),
-                    w.gate_up.weight.data_ptr(),
-                    w.down.weight.data_ptr(),
+                    input_norm=w.input_norm.data_ptr(),
+                    qkv=KernelWeight(w.qkv.weight.data_ptr()),
+                    qkv_bias=w.qkv_bias.data_ptr() if w.qkv_bias is not None else None,
+                    out=KernelWeight(w.out.weight.data_ptr()),
+                    post_norm=w.post_norm.data_ptr(),
+                    gate_up=KernelWeight(w.gate_up.weight.data_ptr()),
+                    down=KernelWeight(w.down.weight.data_ptr()),
                 )
                 for w in layers
             ]
@@ -197,8 +234,10 @@ class KernelDecodeStep:
             cos=torch_step.cos.data_ptr(),
             sin=torch_step.sin.data_ptr(),
             layers=self._layers,
-            sgemm=library.sgemm,
+            **library.mkl,
         )
+        self._weights = [{name: getattr(w, name).weight for name in PROJECTIONS} for w in layers]
+        self._packed: list[torch.Tensor] = []
         self._workspaces: dict[int, torch.Tensor] = {}
 
     def __call__(
@@ -213,6 +252,8 @@ class KernelDecodeStep:
         """As `LlamaDecodeStep.__call__`; every tensor float32 (int64 for ids, positions and `attention`)
         on the CPU."""
         rows = tokens.shape[0]
+        if not self._packed and rows > 1:
+            self._pack(rows)
         workspace = self._workspaces.get(rows)
         if workspace is None:
             workspace = torch.empty(self.library.workspace_floats(ctypes.byref(self.model), rows))
@@ -237,3 +278,18 @@ class KernelDecodeStep:
             logits.data_ptr(),
         )
         return logits
+
+    def _pack(self, rows: int) -> None:
+        """Pack every projection's weight for products with `rows` rows (the batch's size until it is
+        compacted; other sizes use the plain weights)."""
+        model = ctypes.byref(self.model)
+        for layer, weights in zip(self._layers, self._weights, strict=True):
+            for name, weight in weights.items():
+                features, in_features = weight.shape
+                packed = torch.empty(self.library.packed_floats(model, rows, features, in_features))
+                self.library.pack_weight(
+                    model, rows, weight.data_ptr(), features, in_features, packed.data_ptr()
+                )
+                getattr(layer, name).packed = packed.data_ptr()
+                self._packed.append(packed)
+        self.model.packed_rows = rows
