@@ -71,34 +71,41 @@ def test_fast_step_matches_the_hf_forward(name, copies, decode, request):
 
 
 @pytest.mark.parametrize("rows", [1, 5, 33])
-def test_kernel_logits_equal_the_torch_step(tiny_qwen2, rows):
-    """One step straight after a prefill, rows left-padded to different lengths: same logits and the same
-    keys and values written into the cache."""
+def test_kernel_prefill_and_step_equal_the_hf_forward_and_torch_step(tiny_qwen2, rows):
+    """Rows left-padded to different lengths. The kernel's prefill gives the HF forward's last logits and
+    the same keys/values at every real position (padding is never read); then one decoding step from
+    each cache gives the torch step's logits and writes the same keys and values."""
     model, tokenizer = tiny_qwen2
     prompts = [PROMPTS[i % len(PROMPTS)] * (1 + i % 3) for i in range(rows)]
     ids, mask = tokenizer(prompts, padding=True, padding_side="left", return_tensors="pt").values()
     length, capacity = ids.shape[1], ids.shape[1] + 4
     torch_step, kernel_step = decode_step_for(model, capacity, kernel=False), decode_step_for(model, capacity)
     assert isinstance(kernel_step, KernelDecodeStep)
+    positions = left_padded_position_ids(mask)
     with torch.no_grad():
-        out = model(input_ids=ids, attention_mask=mask, position_ids=left_padded_position_ids(mask))
-    caches = []
-    for _ in range(2):
-        keys = [torch.zeros(rows, 2, capacity, 16) for _ in model.model.layers]
-        values = [torch.zeros(rows, 2, capacity, 16) for _ in model.model.layers]
-        for layer, k, v in zip(out.past_key_values.layers, keys, values, strict=True):
-            k[:, :, :length], v[:, :, :length] = layer.keys, layer.values
-        caches.append((keys, values))
-    tokens = out.logits[:, -1].argmax(-1)
-    positions = left_padded_position_ids(mask)[:, -1] + 1
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions)
+    layers = range(len(model.model.layers))
+    hf_cache = [[torch.zeros(rows, 2, capacity, 16) for _ in layers] for _ in range(2)]
+    for layer, k, v in zip(out.past_key_values.layers, *hf_cache, strict=True):
+        k[:, :, :length], v[:, :, :length] = layer.keys, layer.values
+    kernel_cache = [[torch.zeros(rows, 2, capacity, 16) for _ in layers] for _ in range(2)]
+    with torch.no_grad():
+        first = kernel_step.forward_tokens(ids, positions, *kernel_cache, 0, mask)
+    torch.testing.assert_close(first, out.logits[:, -1], rtol=1e-5, atol=1e-5)
+    real = mask[:, None, :, None].bool()
+    for hf_buffers, kernel_buffers in zip(hf_cache, kernel_cache, strict=True):
+        for e, g in zip(hf_buffers, kernel_buffers, strict=True):
+            torch.testing.assert_close(g[:, :, :length] * real, e[:, :, :length] * real, rtol=1e-5, atol=1e-5)
+
+    tokens = first.argmax(-1)
     attention = torch.cat([mask, torch.ones(rows, 1, dtype=mask.dtype)], dim=1)
     with torch.no_grad():
-        expected = torch_step(tokens, positions, *caches[0], length, attention)
-        got = kernel_step(tokens, positions, *caches[1], length, attention)
+        expected = torch_step(tokens, positions[:, -1] + 1, *hf_cache, length, attention)
+        got = kernel_step(tokens, positions[:, -1] + 1, *kernel_cache, length, attention)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
-    for expected_cache, got_cache in zip(caches[0], caches[1], strict=True):
-        for e, g in zip(expected_cache, got_cache, strict=True):
-            torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
+    for hf_buffers, kernel_buffers in zip(hf_cache, kernel_cache, strict=True):
+        for e, g in zip(hf_buffers, kernel_buffers, strict=True):
+            torch.testing.assert_close(g[:, :, length], e[:, :, length], rtol=1e-5, atol=1e-5)
 
 
 def test_kernel_builds_here_and_keeps_denormals():

@@ -102,9 +102,10 @@ def load_decode_kernel() -> ctypes.CDLL | None:
         return None
     library.workspace_floats.restype = ctypes.c_int64
     library.workspace_floats.argtypes = [ctypes.POINTER(KernelModel), ctypes.c_int64]
-    library.decode_step.restype = None
-    library.decode_step.argtypes = [
+    library.forward_tokens.restype = None
+    library.forward_tokens.argtypes = [
         ctypes.POINTER(KernelModel),
+        ctypes.c_int64,
         ctypes.c_int64,
         ctypes.c_void_p,
         ctypes.c_void_p,
@@ -218,6 +219,7 @@ class KernelDecodeStep:
             ]
         )
         self.vocab = torch_step.lm_head.weight.shape[0]
+        self.num_layers, self.kv_heads, self.head_dim = len(layers), torch_step.kv_heads, torch_step.head_dim
         self.model = KernelModel(
             num_layers=len(layers),
             hidden=self.embed.shape[1],
@@ -249,24 +251,43 @@ class KernelDecodeStep:
         length: int,
         attention: torch.Tensor | None,
     ) -> torch.Tensor:
-        """As `LlamaDecodeStep.__call__`; every tensor float32 (int64 for ids, positions and `attention`)
-        on the CPU."""
-        rows = tokens.shape[0]
-        if not self._packed and rows > 1:
-            self._pack(rows)
-        workspace = self._workspaces.get(rows)
+        """As `LlamaDecodeStep.__call__`: one new token per row."""
+        if not self._packed and tokens.shape[0] > 1:
+            self._pack(tokens.shape[0])
+        return self.forward_tokens(
+            tokens[:, None], positions[:, None], key_buffers, value_buffers, length, attention
+        )
+
+    def forward_tokens(
+        self,
+        ids: torch.Tensor,
+        positions: torch.Tensor,
+        key_buffers: list[torch.Tensor],
+        value_buffers: list[torch.Tensor],
+        length: int,
+        attention: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Logits [B, V] after each row's last new token, for new tokens `ids` at `positions` (both
+        [B, T] int64). Each layer's cache buffers [B, kv_heads, capacity, head_dim]
+        (float32, contiguous) hold `length` positions; the new keys/values are written after them, and
+        token j attends to the cache indices [0, length + j] where `attention` [B, >= length + T]
+        (int64) is 1 (None: all of them). T = 1 is a decoding step, T > 1 a prefill."""
+        rows, count = ids.shape
+        tokens = rows * count
+        workspace = self._workspaces.get(tokens)
         if workspace is None:
-            workspace = torch.empty(self.library.workspace_floats(ctypes.byref(self.model), rows))
-            self._workspaces[rows] = workspace
-        tokens, positions = tokens.contiguous(), positions.contiguous()
+            workspace = torch.empty(self.library.workspace_floats(ctypes.byref(self.model), tokens))
+            self._workspaces[tokens] = workspace
+        ids, positions = ids.contiguous(), positions.contiguous()
         if attention is not None:
             attention = attention.contiguous()
         pointers = ctypes.c_void_p * len(key_buffers)
         logits = torch.empty(rows, self.vocab)
-        self.library.decode_step(
+        self.library.forward_tokens(
             ctypes.byref(self.model),
             rows,
-            tokens.data_ptr(),
+            count,
+            ids.data_ptr(),
             positions.data_ptr(),
             pointers(*[k.data_ptr() for k in key_buffers]),
             pointers(*[v.data_ptr() for v in value_buffers]),

@@ -201,43 +201,53 @@ static inline void rotate(const float *x, int64_t head_dim, const float *cos, co
     }
 }
 
-/* Per row and KV head: rotary on its key and queries, the new key/value written at `length`, and
-   softmax attention of the group's query heads over cache positions [0, length] that `attention`
-   (1 = visible; NULL: all) allows. qkv [rows, (heads + 2 kv_heads) * head_dim]; out [rows, heads * head_dim]. */
+/* Attention for `count` new tokens per row (token i = row * count + j sits at cache index length + j):
+   first every new token's rotated key and its value are written into the cache, then each token's
+   query heads attend, softmax over the cache indices [0, length + j] that `attention` (1 = visible;
+   NULL: all) allows. qkv [tokens, (heads + 2 kv_heads) * head_dim]; out [tokens, heads * head_dim]. */
 static void attend(const Model *m, const float *qkv, const int64_t *positions, float *keys, float *values,
-                   int64_t capacity, int64_t length, const int64_t *attention, int64_t attention_stride,
-                   float *out, int64_t rows) {
+                   int64_t capacity, int64_t length, int64_t count, const int64_t *attention,
+                   int64_t attention_stride, float *out, int64_t rows) {
     const int64_t heads = m->heads, kv_heads = m->kv_heads, hd = m->head_dim, group = heads / kv_heads;
-    const int64_t width = (heads + 2 * kv_heads) * hd;
-#pragma omp parallel if (rows * kv_heads * (length + 1) * hd >= PARALLEL_MIN)
+    const int64_t width = (heads + 2 * kv_heads) * hd, tasks = rows * count * kv_heads;
+    const int parallel = tasks * (length + count) * hd >= PARALLEL_MIN;
+#pragma omp parallel for if (parallel)
+    for (int64_t task = 0; task < tasks; task++) {
+        const int64_t i = task / kv_heads, g = task % kv_heads, r = i / count, at = length + i % count;
+        const float *row = qkv + i * width;
+        const float *cos = m->cos + positions[i] * hd, *sin = m->sin + positions[i] * hd;
+        const int64_t cache = (r * kv_heads + g) * capacity * hd;
+        rotate(row + (heads + g) * hd, hd, cos, sin, keys + cache + at * hd);
+        memcpy(values + cache + at * hd, row + (heads + kv_heads + g) * hd, sizeof(float) * (size_t)hd);
+    }
+#pragma omp parallel if (parallel)
     {
-        float *scores = malloc(sizeof(float) * (size_t)(length + 1));
+        float *scores = malloc(sizeof(float) * (size_t)(length + count));
         float *query = malloc(sizeof(float) * (size_t)hd);
-#pragma omp for
-        for (int64_t task = 0; task < rows * kv_heads; task++) {
-            const int64_t r = task / kv_heads, g = task % kv_heads;
-            const float *row = qkv + r * width;
-            const float *cos = m->cos + positions[r] * hd, *sin = m->sin + positions[r] * hd;
-            float *k_cache = keys + (r * kv_heads + g) * capacity * hd;
-            float *v_cache = values + (r * kv_heads + g) * capacity * hd;
-            rotate(row + (heads + g) * hd, hd, cos, sin, k_cache + length * hd);
-            memcpy(v_cache + length * hd, row + (heads + kv_heads + g) * hd, sizeof(float) * (size_t)hd);
+#pragma omp for schedule(dynamic, 8)
+        for (int64_t task = 0; task < tasks; task++) {
+            const int64_t i = task / kv_heads, g = task % kv_heads, r = i / count, last = length + i % count;
+            const float *row = qkv + i * width;
+            const float *cos = m->cos + positions[i] * hd, *sin = m->sin + positions[i] * hd;
+            const float *k_cache = keys + (r * kv_heads + g) * capacity * hd;
+            const float *v_cache = values + (r * kv_heads + g) * capacity * hd;
             const int64_t *visible = attention ? attention + r * attention_stride : NULL;
             for (int64_t j = 0; j < group; j++) {
                 const int64_t h = g * group + j;
+                float *o = out + i * heads * hd + h * hd;
+                for (int64_t d = 0; d < hd; d++) o[d] = 0.0f;
                 rotate(row + h * hd, hd, cos, sin, query);
-                dot_keys(query, k_cache, length + 1, hd, m->scale, scores);
+                dot_keys(query, k_cache, last + 1, hd, m->scale, scores);
                 float best = -FLT_MAX;
-                for (int64_t t = 0; t <= length; t++)
+                for (int64_t t = 0; t <= last; t++)
                     if (!visible || visible[t]) best = scores[t] > best ? scores[t] : best;
+                if (best == -FLT_MAX) continue; /* a padding token that sees nothing: output 0, read by no one */
                 float total = 0.0f;
-                for (int64_t t = 0; t <= length; t++) {
+                for (int64_t t = 0; t <= last; t++) {
                     scores[t] = !visible || visible[t] ? exp_approx(scores[t] - best) : 0.0f;
                     total += scores[t];
                 }
-                float *o = out + r * heads * hd + h * hd;
-                for (int64_t d = 0; d < hd; d++) o[d] = 0.0f;
-                for (int64_t t = 0; t <= length; t++) {
+                for (int64_t t = 0; t <= last; t++) {
                     const float p = scores[t] / total;
                     const float *value = v_cache + t * hd;
                     for (int64_t d = 0; d < hd; d++) o[d] += p * value[d];
@@ -249,51 +259,61 @@ static void attend(const Model *m, const float *qkv, const int64_t *positions, f
     }
 }
 
-/* Workspace floats per row: hidden, normed x, a projection's output, its row-major copy for attention,
-   the attention output / SwiGLU activation, and the norm's per-row factor. */
+/* Workspace floats per token: hidden, normed x, a projection's output, its row-major copy for
+   attention, the attention output / SwiGLU activation, and the norm's per-token factor. */
 static int64_t projected_floats(const Model *m) {
     return max64(max64((m->heads + 2 * m->kv_heads) * m->head_dim, 2 * m->intermediate), m->hidden);
 }
 static int64_t inner_floats(const Model *m) { return max64(m->heads * m->head_dim, m->intermediate); }
 
-/* Floats of workspace `decode_step` needs for `rows` rows. */
-int64_t workspace_floats(const Model *m, int64_t rows) {
-    return rows * (2 * m->hidden + 2 * projected_floats(m) + inner_floats(m) + 1);
+/* Floats of workspace `forward_tokens` needs for `tokens` new tokens in all. */
+int64_t workspace_floats(const Model *m, int64_t tokens) {
+    return tokens * (2 * m->hidden + 2 * projected_floats(m) + inner_floats(m) + 1);
 }
 
-/* Logits [rows, vocab] for `tokens` at `positions`. keys[l], values[l]: layer l's cache
-   [rows, kv_heads, capacity, head_dim]; this token's key/value go to index `length`. `attention`
-   [rows, attention_stride]: 1 where a cache position is visible (NULL: all are). */
-void decode_step(const Model *m, int64_t rows, const int64_t *tokens, const int64_t *positions, float **keys,
-                 float **values, int64_t capacity, int64_t length, const int64_t *attention,
-                 int64_t attention_stride, float *workspace, float *logits) {
-    const int64_t n = m->hidden, qkv_features = (m->heads + 2 * m->kv_heads) * m->head_dim;
+/* `count` new tokens per row: ids and positions [rows, count]. keys[l], values[l]: layer l's cache
+   [rows, kv_heads, capacity, head_dim] holding `length` positions; the new tokens' keys/values are
+   written at [length, length + count). `attention` [rows, attention_stride]: 1 where a cache index
+   is visible (NULL: all are). Logits [rows, vocab] for each row's last new token. count = 1 is one
+   decoding step, more is a prefill. */
+void forward_tokens(const Model *m, int64_t rows, int64_t count, const int64_t *ids, const int64_t *positions,
+                    float **keys, float **values, int64_t capacity, int64_t length, const int64_t *attention,
+                    int64_t attention_stride, float *workspace, float *logits) {
+    const int64_t tokens = rows * count, n = m->hidden;
+    const int64_t qkv_features = (m->heads + 2 * m->kv_heads) * m->head_dim;
     const int64_t attended = m->heads * m->head_dim, inter = m->intermediate;
-    float *hidden = workspace, *x = hidden + rows * n;
-    float *projected = x + rows * n, *qkv_rows = projected + rows * projected_floats(m);
-    float *inner = qkv_rows + rows * projected_floats(m), *inv = inner + rows * inner_floats(m);
+    float *hidden = workspace, *x = hidden + tokens * n;
+    float *projected = x + tokens * n, *qkv_rows = projected + tokens * projected_floats(m);
+    float *inner = qkv_rows + tokens * projected_floats(m), *inv = inner + tokens * inner_floats(m);
 
-    for (int64_t r = 0; r < rows; r++)
-        for (int64_t i = 0; i < n; i++) hidden[i * rows + r] = m->embed[tokens[r] * n + i];
-    rms_norm(hidden, m->layers[0].input_norm, x, inv, rows, n, m->eps);
+    for (int64_t t = 0; t < tokens; t++)
+        for (int64_t i = 0; i < n; i++) hidden[i * tokens + t] = m->embed[ids[t] * n + i];
+    rms_norm(hidden, m->layers[0].input_norm, x, inv, tokens, n, m->eps);
     for (int64_t l = 0; l < m->num_layers; l++) {
         const Layer *layer = &m->layers[l];
-        project(m, x, layer->qkv, rows, n, qkv_features, projected);
-        transpose_rows(projected, layer->qkv_bias, qkv_rows, rows, qkv_features);
-        attend(m, qkv_rows, positions, keys[l], values[l], capacity, length, attention, attention_stride, inner,
-               rows);
-        project(m, inner, layer->out, rows, attended, n, projected);
-        for (int64_t i = 0; i < rows * n; i++) hidden[i] += projected[i];
-        rms_norm(hidden, layer->post_norm, x, inv, rows, n, m->eps);
-        project(m, x, layer->gate_up, rows, n, 2 * inter, projected);
-        swiglu(projected, inner, rows, inter);
-        project(m, inner, layer->down, rows, inter, n, projected);
-        for (int64_t i = 0; i < rows * n; i++) hidden[i] += projected[i];
-        rms_norm(hidden, l + 1 < m->num_layers ? m->layers[l + 1].input_norm : m->final_norm, x, inv, rows, n,
-                 m->eps);
+        project(m, x, layer->qkv, tokens, n, qkv_features, projected);
+        transpose_rows(projected, layer->qkv_bias, qkv_rows, tokens, qkv_features);
+        attend(m, qkv_rows, positions, keys[l], values[l], capacity, length, count, attention, attention_stride,
+               inner, rows);
+        project(m, inner, layer->out, tokens, attended, n, projected);
+        for (int64_t i = 0; i < tokens * n; i++) hidden[i] += projected[i];
+        rms_norm(hidden, layer->post_norm, x, inv, tokens, n, m->eps);
+        project(m, x, layer->gate_up, tokens, n, 2 * inter, projected);
+        swiglu(projected, inner, tokens, inter);
+        project(m, inner, layer->down, tokens, inter, n, projected);
+        for (int64_t i = 0; i < tokens * n; i++) hidden[i] += projected[i];
+        rms_norm(hidden, l + 1 < m->num_layers ? m->layers[l + 1].input_norm : m->final_norm, x, inv, tokens,
+                 n, m->eps);
     }
-    /* column-major logits [vocab, rows] = row-major [rows, vocab] = lm_head [vocab, n] @ x.T */
+    const float *last = x;
+    if (count > 1) { /* x is row-major [tokens, n]: gather each row's last token */
+        float *gathered = projected;
+        for (int64_t r = 0; r < rows; r++)
+            memcpy(gathered + r * n, x + (r * count + count - 1) * n, sizeof(float) * (size_t)n);
+        last = gathered;
+    }
+    /* column-major logits [vocab, rows] = row-major [rows, vocab] = lm_head [vocab, n] @ last.T */
     const float one = 1.0f, zero = 0.0f;
-    const int r = (int)rows, k = (int)n, v = (int)m->vocab;
-    m->sgemm("T", "N", &v, &r, &k, &one, m->lm_head, &k, x, &k, &zero, logits, &v);
+    const int s = (int)rows, k = (int)n, v = (int)m->vocab;
+    m->sgemm("T", "N", &v, &s, &k, &one, m->lm_head, &k, last, &k, &zero, logits, &v);
 }

@@ -26,7 +26,10 @@ from aha.rollout.completions import (
     eos_token_ids,
     tokenize_prompts,
 )
-from aha.rollout.llama_decode import decode_step_for
+from aha.rollout.decode_kernel import KernelDecodeStep
+from aha.rollout.llama_decode import LlamaDecodeStep, decode_step_for
+
+DecodeStep = LlamaDecodeStep | KernelDecodeStep
 
 # Rows that have ended keep being computed until at most this fraction of the batch is still live;
 # then the batch is compacted (one copy of the cache), which pays once enough rows are dead.
@@ -60,10 +63,14 @@ class PreallocatedLayer(DynamicLayer):
             raise RuntimeError(f"KV cache overflow: {end} positions written, capacity {self.capacity}")
         self.key_buffer[:, :, start:end] = key_states
         self.value_buffer[:, :, start:end] = value_states
-        self.length = end
-        self.keys = self.key_buffer[:, :, :end]
-        self.values = self.value_buffer[:, :, :end]
+        self.mark_filled(end)
         return self.keys, self.values
+
+    def mark_filled(self, length: int) -> None:
+        """The first `length` positions of the buffers hold keys/values (written in place by a decode step)."""
+        self.length = length
+        self.keys = self.key_buffer[:, :, :length]
+        self.values = self.value_buffer[:, :, :length]
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         """Keep only the rows in `indices`, copying just the filled part of the buffers."""
@@ -182,35 +189,60 @@ class NativeSampler:
 
     def _prefill(
         self, prompts: list[str], max_new: int
-    ) -> tuple[Cache, torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[Cache, torch.Tensor, torch.Tensor, torch.Tensor, DecodeStep | None]:
         """Run the prompts through the model once, filling a cache with room for `max_new` more tokens.
 
         Repeated prompts (GRPO samples a group of completions per prompt) are computed once and their
-        cache rows copied. Returns the cache, the left-padded prompt ids and mask, and the logits for
-        each row's first new token.
+        cache rows copied. Returns the cache, the left-padded prompt ids and mask, the logits for each
+        row's first new token, and the decoding step to go on with (None: the HF forward). The
+        compiled step runs the prefill too; otherwise the HF forward does.
         """
         device = self.model.device
         unique = list(dict.fromkeys(prompts))
         ids, mask = tokenize_prompts(self.tokenizer, unique, device)
+        capacity = ids.shape[1] + max_new
+        decode_step = None
+        if self.decode != "hf":
+            decode_step = decode_step_for(self.model, capacity, kernel=self.decode == "kernel")
         num_layers = self.model.config.get_text_config().num_hidden_layers
-        cache = Cache(layers=[PreallocatedLayer(ids.shape[1] + max_new) for _ in range(num_layers)])
-        logits = self._forward(ids, mask, left_padded_position_ids(mask), cache)
+        cache = Cache(layers=[PreallocatedLayer(capacity) for _ in range(num_layers)])
+        if isinstance(decode_step, KernelDecodeStep):
+            logits = self._kernel_prefill(decode_step, ids, mask, cache)
+        else:
+            logits = self._forward(ids, mask, left_padded_position_ids(mask), cache)
         if len(unique) < len(prompts):
             index = {prompt: i for i, prompt in enumerate(unique)}
             rows = torch.tensor([index[p] for p in prompts], device=device)
             cache.batch_select_indices(rows)
             ids, mask, logits = ids[rows], mask[rows], logits[rows]
-        return cache, ids, mask, logits
+        return cache, ids, mask, logits, decode_step
+
+    @staticmethod
+    def _kernel_prefill(
+        step: KernelDecodeStep, ids: torch.Tensor, mask: torch.Tensor, cache: Cache
+    ) -> torch.Tensor:
+        batch, length = ids.shape
+        empty = torch.empty(batch, step.kv_heads, 0, step.head_dim)
+        for layer in cache.layers:
+            layer.lazy_initialization(empty, empty)
+        logits = step.forward_tokens(
+            ids,
+            left_padded_position_ids(mask),
+            [layer.key_buffer for layer in cache.layers],
+            [layer.value_buffer for layer in cache.layers],
+            0,
+            mask,
+        )
+        for layer in cache.layers:
+            layer.mark_filled(length)
+        return logits
 
     def _generate(self, prompts: list[str], params: SamplingParams) -> RolloutBatch:
         device = self.model.device
         started = time.perf_counter()
         max_new = params.max_new_tokens
-        cache, prompt_ids, prompt_mask, logits = self._prefill(prompts, max_new)
+        cache, prompt_ids, prompt_mask, logits, decode_step = self._prefill(prompts, max_new)
         batch, prompt_len = prompt_ids.shape
-        decode_step = None
-        if self.decode != "hf":
-            decode_step = decode_step_for(self.model, prompt_len + max_new, kernel=self.decode == "kernel")
         padded = not bool(prompt_mask.all())
         prefill_s = time.perf_counter() - started
 
