@@ -1,4 +1,5 @@
-"""The compiled fp32 CPU decoding step (`llama_decode_kernel.c`): built on first use, called through ctypes.
+"""The compiled fp32 CPU forward of the sampler (`llama_decode_kernel.c`: decoding steps and the prompts'
+prefill), built on first use and called through ctypes.
 
 Why compiled on first use rather than at install: it is one small C file with no torch headers, so a
 C compiler builds it in well under a second (a torch C++ extension takes ~35 s), and `-march=native`
@@ -197,7 +198,8 @@ def _cpu_signature() -> str:
 
 
 class KernelDecodeStep:
-    """`LlamaDecodeStep`'s math in one compiled call per token: same fused weights, same interface."""
+    """`LlamaDecodeStep`'s math in one compiled call per token (same fused weights, same interface), and
+    a prefill (`forward_tokens`). Built per `generate` call, so it always reads the current weights."""
 
     def __init__(self, torch_step, library: ctypes.CDLL):
         self.library = library

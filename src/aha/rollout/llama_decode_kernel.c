@@ -1,8 +1,9 @@
-/* One decoding step of a Llama/Qwen2 model in fp32, in a single call from Python.
+/* The sampler's forward passes of a Llama/Qwen2 model in fp32 on the CPU, one call from Python each:
+   a decoding step (one new token per row) or the prompts' prefill (several).
 
    Why: on a small CPU the hand-written torch step (llama_decode.py) still spends more time between
    its ~30 ops a layer (dispatch, allocation, transposed copies, the SDPA kernel's set-up) than in
-   the matmuls. Here the matmuls go to the same MKL sgemm torch uses (resolved from libtorch_cpu),
+   the matmuls, and the HF prefill of a few short prompts costs tens of milliseconds for little work. Here the matmuls go to the same MKL sgemm torch uses (resolved from libtorch_cpu),
    and everything between them is a plain loop: RMSNorm, rotary, the KV-cache write, attention over
    the cache, SwiGLU and the residual adds. OpenMP threads are the ones torch uses (the same libgomp
    is already loaded), so torch's thread count applies.
