@@ -203,8 +203,7 @@ class KernelDecodeStep:
 
     def __init__(self, torch_step, library: ctypes.CDLL):
         self.library = library
-        self.embed = torch_step.embed
-        self._keep = torch_step  # owns the fused weight tensors the struct points into
+        self._torch_step = torch_step  # owns the fused weight tensors the struct points into
         layers = torch_step.layers
         self._layers = (KernelLayer * len(layers))(
             *[
@@ -221,10 +220,10 @@ class KernelDecodeStep:
             ]
         )
         self.vocab = torch_step.lm_head.weight.shape[0]
-        self.num_layers, self.kv_heads, self.head_dim = len(layers), torch_step.kv_heads, torch_step.head_dim
+        self.kv_heads, self.head_dim = torch_step.kv_heads, torch_step.head_dim
         self.model = KernelModel(
             num_layers=len(layers),
-            hidden=self.embed.shape[1],
+            hidden=torch_step.embed.shape[1],
             heads=torch_step.heads,
             kv_heads=torch_step.kv_heads,
             head_dim=torch_step.head_dim,
@@ -232,7 +231,7 @@ class KernelDecodeStep:
             vocab=self.vocab,
             eps=torch_step.eps,
             scale=torch_step.scaling,
-            embed=self.embed.data_ptr(),
+            embed=torch_step.embed.data_ptr(),
             final_norm=torch_step.final_norm.data_ptr(),
             lm_head=torch_step.lm_head.weight.data_ptr(),
             cos=torch_step.cos.data_ptr(),
@@ -240,7 +239,6 @@ class KernelDecodeStep:
             layers=self._layers,
             **library.mkl,
         )
-        self._weights = [{name: getattr(w, name).weight for name in PROJECTIONS} for w in layers]
         self._packed: list[torch.Tensor] = []
         self._workspaces: dict[int, torch.Tensor] = {}
 
@@ -306,8 +304,9 @@ class KernelDecodeStep:
         """Pack every projection's weight for products with `rows` rows (the batch's size until it is
         compacted; other sizes use the plain weights)."""
         model = ctypes.byref(self.model)
-        for layer, weights in zip(self._layers, self._weights, strict=True):
-            for name, weight in weights.items():
+        for layer, fused in zip(self._layers, self._torch_step.layers, strict=True):
+            for name in PROJECTIONS:
+                weight = getattr(fused, name).weight
                 features, in_features = weight.shape
                 packed = torch.empty(self.library.packed_floats(model, rows, features, in_features))
                 self.library.pack_weight(
