@@ -19,6 +19,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from aha.config import save_config
 from aha.data.arithmetic import split_train_eval
 from aha.data.prompts import PromptExample, PromptSampler, load_prompt_file
+from aha.models.lean_activations import use_lean_activations
 from aha.models.loading import load_model, load_tokenizer
 from aha.rewards.base import RewardSpec, make_reward_specs
 from aha.track.jsonl import to_json_value
@@ -66,6 +67,8 @@ class TrainingSession:
         model = load_model(
             cfg.model.path, cfg.model.dtype, device, trust_remote_code=cfg.model.trust_remote_code
         )
+        if cfg.model.lean_activations:
+            use_lean_activations(model)
         optimizer = build_optimizer(model, cfg.optim.lr, cfg.optim.weight_decay)
         scheduler = build_scheduler(optimizer, cfg.optim.warmup_steps, total_steps, kind=cfg.optim.schedule)
         save_config(cfg, run_dir / "config.yaml")

@@ -1,0 +1,116 @@
+"""Keep fewer activations for the backward pass of Llama-family models, at the cost of a few cheap
+elementwise recomputations; the forward computes the same numbers as the Hugging Face modules.
+
+Autograd saves every intermediate an op needs. In a Llama decoder layer most of those bytes are
+elementwise by-products: the MLP keeps gate, silu(gate), up and silu(gate) * up (four tensors of the
+intermediate size), and each RMSNorm keeps its normalised input next to its output. Here the MLP keeps
+only gate and up (recomputing silu and the product in backward) and the norm keeps its input and one
+scale per row. Measured on the 25M bench model (32 x 64 completion tokens): the policy forward saves 0.69
+GB of activations with the HF modules, 0.43 GB with these.
+
+Only classes whose forward is known to be exactly the Llama form are switched (`LEAN_NORMS`,
+`LEAN_MLPS`); a module is switched by giving it a subclass whose forward is the lean one, so weights,
+state-dict names, `isinstance` checks and `save_pretrained` are untouched.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Classes whose forward is Llama's RMSNorm: weight * (x / rms(x)), computed in float32.
+LEAN_NORMS = frozenset({"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm"})
+# Classes whose forward is down_proj(act_fn(gate_proj(x)) * up_proj(x)).
+LEAN_MLPS = frozenset({"LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP"})
+
+
+class _RMSNorm(torch.autograd.Function):
+    """weight * (x * rsqrt(mean(x^2) + eps)), saving x and the per-row scale instead of x / rms(x).
+    Computed in float32 (as HF does) or in the input's dtype where that is wider."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        wide = x.to(torch.promote_types(x.dtype, torch.float32))
+        scale = torch.rsqrt(wide.pow(2).mean(-1, keepdim=True) + eps)
+        ctx.save_for_backward(x, weight, scale)
+        return weight * (wide * scale).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        x, weight, scale = ctx.saved_tensors
+        normed = x.to(scale.dtype) * scale
+        grad_weight = None
+        if ctx.needs_input_grad[1]:
+            grad_weight = (grad_out * normed.to(x.dtype)).flatten(0, -2).sum(0).to(weight.dtype)
+        grad_normed = (grad_out * weight).to(scale.dtype)
+        # d/dx of x * s(x) with s = rsqrt(mean(x^2) + eps): s * (g - normed * mean(g * normed)).
+        grad_x = scale * (grad_normed - normed * (grad_normed * normed).mean(-1, keepdim=True))
+        return grad_x.to(x.dtype), grad_weight, None
+
+
+class _SiluGateDown(torch.autograd.Function):
+    """down(silu(gate) * up), saving gate and up; silu(gate) and the product are recomputed in backward."""
+
+    @staticmethod
+    def forward(ctx, gate, up, weight, bias):
+        ctx.save_for_backward(gate, up, weight)
+        ctx.has_bias = bias is not None
+        return F.linear(F.silu(gate) * up, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        gate, up, weight = ctx.saved_tensors
+        act = F.silu(gate)
+        grad_hidden = grad_out @ weight
+        grad_up = grad_hidden * act
+        grad_weight = grad_bias = None
+        if ctx.needs_input_grad[2]:
+            hidden = act.mul_(up)  # act is not needed after grad_up
+            grad_weight = grad_out.flatten(0, -2).T @ hidden.flatten(0, -2)
+        if ctx.has_bias and ctx.needs_input_grad[3]:
+            grad_bias = grad_out.flatten(0, -2).sum(0)
+        grad_gate = torch.ops.aten.silu_backward(grad_hidden.mul_(up), gate)
+        return grad_gate, grad_up, grad_weight, grad_bias
+
+
+def _lean_norm_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    if hidden_states.dtype != self.weight.dtype:  # mixed dtypes: the HF form's type promotion
+        return super(type(self), self).forward(hidden_states)
+    return _RMSNorm.apply(hidden_states, self.weight, self.variance_epsilon)
+
+
+def _lean_mlp_forward(self, x: torch.Tensor) -> torch.Tensor:
+    down = self.down_proj
+    return _SiluGateDown.apply(self.gate_proj(x), self.up_proj(x), down.weight, down.bias)
+
+
+_LEAN_CLASSES: dict[type, type] = {}
+
+
+def _lean_class(cls: type, forward) -> type:
+    if cls not in _LEAN_CLASSES:
+        _LEAN_CLASSES[cls] = type(f"Lean{cls.__name__}", (cls,), {"forward": forward, "__module__": __name__})
+    return _LEAN_CLASSES[cls]
+
+
+def _is_silu_mlp(module: nn.Module) -> bool:
+    act = getattr(module, "act_fn", None)
+    linears = [getattr(module, name, None) for name in ("gate_proj", "up_proj", "down_proj")]
+    return all(type(lin) is nn.Linear for lin in linears) and type(act).__name__ in ("SiLU", "SiLUActivation")
+
+
+def use_lean_activations(model: nn.Module) -> int:
+    """Switch the model's Llama-form RMSNorm and SwiGLU MLP modules to the lean forwards; returns how many.
+    Anything else (another architecture, another activation) is left as it is."""
+    switched = 0
+    for module in model.modules():
+        name = type(module).__name__
+        if name in LEAN_NORMS and hasattr(module, "variance_epsilon"):
+            module.__class__ = _lean_class(type(module), _lean_norm_forward)
+        elif name in LEAN_MLPS and _is_silu_mlp(module):
+            module.__class__ = _lean_class(type(module), _lean_mlp_forward)
+        else:
+            continue
+        switched += 1
+    return switched

@@ -1,0 +1,126 @@
+"""The lean MLP and RMSNorm forwards: the same outputs and gradients as the HF modules, fewer saved bytes."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+from transformers.models.llama.modeling_llama import LlamaMLP, LlamaRMSNorm
+
+from aha.models.forward import score_completions
+from aha.models.lean_activations import _RMSNorm, _SiluGateDown, use_lean_activations
+from aha.models.loading import load_model
+
+
+def test_rms_norm_gradients_match_finite_differences():
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 8, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(8, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, w: _RMSNorm.apply(a, w, 1e-6), (x, weight))
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_silu_gate_down_gradients_match_finite_differences(with_bias):
+    torch.manual_seed(0)
+    gate = torch.randn(2, 3, 6, dtype=torch.float64, requires_grad=True)
+    up = torch.randn(2, 3, 6, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(4, dtype=torch.float64, requires_grad=True) if with_bias else None
+    inputs = (gate, up, weight, bias)
+    assert torch.autograd.gradcheck(_SiluGateDown.apply, inputs)
+
+
+def test_silu_gate_down_by_hand():
+    """silu(g) * u through a 1x1 `down` of weight 2 and bias 1, and its gradient at g = 0 (silu'(0) = 1/2)."""
+    gate = torch.tensor([[0.0]], requires_grad=True)
+    up = torch.tensor([[3.0]], requires_grad=True)
+    weight = torch.tensor([[2.0]], requires_grad=True)
+    bias = torch.tensor([1.0], requires_grad=True)
+    out = _SiluGateDown.apply(gate, up, weight, bias)
+    assert out.item() == 1.0  # silu(0) = 0
+    out.sum().backward()
+    assert gate.grad.item() == pytest.approx(2.0 * 3.0 * 0.5)  # weight * up * silu'(0)
+    assert up.grad.item() == 0.0 and weight.grad.item() == 0.0 and bias.grad.item() == 1.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_lean_modules_compute_what_the_hf_modules_compute(dtype):
+    config = LlamaConfig(hidden_size=16, intermediate_size=40, num_attention_heads=2, mlp_bias=True)
+    torch.manual_seed(0)
+    modules = [LlamaRMSNorm(16, eps=1e-5), LlamaMLP(config)]
+    with torch.no_grad():
+        modules[0].weight.normal_()
+    for hf in modules:
+        hf.to(dtype)
+        lean = copy.deepcopy(hf)
+        assert use_lean_activations(lean) == 1
+        x = torch.randn(2, 7, 16, dtype=dtype)
+        x_hf, x_lean = x.clone().requires_grad_(), x.clone().requires_grad_()
+        out_hf, out_lean = hf(x_hf), lean(x_lean)
+        assert torch.equal(out_hf, out_lean)
+        grad = torch.randn_like(out_hf)
+        out_hf.backward(grad)
+        out_lean.backward(grad)
+        tol = {"rtol": 1e-5, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 2e-2}
+        torch.testing.assert_close(x_lean.grad, x_hf.grad, **tol)
+        for p_lean, p_hf in zip(lean.parameters(), hf.parameters(), strict=True):
+            torch.testing.assert_close(p_lean.grad, p_hf.grad, **tol)
+
+
+def _saved_bytes(model, input_ids, completion_len) -> tuple[torch.Tensor, int]:
+    storages: dict[int, int] = {}
+
+    def pack(t):
+        storages.setdefault(t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        logprobs = score_completions(model, input_ids, torch.ones_like(input_ids), completion_len).logprobs
+    return logprobs, sum(storages.values())
+
+
+@pytest.mark.parametrize("architecture", ["llama", "qwen2"])
+def test_a_lean_model_scores_alike_and_saves_less(architecture, tiny_varied_model_dir, tiny_qwen2):
+    hf = load_model(str(tiny_varied_model_dir)) if architecture == "llama" else tiny_qwen2[0]
+    lean = copy.deepcopy(hf)
+    layers = hf.config.num_hidden_layers
+    assert use_lean_activations(lean) == 3 * layers + 1  # two norms and an MLP per layer, the final norm
+    vocab = hf.config.vocab_size
+    torch.manual_seed(0)
+    prompts = torch.randint(3, vocab, (2, 5)).repeat_interleave(4, 0)  # groups of 4 share a prompt
+    input_ids = torch.cat([prompts, torch.randint(3, vocab, (8, 12))], 1)
+    lp_hf, saved_hf = _saved_bytes(hf, input_ids, 12)
+    lp_lean, saved_lean = _saved_bytes(lean, input_ids, 12)
+    torch.testing.assert_close(lp_lean, lp_hf, rtol=0, atol=1e-6)
+    weights = sum(p.numel() * p.element_size() for p in hf.parameters() if p.dim() == 2)
+    # Activations only (the weight matrices are saved by reference in both): at least a quarter less.
+    assert saved_lean - weights < 0.75 * (saved_hf - weights)
+    hf.zero_grad(set_to_none=True)
+    for logprobs in (lp_hf, lp_lean):
+        (logprobs * torch.linspace(-1, 1, 12)).sum().backward()
+    for (name, p_lean), p_hf in zip(lean.named_parameters(), hf.parameters(), strict=True):
+        scale = float(p_hf.grad.abs().max())  # float32 rounding of gradients as large as 30
+        torch.testing.assert_close(p_lean.grad, p_hf.grad, rtol=1e-4, atol=1e-5 * scale, msg=name)
+    hf.zero_grad(set_to_none=True)  # the Qwen2 model is shared by the whole session
+
+
+def test_a_lean_model_keeps_its_classes_weights_and_checkpoint_format(tiny_model_dir, tmp_path):
+    model = load_model(str(tiny_model_dir))
+    names = list(model.state_dict())
+    use_lean_activations(model)
+    assert use_lean_activations(model) == 0  # already switched
+    assert isinstance(model.model.layers[0].mlp, LlamaMLP)
+    assert isinstance(model.model.norm, LlamaRMSNorm)
+    assert list(model.state_dict()) == names
+    model.save_pretrained(tmp_path)
+    reloaded = LlamaForCausalLM.from_pretrained(tmp_path)
+    assert type(reloaded.model.layers[0].mlp) is LlamaMLP
+    assert type(copy.deepcopy(model).model.norm) is type(model.model.norm)
+
+
+def test_other_activations_are_left_alone():
+    mlp = LlamaMLP(LlamaConfig(hidden_size=8, intermediate_size=16, num_attention_heads=2, hidden_act="gelu"))
+    assert use_lean_activations(mlp) == 0
+    assert type(mlp) is LlamaMLP
