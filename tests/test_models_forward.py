@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from aha.models.forward import score_completions
+from aha.models.forward import distinct_rows, score_completions
 from aha.models.loading import load_model
 
 PAD = 0
@@ -80,3 +80,11 @@ def test_shared_prompt_gives_the_same_logprobs_and_gradients(model_of, architect
     assert shared.shape == plain.shape
     for a, b in zip(shared_grads, plain_grads, strict=True):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-5 * b.abs().max().item())
+
+
+def test_distinct_rows_in_order_of_appearance():
+    block = torch.tensor([[5, 1], [2, 2], [5, 1], [2, 2], [0, 7]])
+    first_rows, inverse = distinct_rows(block)
+    assert first_rows.tolist() == [0, 1, 4]
+    assert inverse.tolist() == [0, 1, 0, 1, 2]
+    assert torch.equal(block[first_rows][inverse], block)

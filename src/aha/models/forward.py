@@ -52,14 +52,18 @@ def score_completions(
     """
     prompt_len = input_ids.shape[1] - completion_len
     if shared_prompt and prompt_len > 0:
-        prompts, row_prompt = torch.unique(
-            torch.cat([input_ids[:, :prompt_len], attention_mask[:, :prompt_len]], dim=1),
-            dim=0,
-            return_inverse=True,
+        first_rows, row_prompt = distinct_rows(
+            torch.cat([input_ids[:, :prompt_len], attention_mask[:, :prompt_len]], dim=1)
         )
-        if prompts.shape[0] < input_ids.shape[0]:
+        if len(first_rows) < input_ids.shape[0]:
+            first_rows, row_prompt = first_rows.to(input_ids.device), row_prompt.to(input_ids.device)
             logits = _shared_prompt_logits(
-                model, prompts[:, :prompt_len], prompts[:, prompt_len:], row_prompt, input_ids, attention_mask
+                model,
+                input_ids[first_rows, :prompt_len],
+                attention_mask[first_rows, :prompt_len],
+                row_prompt,
+                input_ids,
+                attention_mask,
             )
             return _scores(logits, input_ids, completion_len, temperature)
     out = model(
@@ -70,6 +74,21 @@ def score_completions(
         logits_to_keep=completion_len + 1,
     )
     return _scores(out.logits[:, :-1], input_ids, completion_len, temperature)  # t predicts t + 1
+
+
+def distinct_rows(block: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the first row of each distinct row of `block`, in order of appearance; each row's index into
+    them). A dict over the rows: `torch.unique(dim=0)` compares rows one pair at a time, 0.56 vs 0.05 ms
+    for a 128 x 14 block."""
+    first: dict[tuple[int, ...], int] = {}
+    rows: list[int] = []
+    inverse = []
+    for i, row in enumerate(block.tolist()):
+        index = first.setdefault(tuple(row), len(first))
+        if index == len(rows):
+            rows.append(i)
+        inverse.append(index)
+    return torch.tensor(rows), torch.tensor(inverse)
 
 
 def _scores(
@@ -100,10 +119,14 @@ def _shared_prompt_logits(
         logits_to_keep=1,
         **{arg: cache},
     )
-    first = prefix.logits[row_prompt]  # [B, 1, V]: the last prompt position predicts completion token 0
+    # index_select, not indexing: the same values, and its backward (index_add) is 4x faster than
+    # indexing's (index_put with accumulation) on the CPU. The gradient flows back to the shared prompt.
+    first = prefix.logits.index_select(0, row_prompt)  # [B, 1, V]: predicts completion token 0
     if input_ids.shape[1] == prompt_len + 1:
         return first
-    cache.batch_select_indices(row_prompt)  # indexing: the gradient flows back to the shared prompt
+    for layer in cache.layers:
+        layer.keys = layer.keys.index_select(0, row_prompt)
+        layer.values = layer.values.index_select(0, row_prompt)
     # The last completion token predicts nothing we score, so it is not fed.
     positions = left_padded_position_ids(attention_mask)[:, prompt_len:-1]
     out = model(
