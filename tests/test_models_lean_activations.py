@@ -1,14 +1,17 @@
-"""The lean MLP and RMSNorm forwards: the same outputs and gradients as the HF modules, fewer saved bytes."""
+"""The lean MLP and RMSNorm forwards: the same outputs and gradients as the HF modules, fewer saved bytes;
+and the compiled SwiGLU passes they use for float32 on the CPU."""
 
 from __future__ import annotations
 
 import copy
+import shutil
 
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.models.llama.modeling_llama import LlamaMLP, LlamaRMSNorm
 
+from aha.kernels.swiglu import kernel_applies, load_swiglu_kernel, swiglu_backward, swiglu_forward
 from aha.models.forward import score_completions
 from aha.models.lean_activations import _RMSNorm, _SiluGateDown, use_lean_activations
 from aha.models.loading import load_model
@@ -45,8 +48,65 @@ def test_silu_gate_down_by_hand():
     assert up.grad.item() == 0.0 and weight.grad.item() == 0.0 and bias.grad.item() == 1.0
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_lean_modules_compute_what_the_hf_modules_compute(dtype):
+@pytest.fixture
+def torch_ops_only(monkeypatch):
+    """The lean modules without the compiled SwiGLU pass (as on a machine without a C compiler)."""
+    monkeypatch.setenv("AHA_TRAIN_KERNELS", "0")
+    load_swiglu_kernel.cache_clear()
+    yield
+    monkeypatch.undo()
+    load_swiglu_kernel.cache_clear()
+
+
+def test_the_swiglu_kernel_builds_here():
+    """Where there is a C compiler it must build: a silent fallback would hide a broken build."""
+    if shutil.which("cc") is None:
+        pytest.skip("no C compiler on this machine")
+    assert load_swiglu_kernel() is not None
+
+
+def test_swiglu_kernel_against_float64():
+    """The compiled passes against silu(g) * u and its derivatives in float64, over gates from -90 to 90
+    (exp under- and overflow) and at exactly 0."""
+    if load_swiglu_kernel() is None:
+        pytest.skip("no SwiGLU kernel on this machine")
+    torch.manual_seed(0)
+    gate = torch.cat([torch.randn(100_000) * 4, torch.linspace(-90, 90, 1001), torch.zeros(3)])
+    up, grad = torch.randn_like(gate), torch.randn_like(gate)
+    g64, u64, d64 = gate.double(), up.double(), grad.double()
+    sig = torch.sigmoid(g64)
+    hidden64 = g64 * sig * u64
+    torch.testing.assert_close(swiglu_forward(gate, up).double(), hidden64, rtol=1e-6, atol=1e-30)
+    grad_gate, grad_up, hidden = swiglu_backward(grad, gate, up)
+    torch.testing.assert_close(hidden.double(), hidden64, rtol=1e-6, atol=1e-30)
+    torch.testing.assert_close(grad_up.double(), d64 * g64 * sig, rtol=1e-6, atol=1e-30)
+    # silu'(g) = s (1 + g (1 - s)) is a difference of nearly equal terms near g = -1.28: absolute tolerance
+    torch.testing.assert_close(
+        grad_gate.double(), d64 * u64 * sig * (1 + g64 * (1 - sig)), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_swiglu_kernel_falls_back_without_a_compiler(monkeypatch, tmp_path):
+    monkeypatch.setenv("CC", "no-such-compiler")
+    monkeypatch.setenv("AHA_CACHE_DIR", str(tmp_path))  # no cached build to find either
+    load_swiglu_kernel.cache_clear()
+    try:
+        assert load_swiglu_kernel() is None
+        assert not kernel_applies(torch.zeros(2))
+    finally:
+        monkeypatch.undo()
+        load_swiglu_kernel.cache_clear()
+
+
+@pytest.mark.parametrize(
+    "dtype, compiled", [(torch.float32, False), (torch.float32, True), (torch.bfloat16, False)]
+)
+def test_lean_modules_compute_what_the_hf_modules_compute(dtype, compiled, request):
+    """Bitwise the HF outputs with torch ops; to float32 rounding with the compiled SwiGLU pass."""
+    if not compiled:
+        request.getfixturevalue("torch_ops_only")
+    elif load_swiglu_kernel() is None:
+        pytest.skip("no SwiGLU kernel on this machine")
     config = LlamaConfig(hidden_size=16, intermediate_size=40, num_attention_heads=2, mlp_bias=True)
     torch.manual_seed(0)
     modules = [LlamaRMSNorm(16, eps=1e-5), LlamaMLP(config)]
@@ -59,7 +119,10 @@ def test_lean_modules_compute_what_the_hf_modules_compute(dtype):
         x = torch.randn(2, 7, 16, dtype=dtype)
         x_hf, x_lean = x.clone().requires_grad_(), x.clone().requires_grad_()
         out_hf, out_lean = hf(x_hf), lean(x_lean)
-        assert torch.equal(out_hf, out_lean)
+        if compiled and isinstance(hf, LlamaMLP):
+            torch.testing.assert_close(out_lean, out_hf, rtol=1e-5, atol=1e-6)
+        else:
+            assert torch.equal(out_hf, out_lean)
         grad = torch.randn_like(out_hf)
         out_hf.backward(grad)
         out_lean.backward(grad)
@@ -93,7 +156,7 @@ def test_a_lean_model_scores_alike_and_saves_less(architecture, tiny_varied_mode
     input_ids = torch.cat([prompts, torch.randint(3, vocab, (8, 12))], 1)
     lp_hf, saved_hf = _saved_bytes(hf, input_ids, 12)
     lp_lean, saved_lean = _saved_bytes(lean, input_ids, 12)
-    torch.testing.assert_close(lp_lean, lp_hf, rtol=0, atol=1e-6)
+    torch.testing.assert_close(lp_lean, lp_hf, rtol=0, atol=1e-5)  # the compiled SwiGLU's rounding
     weights = sum(p.numel() * p.element_size() for p in hf.parameters() if p.dim() == 2)
     # Activations only (the weight matrices are saved by reference in both): at least a quarter less.
     assert saved_lean - weights < 0.75 * (saved_hf - weights)

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from aha.kernels import swiglu
+
 # Classes whose forward is Llama's RMSNorm: weight * (x / rms(x)), computed in float32.
 LEAN_NORMS = frozenset({"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm"})
 # Classes whose forward is down_proj(act_fn(gate_proj(x)) * up_proj(x)).
@@ -50,27 +52,33 @@ class _RMSNorm(torch.autograd.Function):
 
 
 class _SiluGateDown(torch.autograd.Function):
-    """down(silu(gate) * up), saving gate and up; silu(gate) and the product are recomputed in backward."""
+    """down(silu(gate) * up), saving gate and up; silu(gate) and the product are recomputed in backward.
+    float32 CPU tensors take the compiled single-pass forms (aha.kernels.swiglu), others torch ops."""
 
     @staticmethod
     def forward(ctx, gate, up, weight, bias):
         ctx.save_for_backward(gate, up, weight)
         ctx.has_bias = bias is not None
-        return F.linear(F.silu(gate) * up, weight, bias)
+        ctx.compiled = swiglu.kernel_applies(gate, up)
+        hidden = swiglu.swiglu_forward(gate, up) if ctx.compiled else F.silu(gate) * up
+        return F.linear(hidden, weight, bias)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         gate, up, weight = ctx.saved_tensors
-        act = F.silu(gate)
         grad_hidden = grad_out @ weight
-        grad_up = grad_hidden * act
+        if ctx.compiled:  # one pass (aha/kernels/swiglu.c)
+            grad_gate, grad_up, hidden = swiglu.swiglu_backward(grad_hidden, gate, up)
+        else:
+            act = F.silu(gate)
+            grad_up = grad_hidden * act
+            hidden = act.mul_(up)  # act is not needed after grad_up
+            grad_gate = torch.ops.aten.silu_backward(grad_hidden.mul_(up), gate)
         grad_weight = grad_bias = None
         if ctx.needs_input_grad[2]:
-            hidden = act.mul_(up)  # act is not needed after grad_up
             grad_weight = grad_out.flatten(0, -2).T @ hidden.flatten(0, -2)
         if ctx.has_bias and ctx.needs_input_grad[3]:
             grad_bias = grad_out.flatten(0, -2).sum(0)
-        grad_gate = torch.ops.aten.silu_backward(grad_hidden.mul_(up), gate)
         return grad_gate, grad_up, grad_weight, grad_bias
 
 

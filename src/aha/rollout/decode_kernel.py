@@ -1,45 +1,26 @@
 """The compiled fp32 CPU forward of the sampler (`llama_decode_kernel.c`: decoding steps and the prompts'
-prefill), built on first use and called through ctypes.
+prefill), built on first use (`aha.kernels.build`: under a second, 0.65 s here) and called through ctypes.
 
-Why compiled on first use rather than at install: it is one small C file with no torch headers, so a
-C compiler builds it in under a second (0.65 s here; a torch C++ extension takes ~35 s), and `-march=native`
-fits it to the machine it runs on. The build is cached under `$AHA_CACHE_DIR` (default
-~/.cache/aha) keyed by the source, the compiler and the CPU, and written atomically. Where no
-compiler, no MKL sgemm or no build works, `load_decode_kernel` returns None and the sampler keeps the
-torch step; `AHA_DECODE_KERNEL=0` turns the kernel off.
+Where no compiler, no MKL sgemm or no build works, `load_decode_kernel` returns None and the sampler keeps
+the torch step; `AHA_DECODE_KERNEL=0` turns the kernel off.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
 import logging
 import os
-import platform
-import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import torch
 
+from aha.kernels.build import build_library
+
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("llama_decode_kernel.c")
-# Reassociation lets the reductions vectorize. Not -ffast-math: linked into a shared library it sets the
-# CPU's flush-to-zero mode for the whole process (torch included) when the library loads.
-CFLAGS = [
-    "-O3",
-    "-march=native",
-    "-fno-math-errno",
-    "-fno-trapping-math",
-    "-fassociative-math",
-    "-fno-signed-zeros",
-    "-fopenmp",
-    "-shared",
-    "-fPIC",
-]
 
 
 class KernelWeight(ctypes.Structure):
@@ -94,7 +75,7 @@ def load_decode_kernel() -> ctypes.CDLL | None:
         log.info("no MKL sgemm in this torch build: decoding uses the torch step")
         return None
     try:
-        library = ctypes.CDLL(str(_build()))
+        library = ctypes.CDLL(str(build_library(SOURCE)))
     except subprocess.CalledProcessError as error:
         log.warning("the decode kernel did not compile, decoding uses the torch step:\n%s", error.stderr)
         return None
@@ -156,45 +137,6 @@ def _mkl_routines() -> dict[str, int] | None:
         }
     except (OSError, AttributeError):
         return None
-
-
-def _build() -> Path:
-    """Compile the kernel unless a build for this source, compiler and CPU is cached; return its path."""
-    compiler = shutil.which(os.environ.get("CC", "cc"))
-    if compiler is None:
-        raise FileNotFoundError("no C compiler (set CC)")
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True).stdout
-    key = hashlib.sha256(
-        b"\0".join(
-            [SOURCE.read_bytes(), " ".join(CFLAGS).encode(), version.encode(), _cpu_signature().encode()]
-        )
-    ).hexdigest()[:16]
-    cache = Path(os.environ.get("AHA_CACHE_DIR", Path.home() / ".cache" / "aha")) / "kernels"
-    target = cache / f"llama_decode_kernel-{key}.so"
-    if target.exists():
-        return target
-    cache.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache) as tmp:
-        built = Path(tmp) / target.name
-        subprocess.run(
-            [compiler, *CFLAGS, str(SOURCE), "-o", str(built), "-lm"],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        os.replace(built, target)
-    return target
-
-
-def _cpu_signature() -> str:
-    """What -march=native depends on: the CPU model and its feature flags (a shared home directory may
-    serve machines with different CPUs)."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return platform.processor() or platform.machine()
-    wanted = [line for line in lines if line.startswith(("model name", "flags"))]
-    return "\n".join(dict.fromkeys(wanted)) or platform.machine()
 
 
 class KernelDecodeStep:

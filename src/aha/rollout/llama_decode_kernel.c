@@ -21,6 +21,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "exp_approx.h"
+
 /* MKL's Fortran sgemm and its packed-matrix variant (column-major), passed in by the loader. */
 typedef void (*sgemm_fn)(const char *transa, const char *transb, const int *m, const int *n, const int *k,
                          const float *alpha, const float *a, const int *lda, const float *b, const int *ldb,
@@ -69,27 +71,6 @@ typedef struct {
 #define PARALLEL_MIN 32768
 
 static inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
-
-/* e^x to ~1 ulp (Cephes' expf: x = n ln2 + r, a degree-7 polynomial in r, times 2^n), written so that
-   loops calling it vectorize (libm's expf does not without -ffast-math, which would change the whole
-   process's floating-point state by flushing denormals). Inputs are clamped to [-87.3, 88]. */
-static inline float exp_approx(float x) {
-    x = x < -87.3365448f ? -87.3365448f : (x > 88.0f ? 88.0f : x);
-    const float n = rintf(x * 1.44269504088896341f);
-    const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    union {
-        int32_t i;
-        float f;
-    } scale = {.i = ((int32_t)n + 127) << 23};
-    return p * scale.f;
-}
 
 /* out [features, rows] = W @ x.T for x [rows, in_features] and a weight W [features, in_features].
    Row-major x matters: with weights streaming from memory, MKL runs this form ~30% faster than the same

@@ -1,0 +1,1 @@
+"""Small C kernels for the CPU, compiled on first use by the system C compiler (`build.py`)."""
