@@ -1,5 +1,5 @@
 """The lean MLP and RMSNorm forwards: the same outputs and gradients as the HF modules, fewer saved bytes;
-and the compiled SwiGLU passes they use for float32 on the CPU."""
+and the compiled SwiGLU and RMSNorm passes they use for float32 on the CPU."""
 
 from __future__ import annotations
 
@@ -11,7 +11,14 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.models.llama.modeling_llama import LlamaMLP, LlamaRMSNorm
 
-from aha.kernels.swiglu import kernel_applies, load_swiglu_kernel, swiglu_backward, swiglu_forward
+from aha.kernels.layer_kernels import (
+    kernel_applies,
+    load_layer_kernels,
+    rms_norm_backward,
+    rms_norm_forward,
+    swiglu_backward,
+    swiglu_forward,
+)
 from aha.models.forward import score_completions
 from aha.models.lean_activations import _RMSNorm, _SiluGateDown, use_lean_activations
 from aha.models.loading import load_model
@@ -50,26 +57,26 @@ def test_silu_gate_down_by_hand():
 
 @pytest.fixture
 def torch_ops_only(monkeypatch):
-    """The lean modules without the compiled SwiGLU pass (as on a machine without a C compiler)."""
+    """The lean modules without the compiled passes (as on a machine without a C compiler)."""
     monkeypatch.setenv("AHA_TRAIN_KERNELS", "0")
-    load_swiglu_kernel.cache_clear()
+    load_layer_kernels.cache_clear()
     yield
     monkeypatch.undo()
-    load_swiglu_kernel.cache_clear()
+    load_layer_kernels.cache_clear()
 
 
-def test_the_swiglu_kernel_builds_here():
+def test_the_layer_kernels_build_here():
     """Where there is a C compiler it must build: a silent fallback would hide a broken build."""
     if shutil.which("cc") is None:
         pytest.skip("no C compiler on this machine")
-    assert load_swiglu_kernel() is not None
+    assert load_layer_kernels() is not None
 
 
 def test_swiglu_kernel_against_float64():
     """The compiled passes against silu(g) * u and its derivatives in float64, over gates from -90 to 90
     (exp under- and overflow) and at exactly 0."""
-    if load_swiglu_kernel() is None:
-        pytest.skip("no SwiGLU kernel on this machine")
+    if load_layer_kernels() is None:
+        pytest.skip("no layer kernels on this machine")
     torch.manual_seed(0)
     gate = torch.cat([torch.randn(100_000) * 4, torch.linspace(-90, 90, 1001), torch.zeros(3)])
     up, grad = torch.randn_like(gate), torch.randn_like(gate)
@@ -86,27 +93,50 @@ def test_swiglu_kernel_against_float64():
     )
 
 
-def test_swiglu_kernel_falls_back_without_a_compiler(monkeypatch, tmp_path):
+def test_rms_norm_kernel_against_float64():
+    """The compiled norm against the formula in float64, rows of 3 and of 1000 features, with eps
+    mattering (all-zero and tiny rows) and not; the weight's gradient summed over rows and threads."""
+    if load_layer_kernels() is None:
+        pytest.skip("no layer kernels on this machine")
+    torch.manual_seed(0)
+    for features in (3, 1000):
+        x = torch.randn(70, features) * torch.logspace(-4, 2, 70)[:, None]
+        x[0] = 0.0
+        weight, grad = torch.randn(features), torch.randn(70, features)
+        x64 = x.double().requires_grad_()
+        w64 = weight.double().requires_grad_()
+        out64 = w64 * x64 * torch.rsqrt(x64.pow(2).mean(-1, keepdim=True) + 1e-6)
+        out64.backward(grad.double())
+        out, scale = rms_norm_forward(x, weight, 1e-6)
+        torch.testing.assert_close(out.double(), out64.detach(), rtol=1e-5, atol=1e-6)
+        grad_x, grad_w = rms_norm_backward(grad, x, weight, scale)
+        torch.testing.assert_close(
+            grad_x.double(), x64.grad, rtol=1e-4, atol=1e-5 * float(x64.grad.abs().max())
+        )
+        torch.testing.assert_close(grad_w.double(), w64.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_layer_kernels_fall_back_without_a_compiler(monkeypatch, tmp_path):
     monkeypatch.setenv("CC", "no-such-compiler")
     monkeypatch.setenv("AHA_CACHE_DIR", str(tmp_path))  # no cached build to find either
-    load_swiglu_kernel.cache_clear()
+    load_layer_kernels.cache_clear()
     try:
-        assert load_swiglu_kernel() is None
+        assert load_layer_kernels() is None
         assert not kernel_applies(torch.zeros(2))
     finally:
         monkeypatch.undo()
-        load_swiglu_kernel.cache_clear()
+        load_layer_kernels.cache_clear()
 
 
 @pytest.mark.parametrize(
     "dtype, compiled", [(torch.float32, False), (torch.float32, True), (torch.bfloat16, False)]
 )
 def test_lean_modules_compute_what_the_hf_modules_compute(dtype, compiled, request):
-    """Bitwise the HF outputs with torch ops; to float32 rounding with the compiled SwiGLU pass."""
+    """Bitwise the HF outputs with torch ops; to float32 rounding with the compiled passes."""
     if not compiled:
         request.getfixturevalue("torch_ops_only")
-    elif load_swiglu_kernel() is None:
-        pytest.skip("no SwiGLU kernel on this machine")
+    elif load_layer_kernels() is None:
+        pytest.skip("no layer kernels on this machine")
     config = LlamaConfig(hidden_size=16, intermediate_size=40, num_attention_heads=2, mlp_bias=True)
     torch.manual_seed(0)
     modules = [LlamaRMSNorm(16, eps=1e-5), LlamaMLP(config)]
@@ -119,7 +149,7 @@ def test_lean_modules_compute_what_the_hf_modules_compute(dtype, compiled, reque
         x = torch.randn(2, 7, 16, dtype=dtype)
         x_hf, x_lean = x.clone().requires_grad_(), x.clone().requires_grad_()
         out_hf, out_lean = hf(x_hf), lean(x_lean)
-        if compiled and isinstance(hf, LlamaMLP):
+        if compiled:
             torch.testing.assert_close(out_lean, out_hf, rtol=1e-5, atol=1e-6)
         else:
             assert torch.equal(out_hf, out_lean)
@@ -156,7 +186,7 @@ def test_a_lean_model_scores_alike_and_saves_less(architecture, tiny_varied_mode
     input_ids = torch.cat([prompts, torch.randint(3, vocab, (8, 12))], 1)
     lp_hf, saved_hf = _saved_bytes(hf, input_ids, 12)
     lp_lean, saved_lean = _saved_bytes(lean, input_ids, 12)
-    torch.testing.assert_close(lp_lean, lp_hf, rtol=0, atol=1e-5)  # the compiled SwiGLU's rounding
+    torch.testing.assert_close(lp_lean, lp_hf, rtol=0, atol=1e-5)  # the compiled passes' rounding
     weights = sum(p.numel() * p.element_size() for p in hf.parameters() if p.dim() == 2)
     # Activations only (the weight matrices are saved by reference in both): at least a quarter less.
     assert saved_lean - weights < 0.75 * (saved_hf - weights)

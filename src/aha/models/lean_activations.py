@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aha.kernels import swiglu
+from aha.kernels import layer_kernels
 
 # Classes whose forward is Llama's RMSNorm: weight * (x / rms(x)), computed in float32.
 LEAN_NORMS = frozenset({"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm"})
@@ -29,10 +29,16 @@ LEAN_MLPS = frozenset({"LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP"})
 
 class _RMSNorm(torch.autograd.Function):
     """weight * (x * rsqrt(mean(x^2) + eps)), saving x and the per-row scale instead of x / rms(x).
-    Computed in float32 (as HF does) or in the input's dtype where that is wider."""
+    Computed in float32 (as HF does) or in the input's dtype where that is wider; float32 CPU tensors
+    take the compiled single-pass forms (aha.kernels.layer_kernels)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        ctx.compiled = layer_kernels.kernel_applies(x, weight)
+        if ctx.compiled:
+            out, scale = layer_kernels.rms_norm_forward(x, weight, eps)
+            ctx.save_for_backward(x, weight, scale)
+            return out
         wide = x.to(torch.promote_types(x.dtype, torch.float32))
         scale = torch.rsqrt(wide.pow(2).mean(-1, keepdim=True) + eps)
         ctx.save_for_backward(x, weight, scale)
@@ -41,6 +47,9 @@ class _RMSNorm(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         x, weight, scale = ctx.saved_tensors
+        if ctx.compiled:
+            grad_x, grad_weight = layer_kernels.rms_norm_backward(grad_out, x, weight, scale)
+            return grad_x, grad_weight if ctx.needs_input_grad[1] else None, None
         normed = x.to(scale.dtype) * scale
         grad_weight = None
         if ctx.needs_input_grad[1]:
@@ -53,22 +62,22 @@ class _RMSNorm(torch.autograd.Function):
 
 class _SiluGateDown(torch.autograd.Function):
     """down(silu(gate) * up), saving gate and up; silu(gate) and the product are recomputed in backward.
-    float32 CPU tensors take the compiled single-pass forms (aha.kernels.swiglu), others torch ops."""
+    float32 CPU tensors take the compiled single-pass forms (aha.kernels.layer_kernels), others torch ops."""
 
     @staticmethod
     def forward(ctx, gate, up, weight, bias):
         ctx.save_for_backward(gate, up, weight)
         ctx.has_bias = bias is not None
-        ctx.compiled = swiglu.kernel_applies(gate, up)
-        hidden = swiglu.swiglu_forward(gate, up) if ctx.compiled else F.silu(gate) * up
+        ctx.compiled = layer_kernels.kernel_applies(gate, up)
+        hidden = layer_kernels.swiglu_forward(gate, up) if ctx.compiled else F.silu(gate) * up
         return F.linear(hidden, weight, bias)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         gate, up, weight = ctx.saved_tensors
         grad_hidden = grad_out @ weight
-        if ctx.compiled:  # one pass (aha/kernels/swiglu.c)
-            grad_gate, grad_up, hidden = swiglu.swiglu_backward(grad_hidden, gate, up)
+        if ctx.compiled:  # one pass (aha/kernels/layer_kernels.c)
+            grad_gate, grad_up, hidden = layer_kernels.swiglu_backward(grad_hidden, gate, up)
         else:
             act = F.silu(gate)
             grad_up = grad_hidden * act
