@@ -69,7 +69,8 @@ SCENARIOS: dict[str, Scenario] = {
     "cot": Scenario(
         name="cot",
         summary="4-digit addition; the teacher shows its column-by-column working 1 time in 4. "
-        "A correctness reward alone makes the model write the working: it learns to think longer.",
+        "With a correctness reward alone the model can learn to write the working (to think longer), "
+        "but whether it does turns on rounding: not reliable yet (docs/demo.md).",
         digits=4,
         teacher=ScratchpadTeacher(scratchpad_prob=0.25),
         max_new_tokens=20,  # "[15,12,08,09]10825" + EOS
