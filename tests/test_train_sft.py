@@ -19,6 +19,7 @@ from aha.rewards.base import make_reward_specs
 from aha.rollout import make_engine
 from aha.rollout.base import SamplingParams
 from aha.train.evaluate import evaluate
+from aha.train.session import TrainingSession
 from aha.train.sft import (
     SFTRunConfig,
     completion_nll,
@@ -173,3 +174,19 @@ def test_bad_demonstrations_name_file_and_record(tmp_path):
     wrong.write_text('{"prompt": "1+1=", "completion": 2}\n')
     with pytest.raises(DataError, match=r"wrong\.jsonl: record 1: field \"completion\" must be a string"):
         load_demonstrations(str(wrong))
+
+
+@pytest.mark.parametrize("lean", [True, False])
+def test_the_session_trains_lean_modules_unless_told_not_to(tiny_model_dir, tmp_path, lean):
+    train = _write_jsonl(tmp_path / "train.jsonl", _copy_task(4, seed=0))
+    cfg = _config(
+        tiny_model_dir,
+        train,
+        tmp_path / "run",
+        f"model.lean_activations={str(lean).lower()}",
+        "optim.warmup_steps=0",
+    )
+    session = TrainingSession.start(cfg, resume=False, total_steps=1)
+    session.finish()
+    assert type(session.model.model.norm).__name__ == ("LeanLlamaRMSNorm" if lean else "LlamaRMSNorm")
+    assert type(session.model.model.layers[0].mlp).__name__ == ("LeanLlamaMLP" if lean else "LlamaMLP")

@@ -1,5 +1,6 @@
 """Keep fewer activations for the backward pass of Llama-family models, at the cost of a few cheap
-elementwise recomputations; the forward computes the same numbers as the Hugging Face modules.
+elementwise recomputations; the forward computes the Hugging Face modules' numbers (exactly with torch
+ops; to float32 rounding with the compiled passes of aha.kernels.layer_kernels, float32 on the CPU).
 
 Autograd saves every intermediate an op needs. In a Llama decoder layer most of those bytes are
 elementwise by-products: the MLP keeps gate, silu(gate), up and silu(gate) * up (four tensors of the

@@ -20,7 +20,8 @@ class ModelConfig:
     lean_activations: bool = option(
         True,
         help="Train Llama-family models with MLP and RMSNorm forwards that keep fewer activations for "
-        "backward (same outputs; 35% less activation memory at 25M parameters, no slower).",
+        "backward (the same outputs to float32 rounding, 35% fewer saved bytes at 25M parameters; "
+        "compiled single passes for float32 on the CPU, 5-10% faster there).",
     )
 
 
