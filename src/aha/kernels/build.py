@@ -3,19 +3,24 @@
 Why compiled on first use rather than at install: each kernel is one small C file with no torch headers,
 so a C compiler builds it in under a second (a torch C++ extension takes ~35 s), and `-march=native`
 fits it to the machine it runs on. Builds are cached under `$AHA_CACHE_DIR` (default ~/.cache/aha)
-keyed by the sources, the flags, the compiler and the CPU, and written atomically. Callers fall back to
-torch ops when `build_library` raises (no compiler: OSError; a failed build: CalledProcessError).
+keyed by the sources, the flags, the compiler and the CPU, and written atomically. `load_library`
+returns None (and says why in the log) where there is no compiler or the build fails; callers then keep
+their torch ops.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
+import logging
 import os
 import platform
 import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 INCLUDE_DIR = Path(__file__).parent  # exp_approx.h
 # Reassociation lets the reductions vectorize. Not -ffast-math: linked into a shared library it sets the
@@ -31,6 +36,18 @@ CFLAGS = [
     "-shared",
     "-fPIC",
 ]
+
+
+def load_library(source: Path, name: str, fallback: str) -> ctypes.CDLL | None:
+    """`source` built and loaded, or None where that is not possible; `name` and `fallback` (what the
+    caller does instead) go into the log message."""
+    try:
+        return ctypes.CDLL(str(build_library(source)))
+    except subprocess.CalledProcessError as error:
+        log.warning("%s did not compile, %s:\n%s", name, fallback, error.stderr)
+    except OSError as error:  # no compiler, or a build that does not load
+        log.info("no %s (%s): %s", name, error, fallback)
+    return None
 
 
 def build_library(source: Path) -> Path:

@@ -11,16 +11,12 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import logging
 import os
-import subprocess
 from pathlib import Path
 
 import torch
 
-from aha.kernels.build import build_library
-
-log = logging.getLogger(__name__)
+from aha.kernels.build import load_library
 
 SOURCE = Path(__file__).with_name("layer_kernels.c")
 
@@ -29,13 +25,8 @@ SOURCE = Path(__file__).with_name("layer_kernels.c")
 def load_layer_kernels() -> ctypes.CDLL | None:
     if os.environ.get("AHA_TRAIN_KERNELS", "1") == "0":
         return None
-    try:
-        library = ctypes.CDLL(str(build_library(SOURCE)))
-    except subprocess.CalledProcessError as error:
-        log.warning("the layer kernels did not compile, training uses torch ops:\n%s", error.stderr)
-        return None
-    except OSError as error:
-        log.info("no layer kernels (%s): training uses torch ops", error)
+    library = load_library(SOURCE, "layer kernels", "training uses torch ops")
+    if library is None:
         return None
     library.swiglu_forward.restype = library.swiglu_backward.restype = None
     library.swiglu_forward.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64]

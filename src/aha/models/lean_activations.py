@@ -38,12 +38,12 @@ class _RMSNorm(torch.autograd.Function):
         ctx.compiled = layer_kernels.kernel_applies(x, weight)
         if ctx.compiled:
             out, scale = layer_kernels.rms_norm_forward(x, weight, eps)
-            ctx.save_for_backward(x, weight, scale)
-            return out
-        wide = x.to(torch.promote_types(x.dtype, torch.float32))
-        scale = torch.rsqrt(wide.pow(2).mean(-1, keepdim=True) + eps)
+        else:
+            wide = x.to(torch.promote_types(x.dtype, torch.float32))
+            scale = torch.rsqrt(wide.pow(2).mean(-1, keepdim=True) + eps)
+            out = weight * (wide * scale).to(x.dtype)
         ctx.save_for_backward(x, weight, scale)
-        return weight * (wide * scale).to(x.dtype)
+        return out
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):

@@ -11,12 +11,11 @@ import ctypes
 import functools
 import logging
 import os
-import subprocess
 from pathlib import Path
 
 import torch
 
-from aha.kernels.build import build_library
+from aha.kernels.build import load_library
 
 log = logging.getLogger(__name__)
 
@@ -74,13 +73,8 @@ def load_decode_kernel() -> ctypes.CDLL | None:
     if mkl is None:
         log.info("no MKL sgemm in this torch build: decoding uses the torch step")
         return None
-    try:
-        library = ctypes.CDLL(str(build_library(SOURCE)))
-    except subprocess.CalledProcessError as error:
-        log.warning("the decode kernel did not compile, decoding uses the torch step:\n%s", error.stderr)
-        return None
-    except OSError as error:  # no compiler, or a build that does not load
-        log.info("no decode kernel (%s): decoding uses the torch step", error)
+    library = load_library(SOURCE, "decode kernel", "decoding uses the torch step")
+    if library is None:
         return None
     library.workspace_floats.restype = ctypes.c_int64
     library.workspace_floats.argtypes = [ctypes.POINTER(KernelModel), ctypes.c_int64]
