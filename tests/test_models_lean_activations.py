@@ -1,5 +1,5 @@
-"""The lean MLP and RMSNorm forwards: the same outputs and gradients as the HF modules, fewer saved bytes;
-and the compiled SwiGLU and RMSNorm passes they use for float32 on the CPU."""
+"""The lean MLP, RMSNorm and attention forwards: the same outputs and gradients as the HF modules, fewer
+saved bytes; and the compiled SwiGLU, RMSNorm and rotary passes they use for float32 on the CPU."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import shutil
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
+from transformers.models.llama import modeling_llama
 from transformers.models.llama.modeling_llama import LlamaMLP, LlamaRMSNorm
 
 from aha.kernels.layer_kernels import (
@@ -16,11 +17,12 @@ from aha.kernels.layer_kernels import (
     load_layer_kernels,
     rms_norm_backward,
     rms_norm_forward,
+    rotary,
     swiglu_backward,
     swiglu_forward,
 )
 from aha.models.forward import score_completions
-from aha.models.lean_activations import _RMSNorm, _SiluGateDown, use_lean_activations
+from aha.models.lean_activations import _RMSNorm, _Rotary, _SiluGateDown, use_lean_activations
 from aha.models.loading import load_model
 
 
@@ -116,6 +118,93 @@ def test_rms_norm_kernel_against_float64():
         torch.testing.assert_close(grad_w.double(), w64.grad, rtol=1e-5, atol=1e-5)
 
 
+def _rotary64(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """HF's apply_rotary_pos_emb for one tensor, in float64."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos[:, None] + rotated * sin[:, None]
+
+
+@pytest.mark.parametrize("angle_rows", [1, 3])
+def test_rotary_kernel_against_float64(angle_rows):
+    """x [B, H, T, D] as HF makes it (a transposed view of [B, T, H, D]) and contiguous; angles per row
+    (left padding) or shared by the batch (stride 0); the adjoint against float64 autograd's backward,
+    for a gradient with other strides."""
+    if load_layer_kernels() is None:
+        pytest.skip("no layer kernels on this machine")
+    torch.manual_seed(0)
+    batch, heads, steps, dim = 3, 4, 5, 8
+    views = torch.randn(batch, steps, heads, dim).transpose(1, 2), torch.randn(batch, heads, steps, dim)
+    cos, sin = torch.randn(angle_rows, steps, dim), torch.randn(angle_rows, steps, dim)
+    for x in views:
+        x64 = x.double().requires_grad_()
+        out64 = _rotary64(x64, cos.double(), sin.double())
+        out = rotary(x, cos, sin)
+        assert out.stride() == x.stride()
+        torch.testing.assert_close(out.double(), out64, rtol=1e-6, atol=1e-6)
+        grad = torch.randn(batch, steps, heads, dim).transpose(1, 2)
+        out64.backward(grad.double())
+        torch.testing.assert_close(
+            rotary(grad, cos, sin, adjoint=True).double(), x64.grad, rtol=1e-6, atol=1e-6
+        )
+
+
+def test_rotary_function_gradients_against_hf_autograd():
+    """_Rotary's backward for q and k (other head counts) against autograd through HF's function."""
+    if load_layer_kernels() is None:
+        pytest.skip("no layer kernels on this machine")
+    torch.manual_seed(0)
+    q = torch.randn(2, 6, 4, 8).transpose(1, 2).requires_grad_()
+    k = torch.randn(2, 6, 2, 8).transpose(1, 2).requires_grad_()
+    cos, sin = torch.randn(2, 6, 8), torch.randn(2, 6, 8)
+    hf = getattr(modeling_llama.apply_rotary_pos_emb, "hf_rotary", modeling_llama.apply_rotary_pos_emb)
+    grads = [torch.randn(2, 4, 6, 8), torch.randn(2, 2, 6, 8)]
+    results = []
+    for fn in (hf, _Rotary.apply):
+        q_out, k_out = fn(q, k, cos, sin)
+        q.grad = k.grad = None
+        torch.autograd.backward([q_out, k_out], grads)
+        results.append((q_out, k_out, q.grad, k.grad))
+    for ours, theirs in zip(results[1], results[0], strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6)
+
+
+def test_the_rotary_dispatcher_runs_hf_outside_lean_attention(tiny_model_dir, monkeypatch):
+    """Switching a model wraps the modeling module's apply_rotary_pos_emb for the whole process: the
+    compiled pass must run inside lean attention modules only, other models keep HF's function."""
+    if load_layer_kernels() is None:
+        pytest.skip("no layer kernels on this machine")
+    hf = load_model(str(tiny_model_dir))
+    lean = copy.deepcopy(hf)
+    use_lean_activations(lean)
+    calls = []
+    original = _Rotary.apply
+    monkeypatch.setattr(_Rotary, "apply", lambda *args: calls.append(1) or original(*args))
+    input_ids = torch.randint(3, hf.config.vocab_size, (2, 7))
+    with torch.no_grad():
+        lean(input_ids)
+        assert len(calls) == hf.config.num_hidden_layers
+        hf(input_ids)
+    assert len(calls) == hf.config.num_hidden_layers
+    q, k, cos, sin = (
+        torch.randn(1, 2, 3, 4),
+        torch.randn(1, 2, 3, 4),
+        torch.randn(1, 3, 4),
+        torch.randn(1, 3, 4),
+    )
+    dispatcher = modeling_llama.apply_rotary_pos_emb
+    for ours, theirs in zip(dispatcher(q, k, cos, sin), dispatcher.hf_rotary(q, k, cos, sin), strict=True):
+        assert torch.equal(ours, theirs)
+
+
+def test_with_torch_ops_a_lean_model_computes_bitwise_what_hf_computes(tiny_varied_model_dir, torch_ops_only):
+    hf = load_model(str(tiny_varied_model_dir))
+    lean = copy.deepcopy(hf)
+    use_lean_activations(lean)
+    input_ids = torch.randint(3, hf.config.vocab_size, (3, 9))
+    assert torch.equal(lean(input_ids).logits, hf(input_ids).logits)
+
+
 def test_layer_kernels_fall_back_without_a_compiler(monkeypatch, tmp_path):
     monkeypatch.setenv("CC", "no-such-compiler")
     monkeypatch.setenv("AHA_CACHE_DIR", str(tmp_path))  # no cached build to find either
@@ -179,7 +268,8 @@ def test_a_lean_model_scores_alike_and_saves_less(architecture, tiny_varied_mode
     hf = load_model(str(tiny_varied_model_dir)) if architecture == "llama" else tiny_qwen2[0]
     lean = copy.deepcopy(hf)
     layers = hf.config.num_hidden_layers
-    assert use_lean_activations(lean) == 3 * layers + 1  # two norms and an MLP per layer, the final norm
+    # two norms, an MLP and the attention per layer, the final norm
+    assert use_lean_activations(lean) == 4 * layers + 1
     vocab = hf.config.vocab_size
     torch.manual_seed(0)
     prompts = torch.randint(3, vocab, (2, 5)).repeat_interleave(4, 0)  # groups of 4 share a prompt
@@ -206,6 +296,7 @@ def test_a_lean_model_keeps_its_classes_weights_and_checkpoint_format(tiny_model
     assert use_lean_activations(model) == 0  # already switched
     assert isinstance(model.model.layers[0].mlp, LlamaMLP)
     assert isinstance(model.model.norm, LlamaRMSNorm)
+    assert isinstance(model.model.layers[0].self_attn, modeling_llama.LlamaAttention)
     assert list(model.state_dict()) == names
     model.save_pretrained(tmp_path)
     reloaded = LlamaForCausalLM.from_pretrained(tmp_path)

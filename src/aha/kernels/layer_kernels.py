@@ -1,4 +1,4 @@
-"""SwiGLU and RMSNorm, forward and backward, as one compiled pass each (`layer_kernels.c`), for float32
+"""SwiGLU, RMSNorm and the rotary embedding, forward and backward, as one compiled pass each (`layer_kernels.c`), for float32
 CPU tensors.
 
 Used by the lean modules (aha.models.lean_activations), which fall back to torch ops where
@@ -38,6 +38,10 @@ def load_layer_kernels() -> ctypes.CDLL | None:
         ctypes.c_float,
     ]
     library.rms_norm_backward.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 3
+    library.rotary.restype = None
+    int64_p = ctypes.POINTER(ctypes.c_int64)
+    library.rotary.argtypes = [ctypes.c_void_p, int64_p, ctypes.c_void_p, ctypes.c_void_p, int64_p]
+    library.rotary.argtypes += [ctypes.c_void_p, int64_p, int64_p, ctypes.c_int]
     return library
 
 
@@ -106,3 +110,30 @@ def rms_norm_backward(
         features,
     )
     return grad_x, partials.sum(0)
+
+
+def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, adjoint: bool = False) -> torch.Tensor:
+    """x * cos + rotate_half(x) * sin for x [B, H, T, D] (any strides, last dimension contiguous) and
+    cos, sin [B or 1, T, D]; `adjoint`: the transposed map (the backward of the same angles). The result
+    has x's strides where x is dense, as torch's elementwise ops give."""
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    cos, sin = cos.contiguous(), sin.contiguous()
+    out = torch.empty_like(x)
+    batch_stride = cos.stride(0) if cos.shape[0] > 1 else 0
+    load_layer_kernels().rotary(
+        x.data_ptr(),
+        _int64s(x.stride()[:3]),
+        cos.data_ptr(),
+        sin.data_ptr(),
+        _int64s((batch_stride, cos.stride(1))),
+        out.data_ptr(),
+        _int64s(out.stride()[:3]),
+        _int64s(x.shape),
+        int(adjoint),
+    )
+    return out
+
+
+def _int64s(values) -> ctypes.Array:
+    return (ctypes.c_int64 * len(values))(*values)

@@ -9,12 +9,19 @@ only gate and up (recomputing silu and the product in backward) and the norm kee
 scale per row. Measured on the 25M bench model (32 x 64 completion tokens): the policy forward saves 0.69
 GB of activations with the HF modules, 0.43 GB with these.
 
+The attention modules keep HF's forward but apply the rotary embedding in one compiled pass each way
+(float32 on the CPU): HF's form, two slices, a negation, a concatenation, two products and a sum for each
+of q and k, and as many ops in backward, took 0.16 s of the 25M bench model's 1.68 s forward+backward.
+
 Only classes whose forward is known to be exactly the Llama form are switched (`LEAN_NORMS`,
-`LEAN_MLPS`); a module is switched by giving it a subclass whose forward is the lean one, so weights,
-state-dict names, `isinstance` checks and `save_pretrained` are untouched.
+`LEAN_MLPS`, `LEAN_ATTENTIONS`); a module is switched by giving it a subclass whose forward is the lean
+one, so weights, state-dict names, `isinstance` checks and `save_pretrained` are untouched.
 """
 
 from __future__ import annotations
+
+import sys
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +33,9 @@ from aha.kernels import layer_kernels
 LEAN_NORMS = frozenset({"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm"})
 # Classes whose forward is down_proj(act_fn(gate_proj(x)) * up_proj(x)).
 LEAN_MLPS = frozenset({"LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP"})
+# Attention classes whose forward rotates q and k with their module's apply_rotary_pos_emb (HF's
+# q * cos + rotate_half(q) * sin, the same for k).
+LEAN_ATTENTIONS = frozenset({"LlamaAttention", "MistralAttention", "Qwen2Attention", "Qwen3Attention"})
 
 
 class _RMSNorm(torch.autograd.Function):
@@ -92,6 +102,68 @@ class _SiluGateDown(torch.autograd.Function):
         return grad_gate, grad_up, grad_weight, grad_bias
 
 
+class _Rotary(torch.autograd.Function):
+    """q * cos + rotate_half(q) * sin and the same for k, in one compiled pass each (and each way)."""
+
+    @staticmethod
+    def forward(ctx, q, k, cos, sin):
+        ctx.save_for_backward(cos, sin)
+        return layer_kernels.rotary(q, cos, sin), layer_kernels.rotary(k, cos, sin)
+
+    @staticmethod
+    def backward(ctx, grad_q, grad_k):
+        cos, sin = ctx.saved_tensors
+        grads = [
+            None if g is None else layer_kernels.rotary(g, cos, sin, adjoint=True) for g in (grad_q, grad_k)
+        ]
+        return grads[0], grads[1], None, None
+
+
+_in_lean_attention = threading.local()
+
+
+def _rotary_dispatcher(hf_rotary):
+    """The stand-in for a modeling module's apply_rotary_pos_emb: HF's own function, except inside a lean
+    attention forward (in this thread) on the shapes and tensors the compiled pass covers."""
+
+    def apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1):
+        if (
+            getattr(_in_lean_attention, "active", False)
+            and unsqueeze_dim == 1
+            and q.dim() == k.dim() == 4
+            and cos.dim() == sin.dim() == 3
+            and cos.shape == sin.shape
+            and cos.shape[0] in (1, q.shape[0])
+            and cos.shape[1:] == q.shape[2:] == k.shape[2:]
+            and q.shape[-1] % 2 == 0
+            and not (cos.requires_grad or sin.requires_grad)
+            and layer_kernels.kernel_applies(q, k, cos, sin)
+        ):
+            return _Rotary.apply(q, k, cos, sin)
+        return hf_rotary(q, k, cos, sin, unsqueeze_dim)
+
+    apply_rotary_pos_emb.hf_rotary = hf_rotary
+    return apply_rotary_pos_emb
+
+
+def _install_rotary_dispatcher(cls: type) -> None:
+    """Wrap the apply_rotary_pos_emb of the module defining `cls` (once): HF's attention forward looks it
+    up there on each call. Outside lean attention modules the wrapper calls HF's function unchanged."""
+    module = sys.modules[cls.__module__]
+    current = module.apply_rotary_pos_emb
+    if not hasattr(current, "hf_rotary"):
+        module.apply_rotary_pos_emb = _rotary_dispatcher(current)
+
+
+def _lean_attention_forward(self, *args, **kwargs):
+    outer = getattr(_in_lean_attention, "active", False)
+    _in_lean_attention.active = True
+    try:
+        return super(type(self), self).forward(*args, **kwargs)
+    finally:
+        _in_lean_attention.active = outer
+
+
 def _lean_norm_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
     if hidden_states.dtype != self.weight.dtype:  # mixed dtypes: the HF form's type promotion
         return super(type(self), self).forward(hidden_states)
@@ -119,7 +191,8 @@ def _is_silu_mlp(module: nn.Module) -> bool:
 
 
 def use_lean_activations(model: nn.Module) -> int:
-    """Switch the model's Llama-form RMSNorm and SwiGLU MLP modules to the lean forwards; returns how many.
+    """Switch the model's Llama-form RMSNorm, SwiGLU MLP and attention modules to the lean forwards;
+    returns how many.
     Anything else (another architecture, another activation) is left as it is."""
     switched = 0
     for module in model.modules():
@@ -128,6 +201,11 @@ def use_lean_activations(model: nn.Module) -> int:
             module.__class__ = _lean_class(type(module), _lean_norm_forward)
         elif name in LEAN_MLPS and _is_silu_mlp(module):
             module.__class__ = _lean_class(type(module), _lean_mlp_forward)
+        elif name in LEAN_ATTENTIONS and hasattr(
+            sys.modules[type(module).__module__], "apply_rotary_pos_emb"
+        ):
+            _install_rotary_dispatcher(type(module))
+            module.__class__ = _lean_class(type(module), _lean_attention_forward)
         else:
             continue
         switched += 1
