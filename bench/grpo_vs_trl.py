@@ -288,8 +288,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--aha-micro-batch",
         type=int,
-        default=8,
-        help="train.micro_batch_size of the aha_mb runs (completions per forward/backward pass)",
+        default=16,
+        help="train.micro_batch_size of the aha_mb runs (completions per forward/backward pass; 16: two "
+        "groups, the batch in two halves)",
     )
     parser.add_argument("--seed", type=int, default=0)
     add_quiet_machine_options(parser, retries=2)
