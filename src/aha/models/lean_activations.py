@@ -156,6 +156,7 @@ def _install_rotary_dispatcher(cls: type) -> None:
 
 
 def _lean_attention_forward(self, *args, **kwargs):
+    """HF's attention forward, with the rotary dispatcher told (for this thread) that it runs in one."""
     outer = getattr(_in_lean_attention, "active", False)
     _in_lean_attention.active = True
     try:

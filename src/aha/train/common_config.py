@@ -22,7 +22,7 @@ class ModelConfig:
         help="Train Llama-family models with MLP and RMSNorm forwards that keep fewer activations for "
         "backward (the same outputs to float32 rounding, 35% fewer saved bytes at 25M parameters; "
         "compiled single passes for float32 on the CPU, with the attention's rotary embedding too: "
-        "10-15% faster there).",
+        "about 10-15% faster there).",
     )
 
 
