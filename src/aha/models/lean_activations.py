@@ -119,7 +119,11 @@ class _Rotary(torch.autograd.Function):
         return grads[0], grads[1], None, None
 
 
-_in_lean_attention = threading.local()
+class _LeanAttentionFlag(threading.local):
+    active = False  # whether a lean attention forward runs in this thread
+
+
+_in_lean_attention = _LeanAttentionFlag()
 
 
 def _rotary_dispatcher(hf_rotary):
@@ -128,7 +132,7 @@ def _rotary_dispatcher(hf_rotary):
 
     def apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1):
         if (
-            getattr(_in_lean_attention, "active", False)
+            _in_lean_attention.active
             and unsqueeze_dim == 1
             and q.dim() == k.dim() == 4
             and cos.dim() == sin.dim() == 3
@@ -157,7 +161,7 @@ def _install_rotary_dispatcher(cls: type) -> None:
 
 def _lean_attention_forward(self, *args, **kwargs):
     """HF's attention forward, with the rotary dispatcher told (for this thread) that it runs in one."""
-    outer = getattr(_in_lean_attention, "active", False)
+    outer = _in_lean_attention.active
     _in_lean_attention.active = True
     try:
         return super(type(self), self).forward(*args, **kwargs)
