@@ -1,5 +1,5 @@
 """policy_update: running a minibatch in micro-batches (gradient accumulation) gives the same update
-and the same metrics as running it whole, for every loss aggregation."""
+and the same metrics as running it whole, for every loss aggregation, and holds no gradients after it."""
 
 from __future__ import annotations
 
@@ -63,6 +63,7 @@ def test_micro_batches_give_the_same_update(tiny_varied_model_dir, loss_agg):
             generator=torch.Generator().manual_seed(0),
             micro_batch_size=micro_batch_size,
         )
+        assert all(p.grad is None for p in model.parameters())  # nothing held until the next update
         return metrics, [p.detach() for p in model.parameters()]
 
     whole_metrics, whole_params = update(0)
