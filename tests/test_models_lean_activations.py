@@ -22,7 +22,13 @@ from aha.kernels.layer_kernels import (
     swiglu_forward,
 )
 from aha.models.forward import score_completions
-from aha.models.lean_activations import _RMSNorm, _Rotary, _SiluGateDown, use_lean_activations
+from aha.models.lean_activations import (
+    _LinearsOfNorm,
+    _RMSNorm,
+    _Rotary,
+    _SiluGateDown,
+    use_lean_activations,
+)
 from aha.models.loading import load_model
 
 
@@ -308,3 +314,81 @@ def test_other_activations_are_left_alone():
     mlp = LlamaMLP(LlamaConfig(hidden_size=8, intermediate_size=16, num_attention_heads=2, hidden_act="gelu"))
     assert use_lean_activations(mlp) == 0
     assert type(mlp) is LlamaMLP
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_projections_of_a_norm_gradients_match_finite_differences(with_bias):
+    """norm -> two projections, the projections saving the norm's input and recomputing its output."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 6, dtype=torch.float64, requires_grad=True)
+    norm_weight = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    w1 = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    w2 = torch.randn(5, 6, dtype=torch.float64, requires_grad=True)
+    b1 = torch.randn(4, dtype=torch.float64, requires_grad=True) if with_bias else None
+
+    def norm_then_projections(x, norm_weight, w1, w2, *bias):
+        normed = _RMSNorm.apply(x, norm_weight, 1e-6)
+        recipe = (x.detach(), norm_weight.detach(), 1e-6, False)
+        return _LinearsOfNorm.apply(normed, *recipe, w1, bias[0] if bias else None, w2, None)
+
+    inputs = (x, norm_weight, w1, w2, *([b1] if with_bias else []))
+    assert torch.autograd.gradcheck(norm_then_projections, inputs)
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_an_mlp_after_a_lean_norm_matches_hf(compiled, request):
+    """The MLP's gate and up recompute the norm's output in backward: HF's outputs and gradients."""
+    if not compiled:
+        request.getfixturevalue("torch_ops_only")
+    elif load_layer_kernels() is None:
+        pytest.skip("no layer kernels on this machine")
+    config = LlamaConfig(hidden_size=16, intermediate_size=40, num_attention_heads=2, mlp_bias=True)
+    torch.manual_seed(0)
+    hf = torch.nn.Sequential(LlamaRMSNorm(16, eps=1e-5), LlamaMLP(config))
+    with torch.no_grad():
+        hf[0].weight.normal_()
+    lean = copy.deepcopy(hf)
+    assert use_lean_activations(lean) == 2
+    x = torch.randn(2, 7, 16)
+    x_hf, x_lean = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out_hf, out_lean = hf(x_hf), lean(x_lean)
+    torch.testing.assert_close(out_lean, out_hf, rtol=1e-5, atol=1e-6)
+    grad = torch.randn_like(out_hf)
+    out_hf.backward(grad)
+    out_lean.backward(grad)
+    torch.testing.assert_close(x_lean.grad, x_hf.grad, rtol=1e-5, atol=1e-6)
+    for (name, p_lean), p_hf in zip(lean.named_parameters(), hf.parameters(), strict=True):
+        torch.testing.assert_close(p_lean.grad, p_hf.grad, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("architecture", ["llama", "qwen2"])
+def test_a_lean_model_saves_no_norm_output_of_its_layers(architecture, tiny_varied_model_dir, tiny_qwen2):
+    """The q, k, v, gate and up projections keep the norm's input (saved by the norm anyway), not its
+    output (the LM head keeps a copy of the final norm's last positions)."""
+    model = copy.deepcopy(load_model(str(tiny_varied_model_dir)) if architecture == "llama" else tiny_qwen2[0])
+    use_lean_activations(model)
+    norm_outputs: dict[int, str] = {}
+    kept = []  # alive until the check, so no saved tensor can reuse a norm output's memory
+
+    def record(name):
+        def hook(module, inputs, output):
+            kept.append(output)
+            norm_outputs[output.untyped_storage().data_ptr()] = name
+
+        return hook
+
+    norms = [(n, m) for n, m in model.named_modules() if type(m).__name__.endswith("RMSNorm")]
+    assert len(norms) == 2 * model.config.num_hidden_layers + 1
+    for name, module in norms:
+        module.register_forward_hook(record(name))
+    saved: set[int] = set()
+
+    def pack(t):
+        saved.add(t.untyped_storage().data_ptr())
+        return t
+
+    torch.manual_seed(0)
+    input_ids = torch.randint(3, model.config.vocab_size, (4, 10))
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        score_completions(model, input_ids, torch.ones_like(input_ids), 6)
+    assert saved and not {norm_outputs[p] for p in saved if p in norm_outputs}
