@@ -365,7 +365,9 @@ def test_an_mlp_after_a_lean_norm_matches_hf(compiled, request):
 def test_a_lean_model_saves_no_norm_output_of_its_layers(architecture, tiny_varied_model_dir, tiny_qwen2):
     """The q, k, v, gate and up projections keep the norm's input (saved by the norm anyway), not its
     output (the LM head keeps a copy of the final norm's last positions)."""
-    model = copy.deepcopy(load_model(str(tiny_varied_model_dir)) if architecture == "llama" else tiny_qwen2[0])
+    model = copy.deepcopy(
+        load_model(str(tiny_varied_model_dir)) if architecture == "llama" else tiny_qwen2[0]
+    )
     use_lean_activations(model)
     norm_outputs: dict[int, str] = {}
     kept = []  # alive until the check, so no saved tensor can reuse a norm output's memory
