@@ -5,11 +5,13 @@ floating-point mode alone."""
 
 from __future__ import annotations
 
+import copy
 import shutil
 
 import pytest
 import torch
 
+from aha.models.lean_activations import LeanProjection, use_lean_activations
 from aha.models.loading import load_model, load_tokenizer
 from aha.models.positions import left_padded_position_ids
 from aha.rollout.base import SamplingParams
@@ -116,6 +118,23 @@ def test_kernel_builds_here_and_keeps_denormals():
     assert load_decode_kernel() is not None
     tiny = torch.tensor(1e-40)
     assert (tiny * 1.0).item() > 0.0
+
+
+@pytest.mark.parametrize("name", ["tiny_llama", "tiny_qwen2"])
+def test_a_model_switched_to_lean_activations_keeps_the_fast_step(name, request):
+    """The trainers switch the policy to lean activations (its q, k, v projections included) before the
+    sampler sees it; the decode step must still take it, and sample what it samples from the HF model."""
+    model, tokenizer = request.getfixturevalue(name)
+    lean = copy.deepcopy(model)
+    assert use_lean_activations(lean) > 0
+    assert any(type(m) is LeanProjection for m in lean.modules())
+    assert type(decode_step_for(lean, 64)) is type(decode_step_for(model, 64))
+    assert decode_step_for(lean, 64, kernel=False) is not None
+    greedy = SamplingParams(max_new_tokens=12, temperature=0)
+    lean_batch = NativeSampler(lean, tokenizer).generate(PROMPTS, greedy)
+    assert torch.equal(
+        lean_batch.completion_ids, NativeSampler(model, tokenizer).generate(PROMPTS, greedy).completion_ids
+    )
 
 
 def test_kernel_falls_back_to_the_torch_step_without_a_compiler(tiny_llama, monkeypatch, tmp_path):

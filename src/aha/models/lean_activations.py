@@ -260,6 +260,17 @@ def _lean_class(cls: type, forward) -> type:
     return _LEAN_CLASSES[cls]
 
 
+# The class of the switched q, k, v projections.
+LeanProjection = _lean_class(nn.Linear, _lean_projection_forward)
+
+
+def is_plain_linear(module: nn.Module) -> bool:
+    """Whether `module`'s forward is exactly F.linear(x, weight, bias): an nn.Linear, or one switched to
+    the lean projection (which changes only what its backward keeps). Code that reads a model's weights to
+    compute its layers itself (the native decode step) accepts both."""
+    return type(module) is nn.Linear or type(module) is LeanProjection
+
+
 def _is_silu_mlp(module: nn.Module) -> bool:
     act = getattr(module, "act_fn", None)
     linears = [getattr(module, name, None) for name in ("gate_proj", "up_proj", "down_proj")]
@@ -285,7 +296,7 @@ def use_lean_activations(model: nn.Module) -> int:
             for name in ATTENTION_INPUT_PROJECTIONS:
                 projection = getattr(module, name, None)
                 if type(projection) is nn.Linear:
-                    projection.__class__ = _lean_class(nn.Linear, _lean_projection_forward)
+                    projection.__class__ = LeanProjection
         else:
             continue
         switched += 1

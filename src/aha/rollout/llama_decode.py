@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from transformers import PreTrainedModel
 
+from aha.models.lean_activations import is_plain_linear
 from aha.rollout.decode_kernel import KernelDecodeStep, load_decode_kernel
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2")
@@ -89,9 +89,9 @@ def decode_step_for(
             mlp.up_proj,
             mlp.down_proj,
         ]
-        if any(type(m) is not nn.Linear for m in linears) or any(m.bias is not None for m in linears[3:]):
+        if not all(is_plain_linear(m) for m in linears) or any(m.bias is not None for m in linears[3:]):
             return None
-    if type(model.lm_head) is not nn.Linear or model.lm_head.bias is not None:
+    if not is_plain_linear(model.lm_head) or model.lm_head.bias is not None:
         return None
     step = LlamaDecodeStep(model, max_positions)
     library = load_decode_kernel() if kernel else None
