@@ -142,7 +142,7 @@ def policy_update(
                 metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip))
             optimizer.step()
             # Released now, not at the next update: sampling and the reference pass in between would
-            # otherwise hold a model-sized buffer of stale gradients (its memory peak on the 25M bench).
+            # otherwise hold a model-sized buffer of stale gradients (docs/ARCHITECTURE.md: what it cost).
             optimizer.zero_grad(set_to_none=True)
             metrics["loss"] = loss_total
             for k, v in metrics.items():
