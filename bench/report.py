@@ -79,9 +79,15 @@ def _machine(data: dict) -> str:
         f"- Software: Python {m['python']}, torch {m['torch']}, transformers {m['transformers']}, TRL {m['trl']}",
     ]
     if peak:
+        measured = peak.get("measured_gflops", [])
+        when = (
+            f", the better of before ({measured[0]:.1f}) and after the runs ({measured[1]:.1f})"
+            if len(measured) == 2
+            else ""
+        )
         lines.append(
             f"- Measured fp32 matmul peak: {peak['gflops']:.1f} GFLOP/s "
-            f"({peak['size']}x{peak['size']} matmul, {peak['threads']} threads, best of repeats)"
+            f"({peak['size']}x{peak['size']} matmul, {peak['threads']} threads, best of repeats{when})"
         )
     load0, load1 = data["load_average_start"], data["load_average_end"]
     lines.append(

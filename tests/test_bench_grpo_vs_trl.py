@@ -64,7 +64,12 @@ def test_quick_run_end_to_end(tmp_path):
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    result = json.loads(out.read_text())["sizes"]["toy"]
+    data = json.loads(out.read_text())
+    result = data["sizes"]["toy"]
+    # Rates measured before and after the runs; the better of the two is the denominator.
+    assert len(data["matmul_peak"]["measured_gflops"]) == 2
+    assert data["matmul_peak"]["gflops"] == max(data["matmul_peak"]["measured_gflops"])
+    assert result["decode_matmul_gflops"] == max(result["decode_matmul_gflops_measured"])
     for tool in tools:
         assert result[tool]["completion_lengths"] == [8.0], f"{tool} did not generate exactly 8 tokens"
         assert result[tool]["step_s_median"] > 0 and result[tool]["peak_rss_gb"] > 0.05
