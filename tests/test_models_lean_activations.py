@@ -227,20 +227,23 @@ def test_layer_kernels_fall_back_without_a_compiler(monkeypatch, tmp_path):
     "dtype, compiled", [(torch.float32, False), (torch.float32, True), (torch.bfloat16, False)]
 )
 def test_lean_modules_compute_what_the_hf_modules_compute(dtype, compiled, request):
-    """Bitwise the HF outputs with torch ops; to float32 rounding with the compiled passes."""
+    """Bitwise the HF outputs with torch ops; to float32 rounding with the compiled passes. The norm
+    followed by the MLP takes the path where gate and up recompute the norm's output in backward."""
     if not compiled:
         request.getfixturevalue("torch_ops_only")
     elif load_layer_kernels() is None:
         pytest.skip("no layer kernels on this machine")
     config = LlamaConfig(hidden_size=16, intermediate_size=40, num_attention_heads=2, mlp_bias=True)
     torch.manual_seed(0)
-    modules = [LlamaRMSNorm(16, eps=1e-5), LlamaMLP(config)]
+    norm = LlamaRMSNorm(16, eps=1e-5)
     with torch.no_grad():
-        modules[0].weight.normal_()
-    for hf in modules:
+        norm.weight.normal_()
+    mlp = LlamaMLP(config)
+    cases = [(norm, 1), (mlp, 1), (torch.nn.Sequential(copy.deepcopy(norm), copy.deepcopy(mlp)), 2)]
+    for hf, switched in cases:
         hf.to(dtype)
         lean = copy.deepcopy(hf)
-        assert use_lean_activations(lean) == 1
+        assert use_lean_activations(lean) == switched
         x = torch.randn(2, 7, 16, dtype=dtype)
         x_hf, x_lean = x.clone().requires_grad_(), x.clone().requires_grad_()
         out_hf, out_lean = hf(x_hf), lean(x_lean)
@@ -333,32 +336,6 @@ def test_projections_of_a_norm_gradients_match_finite_differences(with_bias):
 
     inputs = (x, norm_weight, w1, w2, *([b1] if with_bias else []))
     assert torch.autograd.gradcheck(norm_then_projections, inputs)
-
-
-@pytest.mark.parametrize("compiled", [False, True])
-def test_an_mlp_after_a_lean_norm_matches_hf(compiled, request):
-    """The MLP's gate and up recompute the norm's output in backward: HF's outputs and gradients."""
-    if not compiled:
-        request.getfixturevalue("torch_ops_only")
-    elif load_layer_kernels() is None:
-        pytest.skip("no layer kernels on this machine")
-    config = LlamaConfig(hidden_size=16, intermediate_size=40, num_attention_heads=2, mlp_bias=True)
-    torch.manual_seed(0)
-    hf = torch.nn.Sequential(LlamaRMSNorm(16, eps=1e-5), LlamaMLP(config))
-    with torch.no_grad():
-        hf[0].weight.normal_()
-    lean = copy.deepcopy(hf)
-    assert use_lean_activations(lean) == 2
-    x = torch.randn(2, 7, 16)
-    x_hf, x_lean = x.clone().requires_grad_(), x.clone().requires_grad_()
-    out_hf, out_lean = hf(x_hf), lean(x_lean)
-    torch.testing.assert_close(out_lean, out_hf, rtol=1e-5, atol=1e-6)
-    grad = torch.randn_like(out_hf)
-    out_hf.backward(grad)
-    out_lean.backward(grad)
-    torch.testing.assert_close(x_lean.grad, x_hf.grad, rtol=1e-5, atol=1e-6)
-    for (name, p_lean), p_hf in zip(lean.named_parameters(), hf.parameters(), strict=True):
-        torch.testing.assert_close(p_lean.grad, p_hf.grad, rtol=1e-5, atol=1e-6, msg=name)
 
 
 @pytest.mark.parametrize("architecture", ["llama", "qwen2"])
