@@ -189,7 +189,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
                 "settings": settings,
                 "flops": flops,
                 "decode_work": decode_work,
-                "decode_gflops": [
+                "decode_matmul_gflops_measured": [
                     measure_decode_matmul_rate(*decode_work, args.threads, repeats=decode_repeats)
                 ],
                 "model": {**asdict(size), "parameters": params, "prompt_tokens": prompt_len},
@@ -230,16 +230,15 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         peak = max(peaks, key=lambda p: p.gflops)
         for key in args.sizes:
             info = {k: v for k, v in prepared[key].items() if k not in ("settings", "flops", "decode_work")}
-            info["decode_gflops"].append(
+            info["decode_matmul_gflops_measured"].append(
                 measure_decode_matmul_rate(
                     *prepared[key]["decode_work"], args.threads, repeats=decode_repeats
                 )
             )
-            flops, decode_gflops = prepared[key]["flops"], max(info["decode_gflops"])
+            flops, decode_gflops = prepared[key]["flops"], max(info["decode_matmul_gflops_measured"])
             info.update(
                 {
                     "decode_matmul_gflops": decode_gflops,
-                    "decode_matmul_gflops_measured": info.pop("decode_gflops"),
                     # The step's model work at the best rates measured here: training at the matmul
                     # peak, generation at the rate of its own matmuls with the batch's rows.
                     "attainable_step_s": flops.training / (peak.gflops * 1e9)
