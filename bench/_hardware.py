@@ -13,6 +13,7 @@ import platform
 import resource
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 
 @dataclass
@@ -193,12 +194,25 @@ def machine_description() -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
+        "allocator": memory_allocator(),
     }
     try:  # the version from the package metadata: importing trl here would cost seconds
         info["trl"] = importlib.metadata.version("trl")
     except importlib.metadata.PackageNotFoundError:
         info["trl"] = None
     return info
+
+
+def memory_allocator() -> str:
+    """The malloc the benchmark's processes use (they inherit the environment), with its tuning: peak RSS
+    on the CPU depends on it as much as on the tool (bench/README: glibc vs jemalloc)."""
+    preloaded = [Path(p).name for p in os.environ.get("LD_PRELOAD", "").replace(":", " ").split()]
+    allocator = next((p for p in preloaded if "malloc" in p), None)
+    if allocator is None:
+        libc, version = platform.libc_ver()
+        allocator = f"{libc} {version} malloc" if libc else "the C library's malloc"
+    tuning = [f"{k}={os.environ[k]}" for k in ("GLIBC_TUNABLES", "MALLOC_CONF") if os.environ.get(k)]
+    return " ".join([allocator, *tuning])
 
 
 def _cpu_model() -> str:

@@ -77,6 +77,7 @@ def _machine(data: dict) -> str:
     lines = [
         f"- Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, {m['memory_gib']} GiB, {m['os']}",
         f"- Software: Python {m['python']}, torch {m['torch']}, transformers {m['transformers']}, TRL {m['trl']}",
+        f"- Memory allocator (both tools): {m.get('allocator', 'not recorded')}",
     ]
     if peak:
         measured = peak.get("measured_gflops", [])
@@ -135,7 +136,9 @@ def render_grpo_vs_trl(data: dict) -> str:
     out += [
         "",
         "Ratios to TRL (step time: taken within each repeat, median and min-max over repeats; peak RSS: "
-        f"the largest of each tool's runs). Targets: step time <= {TARGET_STEP_RATIO}, peak RSS <= 1.",
+        f"the largest of each tool's runs). Targets: step time <= {TARGET_STEP_RATIO}, peak RSS <= 1. "
+        "With glibc's malloc, heap fragmentation sets a large part of both tools' peaks (bench/README: "
+        "under jemalloc TRL's falls further than aha's).",
         "",
         "| model | aha step / TRL | aha RSS / TRL | aha, micro-batches: step / TRL | aha, micro-batches: RSS / TRL "
         "| floor step / TRL | aha step / floor | attainable step / TRL |",

@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 from _flops import LlamaShape, decode_projection_shapes, forward_flops, grpo_step_flops  # noqa: E402
+from _hardware import memory_allocator  # noqa: E402
 
 
 def test_forward_flops_by_hand():
@@ -39,6 +40,18 @@ def test_decode_projection_shapes_by_hand():
     shape = LlamaShape(hidden=8, layers=2, heads=4, kv_heads=2, intermediate=6, vocab=11)
     layer = [(16, 8), (8, 8), (12, 8), (8, 6)]
     assert decode_projection_shapes(shape) == layer * 2 + [(11, 8)]
+
+
+def test_the_allocator_is_named_with_its_tuning(monkeypatch):
+    # Peak RSS depends on the malloc as much as on the tool, so the report names it.
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    monkeypatch.delenv("MALLOC_CONF", raising=False)
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=1048576")
+    assert memory_allocator().endswith("malloc GLIBC_TUNABLES=glibc.malloc.mmap_threshold=1048576")
+    monkeypatch.delenv("GLIBC_TUNABLES")
+    monkeypatch.setenv("LD_PRELOAD", "/opt/lib/libfoo.so /usr/lib/x86_64-linux-gnu/libjemalloc.so.2")
+    monkeypatch.setenv("MALLOC_CONF", "dirty_decay_ms:-1")
+    assert memory_allocator() == "libjemalloc.so.2 MALLOC_CONF=dirty_decay_ms:-1"
 
 
 def test_quick_run_end_to_end(tmp_path):
@@ -88,5 +101,6 @@ def test_quick_run_end_to_end(tmp_path):
 
     text = report.write_report(out.parent, tmp_path / "benchmarks.md").read_text()
     assert "python bench/grpo_vs_trl.py --quick" in text
+    assert f"- Memory allocator (both tools): {data['machine']['allocator']}" in text
     for tool in tools:
         assert f"| toy | 0.02M | {report.TOOL_NAMES[tool]} |" in text
