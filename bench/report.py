@@ -136,9 +136,8 @@ def render_grpo_vs_trl(data: dict) -> str:
     out += [
         "",
         "Ratios to TRL (step time: taken within each repeat, median and min-max over repeats; peak RSS: "
-        f"the largest of each tool's runs). Targets: step time <= {TARGET_STEP_RATIO}, peak RSS <= 1. "
-        "With glibc's malloc, heap fragmentation sets a large part of both tools' peaks (bench/README: "
-        "under jemalloc TRL's falls further than aha's).",
+        f"the largest of each tool's runs). Targets: step time <= {TARGET_STEP_RATIO}, peak RSS <= 1."
+        + _allocator_caveat(data["machine"]),
         "",
         "| model | aha step / TRL | aha RSS / TRL | aha, micro-batches: step / TRL | aha, micro-batches: RSS / TRL "
         "| floor step / TRL | aha step / floor | attainable step / TRL |",
@@ -200,6 +199,16 @@ def _against_target(step: dict | None, rss: float | None) -> str:
     step_cell = "-" if step is None else f"{_ratio(step)} {_mark(step['median'] <= TARGET_STEP_RATIO)}"
     rss_cell = "-" if rss is None else f"{rss:.2f} {_mark(rss <= 1)}"
     return f"{step_cell} | {rss_cell}"
+
+
+def _allocator_caveat(machine: dict) -> str:
+    """The fragmentation caveat on peak RSS, for runs under glibc's malloc (the one it was measured for)."""
+    if not machine.get("allocator", "").startswith("glibc"):
+        return ""
+    return (
+        " With glibc's malloc, heap fragmentation sets a large part of both tools' peaks (bench/README: "
+        "under jemalloc TRL's falls further than aha's)."
+    )
 
 
 def _memory_settings(settings: dict, results) -> str:
