@@ -116,7 +116,6 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="the toy model and a 2-step SFT demo model")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
