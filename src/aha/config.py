@@ -8,7 +8,9 @@ Conventions for config classes:
 - declare every field with `option(..., help=...)` so `aha <cmd> --help` can explain it;
 - nested sections are fields whose type is another dataclass;
 - cross-field checks go in a `validate(self) -> None` method that raises `ConfigError`; `load_config`
-  calls it on every (nested) dataclass and prefixes the section's key path to the message.
+  calls it on every (nested) dataclass and prefixes the section's key path to the message;
+- an option that was removed or renamed goes in a `removed_options: ClassVar[dict[str, tuple[str, str]]]`
+  of its class (old name -> (the option to set instead, why)), so an old config fails naming the new one.
 """
 
 from __future__ import annotations
@@ -186,6 +188,12 @@ class _Builder:
 
     def _unknown_key(self, cls: type, name: str, prefix: str) -> None:
         key = f"{prefix}{name}"
+        removed = getattr(cls, "removed_options", {}).get(name)
+        if removed is not None:
+            replacement, why = removed
+            raise ConfigError(
+                f"{key} (from {self.source(key)}) is no longer an option: set {prefix}{replacement} instead; {why}"
+            )
         known = [f.name for f in dataclasses.fields(cls) if f.init]
         close = difflib.get_close_matches(name, known, n=1)
         if close:

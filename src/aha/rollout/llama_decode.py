@@ -68,7 +68,9 @@ def decode_step_for(
 ) -> LlamaDecodeStep | KernelDecodeStep | None:
     """A decode step for `model` if it is a plain (unwrapped, unquantised) Llama or Qwen2 with full
     attention, SiLU MLPs and static rotary angles; otherwise None. For an fp32 model on the CPU it is the
-    compiled step where that builds here (`kernel=False`: always the torch step)."""
+    compiled step where that builds here (`kernel=False`: always the torch step), except under autocast:
+    the compiled step computes in float32 whatever autocast asks, and a run's rollouts must be computed
+    at the precision its training forwards are (aha.train.precision)."""
     config = model.config
     if getattr(config, "model_type", None) not in SUPPORTED_MODEL_TYPES:
         return None
@@ -95,7 +97,13 @@ def decode_step_for(
         return None
     step = LlamaDecodeStep(model, max_positions)
     library = load_decode_kernel() if kernel else None
-    if library is not None and step.embed.device.type == "cpu" and step.embed.dtype == torch.float32:
+    on_cpu = step.embed.device.type == "cpu"
+    if (
+        library is not None
+        and on_cpu
+        and step.embed.dtype == torch.float32
+        and not torch.is_autocast_enabled("cpu")
+    ):
         return KernelDecodeStep(step, library)
     return step
 
@@ -114,7 +122,12 @@ class LlamaDecodeStep:
         self.intermediate = model.model.layers[0].mlp.gate_proj.out_features
         self.embed = model.model.embed_tokens.weight
         self.final_norm = model.model.norm.weight
-        self.lm_head = Projection(model.lm_head.weight)
+        # Under autocast the products run in its dtype: the weights are fused in it, once per call, or
+        # autocast would cast them again at every token (it keeps casts of parameters, not of copies).
+        device_type = self.embed.device.type
+        enabled = torch.is_autocast_enabled(device_type)
+        self.matmul_dtype = torch.get_autocast_dtype(device_type) if enabled else None
+        self.lm_head = self._projection(model.lm_head.weight)
         self.layers = [self._fuse(layer) for layer in model.model.layers]
         positions = torch.arange(max_positions, device=self.embed.device)[None]
         cos, sin = model.model.rotary_emb(self.embed[:1], positions)
@@ -123,19 +136,21 @@ class LlamaDecodeStep:
         self.cos, self.sin = cos[0], sin[0].clone()
         self.sin[:, :half] = -self.sin[:, :half]
 
-    @staticmethod
-    def _fuse(layer) -> _LayerWeights:
+    def _projection(self, weight: torch.Tensor) -> Projection:
+        return Projection(weight if self.matmul_dtype is None else weight.to(self.matmul_dtype))
+
+    def _fuse(self, layer) -> _LayerWeights:
         attn, mlp = layer.self_attn, layer.mlp
         projections = (attn.q_proj, attn.k_proj, attn.v_proj)
         biases = [p.bias for p in projections]
         return _LayerWeights(
             input_norm=layer.input_layernorm.weight,
-            qkv=Projection(torch.cat([p.weight for p in projections])),
+            qkv=self._projection(torch.cat([p.weight for p in projections])),
             qkv_bias=torch.cat(biases) if all(b is not None for b in biases) else None,
-            out=Projection(attn.o_proj.weight),
+            out=self._projection(attn.o_proj.weight),
             post_norm=layer.post_attention_layernorm.weight,
-            gate_up=Projection(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])),
-            down=Projection(mlp.down_proj.weight),
+            gate_up=self._projection(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])),
+            down=self._projection(mlp.down_proj.weight),
         )
 
     def _rms_norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from aha.config import ConfigError, option
 
@@ -10,8 +11,13 @@ from aha.config import ConfigError, option
 @dataclass
 class ModelConfig:
     path: str = option(help="Hugging Face model directory or hub id (loaded with from_pretrained).")
-    dtype: str = option(
-        "float32", choices=("float32", "bfloat16", "float16"), help="Parameter dtype for training."
+    precision: str = option(
+        "auto",
+        choices=("auto", "fp32", "bf16-mixed", "fp16-mixed"),
+        help="How the model computes; weights and AdamW state are always float32. bf16-mixed / fp16-mixed "
+        "run every forward (training, reference, rollouts, evaluation) under autocast; fp16-mixed also "
+        "scales the loss (skipping steps whose gradients overflow). auto: bf16-mixed on a CUDA device "
+        "with bf16 support, fp32 elsewhere (the CPU included).",
     )
     device: str = option("auto", help="'auto' (CUDA if available, else CPU), 'cpu' or 'cuda[:N]'.")
     trust_remote_code: bool = option(
@@ -22,8 +28,18 @@ class ModelConfig:
         help="Train Llama-family models with MLP, RMSNorm and attention forwards that keep fewer "
         "activations for backward (the same outputs to float32 rounding, 35% fewer saved bytes at 25M "
         "parameters; compiled single passes for float32 on the CPU, the attention's rotary embedding "
-        "included: about 10-15% faster there).",
+        "included: about 10-15% faster there). Applied to fp32 runs on the CPU only; elsewhere it steps "
+        "aside and says why.",
     )
+
+    # Options that no longer exist: name -> (the option that replaces it, why). aha.config reports them.
+    removed_options: ClassVar[dict[str, tuple[str, str]]] = {
+        "dtype": (
+            "precision",
+            "weights now stay float32 and bf16/fp16 is used under autocast (fp32, bf16-mixed, "
+            "fp16-mixed or auto); pure bf16 weights lost every update below bf16's resolution",
+        )
+    }
 
 
 @dataclass

@@ -12,7 +12,6 @@ Metrics, samples, held-out evaluation and atomic checkpoints are written to the 
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,12 +24,14 @@ from aha.rewards.base import compute_rewards
 from aha.rewards.signals import completion_signals
 from aha.rollout import make_engine
 from aha.rollout.base import SamplingParams
+from aha.track.memory import peak_memory_metrics, reset_peak_memory
 from aha.track.plots import plot_metrics
 from aha.track.samples import format_samples_table
 from aha.train.checkpoint import latest_checkpoint, load_checkpoint
 from aha.train.evaluate import EvalResult, evaluate
 from aha.train.grpo_config import GRPORunConfig
 from aha.train.policy_update import PolicyLossSettings, UpdateBatch, completion_logprobs, policy_update
+from aha.train.reference import ReferencePolicy
 from aha.train.session import TrainingSession, load_prompt_sets
 
 __all__ = ["GRPORunConfig", "GRPOResult", "run_grpo"]
@@ -48,13 +49,13 @@ class GRPOResult:
 def run_grpo(cfg: GRPORunConfig, resume: bool = False) -> GRPOResult:
     """Train with GRPO as configured; with `resume`, continue from the run directory's last checkpoint."""
     session = TrainingSession.start(cfg, resume=resume, total_steps=cfg.train.steps)
-    model, tokenizer, device = session.model, session.tokenizer, session.device
+    model, tokenizer, device, precision = session.model, session.tokenizer, session.device, session.precision
     train_set, eval_set = load_prompt_sets(cfg.data, cfg.run.seed)
     sampler = session.prompt_sampler(train_set, cfg.train.prompts_per_step)
     rewards = session.reward_specs(cfg.rewards)
     engine = make_engine(cfg.rollout.engine, model, tokenizer)
     estimator = get_advantage_estimator(cfg.algo.advantage)
-    ref_model = _frozen_copy(model) if cfg.algo.beta > 0 else None
+    ref_model = ReferencePolicy(model, precision, device, cfg.algo.ref_offload) if cfg.algo.beta > 0 else None
     G = cfg.rollout.group_size
     batch_rows = cfg.train.prompts_per_step * G
     settings = PolicyLossSettings(
@@ -76,15 +77,17 @@ def run_grpo(cfg: GRPORunConfig, resume: bool = False) -> GRPOResult:
     eval_examples = eval_set[: cfg.eval.num_prompts]
 
     def run_eval() -> EvalResult:
-        return evaluate(
-            engine, eval_examples, rewards, eval_params, success_threshold=cfg.eval.success_threshold
-        )
+        with precision.autocast():  # rollouts sample at the precision the policy trains at
+            return evaluate(
+                engine, eval_examples, rewards, eval_params, success_threshold=cfg.eval.success_threshold
+            )
 
     start_step = 0
     if resume and (ckpt := latest_checkpoint(session.run_dir)) is not None:
         state = load_checkpoint(ckpt, model, session.optimizer, session.scheduler)
         start_step = state["step"]
         sampler.load_state_dict(state["extra"]["sampler"])
+        precision.load_state_dict(state["extra"])
         if ref_model is not None and "ref_model" in state["extra"]:
             ref_model.load_state_dict(state["extra"]["ref_model"])
         session.progress_from(start_step)
@@ -102,6 +105,7 @@ def run_grpo(cfg: GRPORunConfig, resume: bool = False) -> GRPOResult:
 
     for step in range(start_step + 1, cfg.train.steps + 1):
         t0 = time.perf_counter()
+        reset_peak_memory(device)
         examples = next(sampler)
         prompts = [ex.prompt for ex in examples for _ in range(G)]
         fields = batch_fields([ex for ex in examples for _ in range(G)])
@@ -115,7 +119,8 @@ def run_grpo(cfg: GRPORunConfig, resume: bool = False) -> GRPOResult:
             seed=cfg.run.seed * 1_000_003 + step,  # per-step seed: a resumed run samples what it would have
         )
         model.eval()
-        rollout = engine.generate(prompts, params)
+        with precision.autocast():
+            rollout = engine.generate(prompts, params)
         t_gen = time.perf_counter()
 
         scored = compute_rewards(rewards, prompts, rollout.completions, fields, on_error=_on_error(cfg))
@@ -135,9 +140,9 @@ def run_grpo(cfg: GRPORunConfig, resume: bool = False) -> GRPOResult:
         metrics: dict[str, float] = {}
         if batch.input_ids.shape[0] > 0:
             if ref_model is not None:
-                batch.ref_logprobs = completion_logprobs(ref_model, batch, cfg.rollout.temperature)
+                batch.ref_logprobs = ref_model.logprobs(batch, cfg.rollout.temperature)
             if reuse_batch:
-                batch.old_logprobs = completion_logprobs(model, batch, cfg.rollout.temperature)
+                batch.old_logprobs = completion_logprobs(model, batch, cfg.rollout.temperature, precision)
             metrics = policy_update(
                 model,
                 session.optimizer,
@@ -149,11 +154,12 @@ def run_grpo(cfg: GRPORunConfig, resume: bool = False) -> GRPOResult:
                 grad_clip=cfg.optim.grad_clip,
                 generator=update_generator,
                 micro_batch_size=cfg.train.micro_batch_size,
+                precision=precision,
             )
         metrics["update/skipped"] = float(batch.input_ids.shape[0] == 0)
         session.scheduler.step()
         if ref_model is not None and cfg.algo.ref_sync_every and step % cfg.algo.ref_sync_every == 0:
-            ref_model.load_state_dict(model.state_dict())
+            ref_model.sync_from(model)
         t_end = time.perf_counter()
 
         num_tokens = int(rollout.completion_mask.sum())
@@ -172,6 +178,7 @@ def run_grpo(cfg: GRPORunConfig, resume: bool = False) -> GRPOResult:
                 "time/update_s": t_end - t_reward,
                 "time/step_s": t_end - t0,
                 "throughput/tokens_per_s": num_tokens / max(t_gen - t0, 1e-9),
+                **precision.metrics(),
             }
         )
         if cfg.eval.every and step % cfg.eval.every == 0 and step != cfg.train.steps:
@@ -203,6 +210,7 @@ def run_grpo(cfg: GRPORunConfig, resume: bool = False) -> GRPOResult:
                     "eval/length_mean": final.completion_length_mean,
                 }
             )
+        metrics.update(peak_memory_metrics(device))  # the step's peak, evaluation included
         session.log(step, metrics)
         session.progress.update(
             step,
@@ -220,18 +228,12 @@ def run_grpo(cfg: GRPORunConfig, resume: bool = False) -> GRPOResult:
     return GRPOResult(session.run_dir, session.history, final)
 
 
-def _resume_state(sampler: PromptSampler, ref_model: torch.nn.Module | None, cfg: GRPORunConfig) -> dict:
+def _resume_state(sampler: PromptSampler, ref_model: ReferencePolicy | None, cfg: GRPORunConfig) -> dict:
     """What a checkpoint needs beyond the model and optimizer to resume exactly."""
     extra = {"sampler": sampler.state_dict()}
     if ref_model is not None and cfg.algo.ref_sync_every:
         extra["ref_model"] = ref_model.state_dict()
     return extra
-
-
-def _frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
-    ref = copy.deepcopy(model).eval()
-    ref.requires_grad_(False)
-    return ref
 
 
 def _on_error(cfg: GRPORunConfig) -> str | float:

@@ -99,6 +99,12 @@ class AlgoConfig:
     ref_sync_every: int = option(
         0, help="Reset the reference policy to the current policy every N steps (0 = never)."
     )
+    ref_offload: bool = option(
+        False,
+        help="Keep the reference policy in CPU memory and move it to the GPU only for its pass (once per "
+        "step): frees its share of GPU memory for a host-to-device and device-to-host copy of its weights "
+        "each step. No effect when training on the CPU.",
+    )
     drop_zero_variance_groups: bool = option(
         False, help="Leave groups whose rewards are all equal out of the loss (they carry no signal)."
     )

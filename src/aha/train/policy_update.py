@@ -15,6 +15,9 @@ from aha.algos.logprobs import token_entropy
 from aha.algos.masked import masked_mean
 from aha.algos.policy_loss import aggregate_loss, clipped_surrogate, micro_batch_weight
 from aha.models.forward import score_completions
+from aha.train.precision import Precision
+
+FP32 = Precision("fp32")
 
 
 @dataclass
@@ -57,25 +60,33 @@ LOGITS_PER_PASS = 1 << 26
 
 
 @torch.no_grad()
-def completion_logprobs(model: PreTrainedModel, batch: UpdateBatch, temperature: float) -> torch.Tensor:
+def completion_logprobs(
+    model: PreTrainedModel, batch: UpdateBatch, temperature: float, precision: Precision = FP32
+) -> torch.Tensor:
     """Log-probs of the completion tokens under `model` without gradients (reference / old policy)."""
     completion_len = batch.completion_mask.shape[1]
     vocab = model.config.get_text_config().vocab_size
     rows = max(1, LOGITS_PER_PASS // (max(completion_len, 1) * vocab))
-    parts = [
-        score_completions(model, ids, mask, completion_len, temperature).logprobs
-        for ids, mask in zip(batch.input_ids.split(rows), batch.attention_mask.split(rows), strict=True)
-    ]
+    with precision.autocast():
+        parts = [
+            score_completions(model, ids, mask, completion_len, temperature).logprobs
+            for ids, mask in zip(batch.input_ids.split(rows), batch.attention_mask.split(rows), strict=True)
+        ]
     return torch.cat(parts)
 
 
 def minibatch_loss(
-    model: PreTrainedModel, mb: UpdateBatch, settings: PolicyLossSettings, with_entropy: bool
+    model: PreTrainedModel,
+    mb: UpdateBatch,
+    settings: PolicyLossSettings,
+    with_entropy: bool,
+    precision: Precision = FP32,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Loss of one minibatch: clipped surrogate + beta * KL, aggregated as configured."""
-    scores = score_completions(
-        model, mb.input_ids, mb.attention_mask, mb.completion_mask.shape[1], settings.temperature
-    )
+    with precision.autocast():  # the model's forward only; the loss is computed from float32 log-probs
+        scores = score_completions(
+            model, mb.input_ids, mb.attention_mask, mb.completion_mask.shape[1], settings.temperature
+        )
     logprobs, mask = scores.logprobs, mb.completion_mask
     old = logprobs.detach() if mb.old_logprobs is None else mb.old_logprobs
     per_token, stats = clipped_surrogate(
@@ -106,6 +117,7 @@ def policy_update(
     grad_clip: float,
     generator: torch.Generator,
     micro_batch_size: int = 0,
+    precision: Precision = FP32,
 ) -> dict[str, float]:
     """`passes` epochs over the batch, each split into `minibatches` optimizer steps of whole groups.
 
@@ -113,7 +125,9 @@ def policy_update(
     groups. Each minibatch is run `micro_batch_size` completions at a time (whole groups; 0 = all at
     once), its gradients accumulated with `micro_batch_weight` so the update is the same either way.
     Metrics are averaged over all optimizer steps; entropy comes from the first pass. Gradients are
-    released after each optimizer step, so none are held between updates.
+    released after each optimizer step, so none are held between updates. Forwards run under
+    `precision` (fp16-mixed: loss-scaled, and a step whose gradients overflowed is skipped and counted
+    in `amp/step_skipped`, averaged over the optimizer steps).
     """
     num_groups = batch.input_ids.shape[0] // group_size
     groups_per_pass = max(1, micro_batch_size // group_size) if micro_batch_size else num_groups
@@ -129,18 +143,20 @@ def policy_update(
             loss_total = 0.0
             for micro_groups in group_ids.split(groups_per_pass):
                 mb = batch.select(_rows(micro_groups, group_size).to(batch.input_ids.device))
-                loss, micro_metrics = minibatch_loss(model, mb, settings, with_entropy=p == 0)
+                loss, micro_metrics = minibatch_loss(model, mb, settings, p == 0, precision)
                 weight = micro_batch_weight(mb.completion_mask, full_mask, settings.loss_agg)
-                (loss * weight).backward()
+                precision.backward(loss * weight)
                 loss_total += float(loss.detach()) * weight
                 _accumulate(
                     metrics,
                     micro_metrics,
                     token_share=micro_batch_weight(mb.completion_mask, full_mask, "token-mean"),
                 )
-            if grad_clip > 0:
-                metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip))
-            optimizer.step()
+            result = precision.step(optimizer, grad_clip if grad_clip > 0 else None)
+            if result.grad_norm is not None:
+                metrics["grad_norm"] = result.grad_norm
+            if precision.scaler is not None:
+                metrics["amp/step_skipped"] = float(result.skipped)
             # Released now, not at the next update: sampling and the reference pass in between would
             # otherwise hold a model-sized buffer of stale gradients (docs/ARCHITECTURE.md: what it cost).
             optimizer.zero_grad(set_to_none=True)

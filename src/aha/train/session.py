@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ from aha.track.samples import SampleWriter
 from aha.train.checkpoint import save_checkpoint
 from aha.train.common_config import resolve_device
 from aha.train.optim import build_optimizer, build_scheduler
+from aha.train.precision import Precision, lean_activations_blocker
 
 
 class RunDirectoryError(RuntimeError):
@@ -48,6 +50,7 @@ class TrainingSession:
     samples: SampleWriter
     progress: Progress
     total_steps: int
+    precision: Precision
     history: list[dict] = field(default_factory=list)
 
     @classmethod
@@ -64,11 +67,15 @@ class TrainingSession:
             torch.set_num_threads(cfg.run.threads)
         device = resolve_device(cfg.model.device)
         tokenizer = load_tokenizer(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
-        model = load_model(
-            cfg.model.path, cfg.model.dtype, device, trust_remote_code=cfg.model.trust_remote_code
-        )
+        precision = Precision(cfg.model.precision, device)
+        # float32 master weights whatever the precision: autocast computes in bf16/fp16 (precision.py)
+        model = load_model(cfg.model.path, "float32", device, trust_remote_code=cfg.model.trust_remote_code)
         if cfg.model.lean_activations:
-            use_lean_activations(model)
+            blocker = lean_activations_blocker(device, precision.name, lora_enabled=False)
+            if blocker is None:
+                use_lean_activations(model)
+            else:
+                print(f"model.lean_activations: off for this run: {blocker}", file=sys.stderr)
         optimizer = build_optimizer(model, cfg.optim.lr, cfg.optim.weight_decay)
         scheduler = build_scheduler(optimizer, cfg.optim.warmup_steps, total_steps, kind=cfg.optim.schedule)
         save_config(cfg, run_dir / "config.yaml")
@@ -84,6 +91,7 @@ class TrainingSession:
             samples=SampleWriter(run_dir),
             progress=Progress(total_steps, desc=run_dir.name, enabled=cfg.run.progress),
             total_steps=total_steps,
+            precision=precision,
         )
 
     def progress_from(self, step: int) -> None:
@@ -129,7 +137,7 @@ class TrainingSession:
             self.optimizer,
             self.scheduler,
             trainer_state={"stage": stage},
-            extra_state=extra_state(),
+            extra_state={**extra_state(), **self.precision.state_dict()},
             keep_last=self.cfg.run.keep_checkpoints,
         )
 

@@ -26,6 +26,7 @@ from aha.algos.logprobs import token_logprobs
 from aha.algos.masked import masked_mean
 from aha.config import ConfigError, option
 from aha.data.prompts import DataError, PromptExample, load_prompt_file
+from aha.track.memory import peak_memory_metrics, reset_peak_memory
 from aha.track.plots import plot_metrics
 from aha.train.checkpoint import latest_checkpoint, load_checkpoint
 from aha.train.common_config import ModelConfig, OptimConfig, RunConfig
@@ -204,7 +205,7 @@ def run_sft(cfg: SFTRunConfig, resume: bool = False) -> SFTResult:
             f"optim.warmup_steps={cfg.optim.warmup_steps} exceeds the {total_steps} training steps"
         )
     session = TrainingSession.start(cfg, resume=resume, total_steps=total_steps)
-    model, tokenizer, device = session.model, session.tokenizer, session.device
+    model, tokenizer, device, precision = session.model, session.tokenizer, session.device, session.precision
     sampler = session.prompt_sampler(train_set, cfg.train.batch_size)
     pad_id = _pad_id(tokenizer)
 
@@ -218,13 +219,15 @@ def run_sft(cfg: SFTRunConfig, resume: bool = False) -> SFTResult:
     encoded_eval = encode(eval_set, d.eval_file) if eval_set else []
 
     def eval_loss() -> float:
-        return heldout_loss(model, encoded_eval, pad_id, cfg.eval.batch_size, device)
+        with precision.autocast():
+            return heldout_loss(model, encoded_eval, pad_id, cfg.eval.batch_size, device)
 
     start_step = 0
     if resume and (ckpt := latest_checkpoint(session.run_dir)) is not None:
         state = load_checkpoint(ckpt, model, session.optimizer, session.scheduler)
         start_step = state["step"]
         sampler.load_state_dict(state["extra"]["sampler"])
+        precision.load_state_dict(state["extra"])
         session.progress_from(start_step)
     elif eval_set:
         session.log(0, {"eval/loss": eval_loss()})
@@ -233,23 +236,28 @@ def run_sft(cfg: SFTRunConfig, resume: bool = False) -> SFTResult:
     final_eval = None
     for step in range(start_step + 1, total_steps + 1):
         t0 = time.perf_counter()
+        reset_peak_memory(device)
         batch = pad_demonstrations([encoded_train[i] for i in sampler.next_indices()], pad_id, device)
-        loss = completion_nll(model, batch)
+        with precision.autocast():
+            loss = completion_nll(model, batch)
         session.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        precision.backward(loss)
         clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf  # inf: measure, don't clip
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), clip))
-        session.optimizer.step()
+        result = precision.step(session.optimizer, clip)
         session.scheduler.step()
         metrics = {
             "loss": loss.item(),
-            "grad_norm": grad_norm,
+            "grad_norm": result.grad_norm,
             "lr": session.scheduler.get_last_lr()[0],
             "tokens/completion": float(batch.loss_mask.sum()),
             "time/step_s": time.perf_counter() - t0,
+            **precision.metrics(),
         }
+        if precision.scaler is not None:
+            metrics["amp/step_skipped"] = float(result.skipped)
         if eval_set and ((cfg.eval.every and step % cfg.eval.every == 0) or step == total_steps):
             metrics["eval/loss"] = final_eval = eval_loss()
+        metrics.update(peak_memory_metrics(device))
         session.log(step, metrics)
         session.progress.update(step, loss=metrics["loss"])
         session.save_if_due(step, "sft", lambda: {"sampler": sampler.state_dict()})
