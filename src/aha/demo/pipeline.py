@@ -77,6 +77,11 @@ class DemoConfig:
     overwrite: bool = option(False, help="Delete an existing run directory first (else use --resume).")
     seed: int = option(0, help="Seed for the problems, the teacher, the initial weights and sampling.")
     threads: int = option(0, help="torch CPU threads (0 = torch's default).")
+    precision: str = option(
+        "fp32",
+        choices=("fp32", "bf16-mixed"),
+        help="model.precision of the SFT and GRPO stages (the held-out table is scored in fp32).",
+    )
     heldout_size: int | None = option(None, help="Held-out problems in the table (None = scenario default).")
     sampled_per_problem: int = option(4, help="Samples per held-out problem for the sampled accuracy.")
     progress: bool = option(True, help="Show progress bars.")
@@ -212,6 +217,7 @@ def _sft_config(cfg: DemoConfig, budget: Budget, model_dir: Path, data: Path, ou
         overrides=[
             f"model.path={model_dir}",
             "model.device=cpu",
+            f"model.precision={cfg.precision}",
             f"data.train_file={data}",
             f"train.steps={steps}",
             f"train.batch_size={cfg.sft.batch_size}",
@@ -234,6 +240,7 @@ def _grpo_config(
         overrides=[
             f"model.path={sft_model}",
             "model.device=cpu",
+            f"model.precision={cfg.precision}",
             f"data.train_file={files.grpo_train}",
             f"data.eval_file={files.heldout}",
             f"rewards.functions=[{REWARD}]",

@@ -22,7 +22,7 @@ def load_model(
 ) -> PreTrainedModel:
     """Load weights with safetensors where the checkpoint has them; remote code only if asked for."""
     if dtype not in DTYPES:
-        raise ValueError(f"model.dtype={dtype!r} is not one of {sorted(DTYPES)}")
+        raise ValueError(f"dtype={dtype!r} is not one of {sorted(DTYPES)}")
     model = AutoModelForCausalLM.from_pretrained(
         path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code, use_safetensors=None
     )

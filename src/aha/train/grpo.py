@@ -101,7 +101,6 @@ def run_grpo(cfg: GRPORunConfig, resume: bool = False) -> GRPOResult:
                 "eval/length_mean": first.completion_length_mean,
             },
         )
-    update_generator = torch.Generator().manual_seed(cfg.run.seed)
 
     for step in range(start_step + 1, cfg.train.steps + 1):
         t0 = time.perf_counter()
@@ -152,7 +151,8 @@ def run_grpo(cfg: GRPORunConfig, resume: bool = False) -> GRPOResult:
                 minibatches=cfg.algo.minibatches,
                 group_size=G,
                 grad_clip=cfg.optim.grad_clip,
-                generator=update_generator,
+                # seeded per step, as sampling is: a resumed run shuffles what it would have
+                generator=torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + step),
                 micro_batch_size=cfg.train.micro_batch_size,
                 precision=precision,
             )
