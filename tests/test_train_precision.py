@@ -67,6 +67,7 @@ def _sft_config(model_dir: Path, train: Path, out: Path, *overrides: str) -> SFT
         f"run.output_dir={out}",
         "run.progress=false",
         "train.batch_size=32",
+        "model.device=cpu",  # the CPU claims hold on a machine with a GPU too (CUDA tests override it)
     ]
     return load_config(SFTRunConfig, overrides=[*base, *overrides])
 
@@ -328,6 +329,7 @@ def _grpo_config(model_dir: Path, out: Path, *overrides: str) -> GRPORunConfig:
         "track.plot=false",
         "algo.beta=0.04",
         "algo.mu=2",
+        "model.device=cpu",
     ]
     return load_config(GRPORunConfig, overrides=[*base, *overrides])
 
@@ -394,7 +396,9 @@ def test_ref_offload_scores_as_the_resident_reference(tiny_varied_model_dir):
 @needs_cuda
 def test_sft_on_cuda_logs_peak_memory_per_step(tiny_model_dir, tmp_path):
     train = _write_jsonl(tmp_path / "train.jsonl", _copy_task(64, seed=0))
-    cfg = _sft_config(tiny_model_dir, train, tmp_path / "run", "model.device=cuda", "train.steps=3")
+    cfg = _sft_config(
+        tiny_model_dir, train, tmp_path / "run", "model.device=cuda", "train.steps=3", "optim.warmup_steps=0"
+    )
     history = run_sft(cfg).history
     for row in history:
         assert 0 < row["memory/cuda_allocated_peak_gb"] <= row["memory/cuda_reserved_peak_gb"], row
