@@ -163,7 +163,7 @@ def run_aha(settings: GRPOBenchSettings, workdir: Path) -> RunRecord:
 def _aha_overrides(s: GRPOBenchSettings, train_file: Path, eval_file: Path, out_dir: Path) -> list[str]:
     return [
         f"model.path={s.model_dir}",
-        "model.dtype=float32",
+        "model.precision=fp32",
         "model.device=cpu",
         f"data.train_file={train_file}",
         f"data.eval_file={eval_file}",

@@ -16,6 +16,10 @@ from safetensors.torch import load_file
 import aha.train.precision as precision_module
 from aha.config import ConfigError, load_config
 from aha.data.prompts import load_prompt_file
+from aha.demo import DemoConfig
+from aha.demo.pipeline import _grpo_config as demo_grpo_config
+from aha.demo.pipeline import _sft_config as demo_sft_config
+from aha.demo.scenarios import SCENARIOS
 from aha.models.loading import load_model, load_tokenizer
 from aha.rewards.base import make_reward_specs
 from aha.rollout import make_engine
@@ -241,6 +245,16 @@ def test_bf16_mixed_learns_what_fp32_learns_in_the_same_steps(tiny_model_dir, co
         accuracy[name] = _exact_match(run_sft(cfg).final_dir, heldout)
     assert accuracy["fp32"] > 0.8, accuracy
     assert abs(accuracy["bf16-mixed"] - accuracy["fp32"]) <= 0.03, accuracy
+
+
+def test_the_demo_trains_both_stages_at_its_precision(tmp_path):
+    """`aha demo precision=bf16-mixed` (docs: its quick preset measured at both precisions)."""
+    cfg = load_config(DemoConfig, overrides=["precision=bf16-mixed"])
+    scenario = SCENARIOS["carry"]
+    files = type("Files", (), {"grpo_train": tmp_path / "t.jsonl", "heldout": tmp_path / "h.jsonl"})
+    sft = demo_sft_config(cfg, scenario.quick, tmp_path / "m", tmp_path / "sft.jsonl", tmp_path / "sft")
+    grpo = demo_grpo_config(cfg, scenario, scenario.quick, tmp_path / "m", files, tmp_path / "grpo")
+    assert sft.model.precision == grpo.model.precision == "bf16-mixed"
 
 
 # --- the reference and the rollouts compute what the policy computes ----------------------------------

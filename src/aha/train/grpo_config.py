@@ -103,7 +103,8 @@ class AlgoConfig:
         False,
         help="Keep the reference policy in CPU memory and move it to the GPU only for its pass (once per "
         "step): frees its share of GPU memory for a host-to-device and device-to-host copy of its weights "
-        "each step. No effect when training on the CPU.",
+        "each step (measured: +0.8 s a step for a 0.5B model on an H200, docs/ARCHITECTURE.md). No effect "
+        "when training on the CPU.",
     )
     drop_zero_variance_groups: bool = option(
         False, help="Leave groups whose rewards are all equal out of the loss (they carry no signal)."
