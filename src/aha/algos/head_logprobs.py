@@ -25,19 +25,24 @@ def chunk_tokens_for(vocab_size: int, elements: int = CHUNK_ELEMENTS) -> int:
     return max(1, elements // max(vocab_size, 1))
 
 
+def _wide(dtype: torch.dtype) -> torch.dtype:
+    """float32 for bf16/fp16/fp32 weights; float64 stays float64 (gradcheck)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def _chunk_logits(hidden: torch.Tensor, weight: torch.Tensor, temperature: float) -> torch.Tensor:
     """float32 logits / temperature of one chunk; the matmul in the weight's dtype, as nn.Linear does."""
-    x = torch.nn.functional.linear(hidden, weight).float()
+    x = torch.nn.functional.linear(hidden, weight).to(_wide(weight.dtype))
     return x / temperature if temperature != 1.0 else x
 
 
 class _HeadLogprobs(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, tokens, temperature, chunk_tokens, with_entropy):
-        n = hidden.shape[0]
-        out = torch.empty(n, dtype=torch.float32, device=hidden.device)
-        lse = torch.empty(n, dtype=torch.float32, device=hidden.device)
-        entropy = torch.empty(n if with_entropy else 0, dtype=torch.float32, device=hidden.device)
+        n, wide = hidden.shape[0], _wide(weight.dtype)
+        out = torch.empty(n, dtype=wide, device=hidden.device)
+        lse = torch.empty(n, dtype=wide, device=hidden.device)
+        entropy = torch.empty(n if with_entropy else 0, dtype=wide, device=hidden.device)
         for start in range(0, n, chunk_tokens):
             rows = slice(start, start + chunk_tokens)
             x = _chunk_logits(hidden[rows], weight, temperature)
@@ -58,21 +63,20 @@ class _HeadLogprobs(torch.autograd.Function):
         temperature = ctx.temperature
         need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_hidden = torch.empty_like(hidden) if need_hidden else None
-        # Half-precision weights accumulate their gradient over chunks in float32, rounded once at the end
-        # (as one matmul over all tokens would): bf16 sums over many chunks would lose bits at each add.
-        grad_weight = (
-            torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight else None
-        )
+        # Half-precision weights: each chunk's product in their dtype (tensor cores), summed over chunks in
+        # float32 and rounded once at the end, so many chunks do not round the running sum at each add.
+        wide = lse.dtype
+        grad_weight = torch.zeros(weight.shape, dtype=wide, device=weight.device) if need_weight else None
         for start in range(0, hidden.shape[0], ctx.chunk_tokens):
             rows = slice(start, start + ctx.chunk_tokens)
             h = hidden[rows]
             probs = _chunk_logits(h, weight, temperature).sub_(lse[rows, None]).exp_()
-            g = grad_out[rows, None].float() / temperature  # d logp / d logit = (onehot - p) / T
+            g = grad_out[rows, None].to(wide) / temperature  # d logp / d logit = (onehot - p) / T
             g_logits = probs.mul_(-g).scatter_add_(-1, tokens[rows, None], g).to(weight.dtype)
             if need_hidden:
                 grad_hidden[rows] = g_logits @ weight
             if need_weight:
-                grad_weight.addmm_(g_logits.t().float(), h.float())
+                grad_weight.add_(g_logits.t() @ h)
         if need_weight:
             grad_weight = grad_weight.to(weight.dtype)
         return grad_hidden, grad_weight, None, None, None, None
@@ -87,7 +91,7 @@ def head_logprobs(
     with_entropy: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(log softmax(hidden @ weight^T / temperature) at `tokens`, [N] float32; its entropy [N] float32,
-    detached, or None). hidden [N, H], weight [V, H] (a bias-free LM head), tokens [N] valid ids.
+    detached, or None; float64 for float64 weights). hidden [N, H], weight [V, H] (a bias-free LM head), tokens [N] valid ids.
     Gradients flow to `hidden` and `weight`; `chunk_tokens` defaults to `chunk_tokens_for(V)`."""
     if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
         raise ValueError(
