@@ -10,7 +10,7 @@ from transformers import Gemma2Config, Gemma2ForCausalLM
 
 import aha.models.forward as forward
 from aha.algos.logprobs import token_entropy
-from aha.models.forward import chunked_head, score_completions
+from aha.models.forward import chunked_head, next_token_logprobs, score_completions
 from aha.models.loading import load_model
 
 PAD = 0
@@ -136,3 +136,29 @@ def test_soft_capped_logits_fall_back_to_full_logits():
     )
     model = Gemma2ForCausalLM(config).eval()
     _check_fallback(model)
+
+
+def test_sft_token_logprobs_match_full_logits(tiny_varied_model_dir, monkeypatch):
+    """next_token_logprobs (SFT's loss): chunked head and full logits agree in value and gradient on a
+    right-padded batch, and only the masked-in targets are returned, in row-major order."""
+    model = load_model(str(tiny_varied_model_dir))
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(3, 40, (3, 9), generator=g)
+    loss_mask = torch.zeros(3, 9, dtype=torch.long)
+    loss_mask[0, 4:] = 1
+    loss_mask[1, 6:8] = 1  # then right padding
+    loss_mask[2, 2:5] = 1
+
+    def run():
+        model.zero_grad(set_to_none=True)
+        logprobs = next_token_logprobs(model, ids, loss_mask)
+        (logprobs * torch.linspace(0.5, 1.5, logprobs.numel())).sum().backward()
+        return logprobs.detach(), [p.grad.clone() for p in model.parameters()]
+
+    chunked = run()
+    monkeypatch.setattr(forward, "chunked_head", lambda model: None)
+    full = run()
+    assert chunked[0].shape == (int(loss_mask[:, 1:].sum()),)
+    torch.testing.assert_close(chunked[0], full[0], rtol=1e-5, atol=1e-5)  # float32 rounding, as above
+    for a, b in zip(chunked[1], full[1], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * b.abs().max().item())

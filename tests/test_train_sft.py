@@ -190,3 +190,19 @@ def test_the_session_trains_lean_modules_unless_told_not_to(tiny_model_dir, tmp_
     session.finish()
     assert type(session.model.model.norm).__name__ == ("LeanLlamaRMSNorm" if lean else "LlamaRMSNorm")
     assert type(session.model.model.layers[0].mlp).__name__ == ("LeanLlamaMLP" if lean else "LlamaMLP")
+
+
+@pytest.mark.parametrize("checkpointing", [True, False])
+def test_the_session_enables_gradient_checkpointing_when_told(tiny_model_dir, tmp_path, checkpointing):
+    train = _write_jsonl(tmp_path / "train.jsonl", _copy_task(4, seed=0))
+    cfg = _config(
+        tiny_model_dir,
+        train,
+        tmp_path / "run",
+        f"train.gradient_checkpointing={str(checkpointing).lower()}",
+        "optim.warmup_steps=0",
+    )
+    session = TrainingSession.start(cfg, resume=False, total_steps=1)
+    session.finish()
+    assert session.model.is_activation_checkpointing == checkpointing
+    assert type(session.model.model.norm).__name__ == "LeanLlamaRMSNorm"  # the two compose (tested)

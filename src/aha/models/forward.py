@@ -134,6 +134,21 @@ def score_completions(
     return CompletionScores(logprobs.view(shape), None if entropy is None else entropy.view(shape))
 
 
+def next_token_logprobs(
+    model: PreTrainedModel, input_ids: torch.Tensor, loss_mask: torch.Tensor
+) -> torch.Tensor:
+    """Log-probs [N] of the tokens `input_ids[:, 1:]` where `loss_mask[:, 1:]` is set, each given the
+    tokens before it, in row-major order (SFT's loss). The batch is right-padded: no attention mask.
+    Only those N positions reach the LM head, chunked where `chunked_head` allows."""
+    targets, where = input_ids[:, 1:], loss_mask[:, 1:].bool()
+    head = chunked_head(model)
+    if head is None:
+        logits = model(input_ids=input_ids, use_cache=False).logits[:, :-1]  # t predicts t + 1
+        return token_logprobs(logits, targets)[where]
+    hidden = model.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state[:, :-1]
+    return head_logprobs(hidden[where], head.weight, targets[where])[0]
+
+
 # A runner maps (positions to keep from the end, forward kwargs) to [rows, kept, X]: logits (X = V) or
 # the backbone's last hidden states (X = H).
 Runner = Callable[..., torch.Tensor]
