@@ -5,8 +5,9 @@ PyTorch's allocator holds unused), and a fixed `CPU_BUDGET_BYTES` on the CPU. A 
 estimate of what a no-grad forward holds for it at once: a few hidden-size and MLP-size activations per
 token, one layer's attention scores (materialised by the eager and math attention kernels), the KV cache
 the shared-prompt path keeps for every layer, and, for models without the chunked LM head, the
-completion logits in the model's dtype and in float32. The chunked head's one chunk of logits does not
-grow with the rows, so it is taken off the budget once.
+completion logits in the model's dtype and in float32. The chunked head holds the logits of one chunk at
+most (and their softmax): per row while a pass's completion tokens fit one chunk, taken off the budget
+once beyond that.
 """
 
 from __future__ import annotations
@@ -51,7 +52,13 @@ def row_bytes(model: PreTrainedModel, seq_len: int, completion_len: int) -> int:
 
 def rows_per_pass(model: PreTrainedModel, seq_len: int, completion_len: int, budget_bytes: int) -> int:
     """Rows per scoring pass within `budget_bytes` (at least one)."""
-    if chunked_head(model) is not None:
-        vocab = model.config.get_text_config().vocab_size
-        budget_bytes -= chunk_tokens_for(vocab) * vocab * 4 * 2  # a chunk's logits and its softmax
-    return max(1, budget_bytes // row_bytes(model, seq_len, completion_len))
+    per_row = row_bytes(model, seq_len, completion_len)
+    if chunked_head(model) is None:
+        return max(1, budget_bytes // per_row)
+    vocab = model.config.get_text_config().vocab_size
+    chunk = chunk_tokens_for(vocab)
+    head_per_row = completion_len * vocab * 4 * 2  # a chunk's float32 logits and its softmax
+    rows = budget_bytes // (per_row + head_per_row)
+    if rows * completion_len > chunk:  # more tokens than one chunk: the head holds one chunk at most
+        rows = (budget_bytes - chunk * vocab * 4 * 2) // per_row
+    return max(1, rows)
