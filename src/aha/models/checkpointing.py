@@ -3,7 +3,7 @@ layer again there, trading about one more forward for the activations of all but
 
 HF's own switch, non-reentrant (`use_reentrant=False`: works with inputs that need no gradient, with
 keyword arguments, and with aha's lean activations, whose saved tensors go through the same hooks).
-In training mode with gradients recorded HF then drops the KV cache inside the layers, which
+In training mode HF then drops the KV cache inside the layers, which
 aha.models.forward's shared-prompt path needs; that path steps aside then (`checkpointing_drops_cache`).
 """
 

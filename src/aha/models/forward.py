@@ -65,13 +65,10 @@ def chunked_head(model: PreTrainedModel) -> torch.nn.Linear | None:
 
 
 def checkpointing_drops_cache(model: PreTrainedModel) -> bool:
-    """Whether HF's checkpointed layers would discard a KV cache in this forward (training mode with
-    gradients recorded): the shared-prompt path needs the cache, so it steps aside then."""
-    return (
-        model.training
-        and torch.is_grad_enabled()
-        and any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
-    )
+    """Whether HF's checkpointed layers may discard a KV cache in this forward: in training mode with
+    checkpointing on (transformers 5.25 keeps it when no gradients are recorded, earlier 5.x releases do
+    not). The shared-prompt path needs the cache, so it steps aside then."""
+    return model.training and any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
 
 
 def score_completions(
