@@ -9,7 +9,7 @@ import copy
 import pytest
 import torch
 
-from aha.models.checkpointing import enable_gradient_checkpointing
+from aha.models.checkpointing import enable_gradient_checkpointing, is_checkpointing
 from aha.models.forward import checkpointing_drops_cache, score_completions
 from aha.models.lean_activations import use_lean_activations
 from aha.models.loading import load_model
@@ -75,7 +75,7 @@ def test_checkpointing_gives_the_same_logprobs_and_gradients(model_of, architect
     model = model_of(architecture)
     plain = _logprobs_and_grads(model, shared)
     enable_gradient_checkpointing(model)
-    assert model.is_activation_checkpointing
+    assert is_checkpointing(model)
     _assert_same(_logprobs_and_grads(model, shared), plain)
 
 

@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 from aha.config import load_config
 from aha.data.prompts import DataError, load_prompt_file
+from aha.models.checkpointing import is_checkpointing
 from aha.models.loading import load_model, load_tokenizer
 from aha.rewards.base import make_reward_specs
 from aha.rollout import make_engine
@@ -204,5 +205,5 @@ def test_the_session_enables_gradient_checkpointing_when_told(tiny_model_dir, tm
     )
     session = TrainingSession.start(cfg, resume=False, total_steps=1)
     session.finish()
-    assert session.model.is_activation_checkpointing == checkpointing
+    assert is_checkpointing(session.model) == checkpointing
     assert type(session.model.model.norm).__name__ == "LeanLlamaRMSNorm"  # the two compose (tested)

@@ -24,3 +24,8 @@ def enable_gradient_checkpointing(model: PreTrainedModel) -> None:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def is_checkpointing(model) -> bool:
+    """Whether any module of `model` has HF's checkpointing switched on (every transformers 5.x)."""
+    return any(getattr(m, "gradient_checkpointing", False) for m in model.modules())

@@ -31,6 +31,7 @@ from transformers.cache_utils import DynamicCache
 
 from aha.algos.head_logprobs import head_logprobs
 from aha.algos.logprobs import effective_temperature, token_entropy, token_logprobs
+from aha.models.checkpointing import is_checkpointing
 from aha.models.positions import left_padded_position_ids
 
 # Causal-LM classes whose forward is exactly `lm_head(backbone(...).last_hidden_state)`: no logit
@@ -68,7 +69,7 @@ def checkpointing_drops_cache(model: PreTrainedModel) -> bool:
     """Whether HF's checkpointed layers may discard a KV cache in this forward: in training mode with
     checkpointing on (transformers 5.25 keeps it when no gradients are recorded, earlier 5.x releases do
     not). The shared-prompt path needs the cache, so it steps aside then."""
-    return model.training and any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
+    return model.training and is_checkpointing(model)
 
 
 def score_completions(
