@@ -10,7 +10,7 @@ from transformers import Gemma2Config, Gemma2ForCausalLM
 
 import aha.models.forward as forward
 from aha.algos.logprobs import token_entropy
-from aha.models.forward import chunked_head, next_token_logprobs, score_completions
+from aha.models.forward import chunked_head, chunked_head_for, next_token_logprobs, score_completions
 from aha.models.loading import load_model
 
 PAD = 0
@@ -149,16 +149,46 @@ def test_sft_token_logprobs_match_full_logits(tiny_varied_model_dir, monkeypatch
     loss_mask[1, 6:8] = 1  # then right padding
     loss_mask[2, 2:5] = 1
 
-    def run():
+    def run(chunk_tokens=None):
         model.zero_grad(set_to_none=True)
-        logprobs = next_token_logprobs(model, ids, loss_mask)
+        logprobs = next_token_logprobs(model, ids, loss_mask, chunk_tokens)
         (logprobs * torch.linspace(0.5, 1.5, logprobs.numel())).sum().backward()
         return logprobs.detach(), [p.grad.clone() for p in model.parameters()]
 
-    chunked = run()
+    chunked = run(chunk_tokens=4)  # 11 targets in 3 chunks
     monkeypatch.setattr(forward, "chunked_head", lambda model: None)
     full = run()
     assert chunked[0].shape == (int(loss_mask[:, 1:].sum()),)
     torch.testing.assert_close(chunked[0], full[0], rtol=1e-5, atol=1e-5)  # float32 rounding, as above
     for a, b in zip(chunked[1], full[1], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * b.abs().max().item())
+
+
+def test_the_head_is_chunked_only_when_the_logits_exceed_one_chunk(tiny_varied_model_dir, monkeypatch):
+    """Both sides of the size rule, seen through what autograd saves: the full [B, C, V] logits or not."""
+    model = load_model(str(tiny_varied_model_dir))
+    ids, mask = _batch()  # 6 rows x 4 completion tokens, V = 100: 2400 logits
+    vocab = model.config.vocab_size
+
+    def largest_saved() -> int:
+        """Elements of the largest saved tensor over the vocabulary (last dimension V)."""
+        largest = 0
+
+        def pack(t):
+            nonlocal largest
+            if t.dim() and t.shape[-1] == vocab:
+                largest = max(largest, t.numel())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            score_completions(model, ids, mask, 4).logprobs.sum().backward()
+        model.zero_grad(set_to_none=True)
+        return largest
+
+    assert chunked_head_for(model, 24) is None  # 24 tokens fit one chunk of 2^26 / 100
+    assert largest_saved() >= 6 * 4 * vocab  # the full-logits path saves the [6, 4, V] logits
+    monkeypatch.setattr(forward, "chunk_tokens_for", lambda vocab: 5)  # chunks of 5 tokens: 24 > 5
+    assert chunked_head_for(model, 24) is model.lm_head
+    assert largest_saved() == 0  # only hidden states, the head's weight [V, H] and [N] vectors
+    assert chunked_head_for(model, 5) is None
+    assert chunked_head_for(model, 5, chunk_tokens=5) is model.lm_head  # forced

@@ -14,9 +14,10 @@ recorded, HF drops the cache inside checkpointed layers, so those passes run one
 every row instead (the no-grad reference and old-policy passes still share).
 
 For the models `chunked_head` accepts (the head is a bias-free `nn.Linear` applied to the backbone's
-last hidden state and nothing else), the backbone's hidden states go to aha.algos.head_logprobs, which
-applies the head a chunk of tokens at a time: no [B, C, V] logits exist, forward or backward. Other
-models take the full-logits path (`token_logprobs` over the model's own logits).
+last hidden state and nothing else), when the completion logits would exceed one chunk, the backbone's
+hidden states go to aha.algos.head_logprobs, which applies the head a chunk of tokens at a time: no
+[B, C, V] logits exist, forward or backward. Otherwise scoring takes the full-logits path
+(`token_logprobs` over the model's own logits).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import torch
 from transformers import PreTrainedModel
 from transformers.cache_utils import DynamicCache
 
-from aha.algos.head_logprobs import head_logprobs
+from aha.algos.head_logprobs import chunk_tokens_for, head_logprobs
 from aha.algos.logprobs import effective_temperature, token_entropy, token_logprobs
 from aha.models.checkpointing import is_checkpointing
 from aha.models.positions import left_padded_position_ids
@@ -65,6 +66,19 @@ def chunked_head(model: PreTrainedModel) -> torch.nn.Linear | None:
     return head if type(head) is torch.nn.Linear and head.bias is None else None
 
 
+def chunked_head_for(
+    model: PreTrainedModel, tokens: int, chunk_tokens: int | None = None
+) -> torch.nn.Linear | None:
+    """The head to apply in chunks when scoring `tokens` positions, or None for the full-logits path.
+    Chunks where `chunked_head` allows and the logits would exceed one chunk; below that the full logits
+    take no more memory than a chunk, and the model's own head call is faster (demo model's GRPO update:
+    2-3% CPU time, docs/ARCHITECTURE.md). A `chunk_tokens` given forces chunks of that many tokens."""
+    head = chunked_head(model)
+    if head is None or chunk_tokens is not None:
+        return head
+    return head if tokens > chunk_tokens_for(head.out_features) else None
+
+
 def checkpointing_drops_cache(model: PreTrainedModel) -> bool:
     """Whether HF's checkpointed layers may discard a KV cache in this forward: in training mode with
     checkpointing on (transformers 5.25 keeps it when no gradients are recorded, earlier 5.x releases do
@@ -87,9 +101,9 @@ def score_completions(
 
     With `shared_prompt`, rows repeating a prompt share one pass over it (module docstring); False runs
     one plain forward over every row, the reference the shared path is tested against. `chunk_tokens`
-    overrides the chunked head's tokens per chunk (tests)."""
+    forces the chunked head with that many tokens per chunk (`chunked_head_for`)."""
     temperature = effective_temperature(temperature)
-    head = chunked_head(model)
+    head = chunked_head_for(model, input_ids.shape[0] * completion_len, chunk_tokens)
     run = _backbone_runner(model) if head is not None else _logits_runner(model)
     prompt_len = input_ids.shape[1] - completion_len
     outputs = None
@@ -133,18 +147,18 @@ def score_completions(
 
 
 def next_token_logprobs(
-    model: PreTrainedModel, input_ids: torch.Tensor, loss_mask: torch.Tensor
+    model: PreTrainedModel, input_ids: torch.Tensor, loss_mask: torch.Tensor, chunk_tokens: int | None = None
 ) -> torch.Tensor:
     """Log-probs [N] of the tokens `input_ids[:, 1:]` where `loss_mask[:, 1:]` is set, each given the
     tokens before it, in row-major order (SFT's loss). The batch is right-padded: no attention mask.
-    Only those N positions reach the LM head, chunked where `chunked_head` allows."""
+    With the chunked head (`chunked_head_for`) only those N positions reach the LM head."""
     targets, where = input_ids[:, 1:], loss_mask[:, 1:].bool()
-    head = chunked_head(model)
+    head = chunked_head_for(model, int(where.sum()), chunk_tokens)
     if head is None:
         logits = model(input_ids=input_ids, use_cache=False).logits[:, :-1]  # t predicts t + 1
         return token_logprobs(logits, targets)[where]
     hidden = model.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state[:, :-1]
-    return head_logprobs(hidden[where], head.weight, targets[where])[0]
+    return head_logprobs(hidden[where], head.weight, targets[where], chunk_tokens=chunk_tokens)[0]
 
 
 # A runner maps (positions to keep from the end, forward kwargs) to [rows, kept, X]: logits (X = V) or

@@ -5,9 +5,9 @@ PyTorch's allocator holds unused), and a fixed `CPU_BUDGET_BYTES` on the CPU. A 
 estimate of what a no-grad forward holds for it at once: a few hidden-size and MLP-size activations per
 token, one layer's attention scores (materialised by the eager and math attention kernels), the KV cache
 the shared-prompt path keeps for every layer, and, for models without the chunked LM head, the
-completion logits in the model's dtype and in float32. The chunked head holds the logits of one chunk at
-most (and their softmax): per row while a pass's completion tokens fit one chunk, taken off the budget
-once beyond that.
+completion logits in the model's dtype and in float32. Models the chunked head serves hold those per row
+while a pass's completion logits fit one chunk (they then take the full-logits path,
+`forward.chunked_head_for`), and one chunk's logits and softmax, taken off the budget once, beyond that.
 """
 
 from __future__ import annotations
