@@ -52,9 +52,13 @@ def test_the_row_estimate_bounds_what_a_pass_allocates(
         monkeypatch.setattr(forward, "chunked_head", lambda model: None)
         monkeypatch.setattr(budget, "chunked_head", lambda model: None)
     ids, mask, completion_len = _batch()
+    chunk = None if full_logits else 16  # forced: at V = 100 these 256 tokens would fit one default chunk
     with torch.no_grad():
-        peak = _peak_bytes(lambda: score_completions(model, ids, mask, completion_len), tmp_path)
-    assert 0 < peak <= ids.shape[0] * row_bytes(model, ids.shape[1], completion_len)
+        peak = _peak_bytes(
+            lambda: score_completions(model, ids, mask, completion_len, chunk_tokens=chunk), tmp_path
+        )
+    head = 0 if full_logits else 16 * model.config.vocab_size * 4 * 2  # one chunk's logits and softmax
+    assert 0 < peak <= ids.shape[0] * row_bytes(model, ids.shape[1], completion_len) + head
 
 
 def test_rows_follow_the_budget(tiny_varied_model_dir, monkeypatch):
