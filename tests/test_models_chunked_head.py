@@ -192,3 +192,25 @@ def test_the_head_is_chunked_only_when_the_logits_exceed_one_chunk(tiny_varied_m
     assert largest_saved() == 0  # only hidden states, the head's weight [V, H] and [N] vectors
     assert chunked_head_for(model, 5) is None
     assert chunked_head_for(model, 5, chunk_tokens=5) is model.lm_head  # forced
+
+
+def test_a_lora_wrapped_model_is_chunked_and_prompt_tuning_is_not(tiny_varied_model_dir, monkeypatch):
+    """peft: LoRA leaves the head and the backbone's interface alone (the chunked path applies and agrees
+    with full logits); prompt tuning adds tokens in the wrapper's forward, so it takes the full logits."""
+    peft = pytest.importorskip("peft")
+    lora = peft.get_peft_model(
+        load_model(str(tiny_varied_model_dir)), peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"])
+    )
+    assert chunked_head(lora) is lora.get_base_model().lm_head
+    ids, mask = _batch()
+    with torch.no_grad():
+        chunked = score_completions(lora, ids, mask, 4, 0.7, chunk_tokens=5).logprobs
+        monkeypatch.setattr(forward, "chunked_head", lambda model: None)
+        full = score_completions(lora, ids, mask, 4, 0.7).logprobs
+    torch.testing.assert_close(chunked, full, rtol=1e-5, atol=1e-5)  # float32 rounding, as above
+    prompt_tuned = peft.get_peft_model(
+        load_model(str(tiny_varied_model_dir)),
+        peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3),
+    )
+    monkeypatch.undo()
+    assert chunked_head(prompt_tuned) is None

@@ -57,6 +57,8 @@ def cache_argument(model: PreTrainedModel) -> str:
 def chunked_head(model: PreTrainedModel) -> torch.nn.Linear | None:
     """The LM head, when the chunked path reproduces the model's logits (a listed class, a bias-free
     `nn.Linear` head, no soft-capping in the config); None sends scoring down the full-logits path."""
+    if getattr(getattr(model, "active_peft_config", None), "is_prompt_learning", False):
+        return None  # peft's prompt tuning adds virtual tokens in its own forward, which the backbone skips
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft wrapper
     if type(base).__name__ not in PLAIN_HEAD_MODELS:
         return None
