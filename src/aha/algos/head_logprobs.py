@@ -76,7 +76,10 @@ class _HeadLogprobs(torch.autograd.Function):
             if need_hidden:
                 grad_hidden[rows] = g_logits @ weight
             if need_weight:
-                grad_weight.add_(g_logits.t() @ h)
+                if weight.dtype == wide:
+                    grad_weight.addmm_(g_logits.t(), h)
+                else:
+                    grad_weight.add_(g_logits.t() @ h)
         if need_weight:
             grad_weight = grad_weight.to(weight.dtype)
         return grad_hidden, grad_weight, None, None, None, None
