@@ -36,6 +36,7 @@ DEFAULT_OUT = Path(__file__).parent / "results" / "bf16_rollout_gap.json"
 def measure_gap(model, tokenizer, prompts: list[str], new_tokens: int, clip: float, seed: int) -> dict:
     """Sample from the fp32 `model`, score the samples with it and with a bf16 copy; the gap's statistics."""
     from aha.models.forward import score_completions
+    from aha.models.positions import left_padded_position_ids
     from aha.rollout.base import SamplingParams
     from aha.rollout.native import NativeSampler
 
@@ -43,14 +44,21 @@ def measure_gap(model, tokenizer, prompts: list[str], new_tokens: int, clip: flo
     batch = NativeSampler(model, tokenizer).generate(prompts, params)
     completion_len = batch.completion_mask.shape[1]
     rounded = copy.deepcopy(model).to(torch.bfloat16)
+    positions = left_padded_position_ids(batch.attention_mask)
+
+    def completion_logits(m):  # the distributions behind the scored tokens (score_completions keeps none)
+        out = m(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=positions)
+        return out.logits[:, -completion_len - 1 : -1].float()
+
     with torch.no_grad():
         exact = score_completions(model, batch.input_ids, batch.attention_mask, completion_len)
         approx = score_completions(rounded, batch.input_ids, batch.attention_mask, completion_len)
+        exact_logits, approx_logits = completion_logits(model), completion_logits(rounded)
     mask = batch.completion_mask.bool()
     log_ratio = (approx.logprobs - exact.logprobs)[mask]
-    log_p, log_q = exact.logits.float().log_softmax(-1), approx.logits.float().log_softmax(-1)
+    log_p, log_q = exact_logits.log_softmax(-1), approx_logits.log_softmax(-1)
     kl = (log_p.exp() * (log_p - log_q)).sum(-1)[mask]
-    argmax_differs = (exact.logits.argmax(-1) != approx.logits.argmax(-1))[mask]
+    argmax_differs = (exact_logits.argmax(-1) != approx_logits.argmax(-1))[mask]
     ratio = log_ratio.exp()
     magnitude = log_ratio.abs()
     return {

@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 from aha.config import load_config
 from aha.data.prompts import DataError, load_prompt_file
+from aha.models.checkpointing import is_checkpointing
 from aha.models.loading import load_model, load_tokenizer
 from aha.rewards.base import make_reward_specs
 from aha.rollout import make_engine
@@ -190,3 +191,19 @@ def test_the_session_trains_lean_modules_unless_told_not_to(tiny_model_dir, tmp_
     session.finish()
     assert type(session.model.model.norm).__name__ == ("LeanLlamaRMSNorm" if lean else "LlamaRMSNorm")
     assert type(session.model.model.layers[0].mlp).__name__ == ("LeanLlamaMLP" if lean else "LlamaMLP")
+
+
+@pytest.mark.parametrize("checkpointing", [True, False])
+def test_the_session_enables_gradient_checkpointing_when_told(tiny_model_dir, tmp_path, checkpointing):
+    train = _write_jsonl(tmp_path / "train.jsonl", _copy_task(4, seed=0))
+    cfg = _config(
+        tiny_model_dir,
+        train,
+        tmp_path / "run",
+        f"train.gradient_checkpointing={str(checkpointing).lower()}",
+        "optim.warmup_steps=0",
+    )
+    session = TrainingSession.start(cfg, resume=False, total_steps=1)
+    session.finish()
+    assert is_checkpointing(session.model) == checkpointing
+    assert type(session.model.model.norm).__name__ == "LeanLlamaRMSNorm"  # the two compose (tested)

@@ -19,7 +19,7 @@ from torch.autograd.function import once_differentiable
 DEFAULT_CHUNK_SIZE = 1024
 
 
-def _effective_temperature(temperature: float | None) -> float:
+def effective_temperature(temperature: float | None) -> float:
     """0 / None mean greedy sampling, whose log-probs are those of the unscaled distribution."""
     if temperature is None or temperature == 0:
         return 1.0
@@ -110,7 +110,7 @@ def token_logprobs(
     for float64 logits). Gradients flow to `logits`; temperature 0 or None means 1 (see RolloutBatch:
     greedy log-probs are plain log-softmax). `tokens` must be valid ids (mask padding afterwards)."""
     _check_shapes(logits, tokens)
-    return _ChunkedTokenLogprobs.apply(logits, tokens.long(), _effective_temperature(temperature), chunk_size)
+    return _ChunkedTokenLogprobs.apply(logits, tokens.long(), effective_temperature(temperature), chunk_size)
 
 
 @torch.no_grad()
@@ -121,7 +121,7 @@ def token_entropy(
 ) -> torch.Tensor:
     """Entropy of softmax(logits / temperature) per position, [N, T] float32 (detached, chunked)."""
     _check_shapes(logits)
-    temperature = _effective_temperature(temperature)
+    temperature = effective_temperature(temperature)
     n, t, _ = logits.shape
     dtype = _compute_dtype(logits.dtype)
     out = torch.empty(n, t, dtype=dtype, device=logits.device)

@@ -129,6 +129,12 @@ class GRPOTrainConfig:
         "group_size, at least one group). Gradients accumulate over a minibatch's micro-batches: the "
         "same update with less activation memory. 0 = the whole minibatch in one pass (fastest).",
     )
+    gradient_checkpointing: bool = option(
+        False,
+        help="Keep only each decoder layer's input for backward and recompute the layer there: far less "
+        "activation memory for about one more forward pass. The policy's scoring then runs every row's "
+        "prompt (no shared-prompt pass) in the gradient pass.",
+    )
 
     def validate(self) -> None:
         if self.micro_batch_size < 0:

@@ -11,11 +11,11 @@ import torch
 from transformers import PreTrainedModel
 
 from aha.algos.kl import kl_penalty
-from aha.algos.logprobs import token_entropy
 from aha.algos.masked import masked_mean
 from aha.algos.policy_loss import aggregate_loss, clipped_surrogate, micro_batch_weight
 from aha.models.forward import score_completions
 from aha.train.precision import Precision
+from aha.train.scoring_budget import rows_per_pass, scoring_budget_bytes
 
 FP32 = Precision("fp32")
 
@@ -54,19 +54,16 @@ class PolicyLossSettings:
     norm_constant: float | None = None  # for seq-mean-token-sum-norm (Dr. GRPO)
 
 
-# Rows per no-grad scoring pass are chosen so their logits take at most this many elements (256 MB in
-# float32): small models score a whole batch in one pass, large vocabularies stay within memory.
-LOGITS_PER_PASS = 1 << 26
-
-
 @torch.no_grad()
 def completion_logprobs(
     model: PreTrainedModel, batch: UpdateBatch, temperature: float, precision: Precision = FP32
 ) -> torch.Tensor:
-    """Log-probs of the completion tokens under `model` without gradients (reference / old policy)."""
+    """Log-probs of the completion tokens under `model` without gradients (reference / old policy), as
+    many rows per pass as `rows_per_pass` allows."""
     completion_len = batch.completion_mask.shape[1]
-    vocab = model.config.get_text_config().vocab_size
-    rows = max(1, LOGITS_PER_PASS // (max(completion_len, 1) * vocab))
+    rows = rows_per_pass(
+        model, batch.input_ids.shape[1], completion_len, scoring_budget_bytes(batch.input_ids.device)
+    )
     with precision.autocast():
         parts = [
             score_completions(model, ids, mask, completion_len, temperature).logprobs
@@ -85,7 +82,12 @@ def minibatch_loss(
     """Loss of one minibatch: clipped surrogate + beta * KL, aggregated as configured."""
     with precision.autocast():  # the model's forward only; the loss is computed from float32 log-probs
         scores = score_completions(
-            model, mb.input_ids, mb.attention_mask, mb.completion_mask.shape[1], settings.temperature
+            model,
+            mb.input_ids,
+            mb.attention_mask,
+            mb.completion_mask.shape[1],
+            settings.temperature,
+            with_entropy=with_entropy,
         )
     logprobs, mask = scores.logprobs, mb.completion_mask
     old = logprobs.detach() if mb.old_logprobs is None else mb.old_logprobs
@@ -99,9 +101,7 @@ def minibatch_loss(
         metrics["kl"] = float(masked_mean(kl.detach(), mask))
     loss = aggregate_loss(per_token, mask, settings.loss_agg, settings.norm_constant)
     if with_entropy:
-        metrics["entropy"] = float(
-            masked_mean(token_entropy(scores.logits.detach(), settings.temperature), mask)
-        )
+        metrics["entropy"] = float(masked_mean(scores.entropy, mask))
     return loss, metrics
 
 

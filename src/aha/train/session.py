@@ -20,6 +20,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from aha.config import save_config
 from aha.data.arithmetic import split_train_eval
 from aha.data.prompts import PromptExample, PromptSampler, load_prompt_file
+from aha.models.checkpointing import enable_gradient_checkpointing
 from aha.models.lean_activations import use_lean_activations
 from aha.models.loading import load_model, load_tokenizer
 from aha.rewards.base import RewardSpec, make_reward_specs
@@ -76,6 +77,8 @@ class TrainingSession:
                 use_lean_activations(model)
             else:
                 print(f"model.lean_activations: off for this run: {blocker}", file=sys.stderr)
+        if getattr(cfg.train, "gradient_checkpointing", False):  # composes with lean activations (tested)
+            enable_gradient_checkpointing(model)
         optimizer = build_optimizer(model, cfg.optim.lr, cfg.optim.weight_decay)
         scheduler = build_scheduler(optimizer, cfg.optim.warmup_steps, total_steps, kind=cfg.optim.schedule)
         save_config(cfg, run_dir / "config.yaml")

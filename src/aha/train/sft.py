@@ -22,10 +22,9 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from aha.algos.logprobs import token_logprobs
-from aha.algos.masked import masked_mean
 from aha.config import ConfigError, option
 from aha.data.prompts import DataError, PromptExample, load_prompt_file
+from aha.models.forward import next_token_logprobs
 from aha.track.memory import peak_memory_metrics, reset_peak_memory
 from aha.track.plots import plot_metrics
 from aha.train.checkpoint import latest_checkpoint, load_checkpoint
@@ -51,6 +50,11 @@ class SFTTrainConfig:
     steps: int = option(0, help="Optimizer steps (0 = run `epochs` passes over the training file).")
     epochs: float = option(1.0, help="Passes over the training file when steps = 0 (fractions allowed).")
     batch_size: int = option(32, help="Demonstrations per optimizer step.")
+    gradient_checkpointing: bool = option(
+        False,
+        help="Keep only each decoder layer's input for backward and recompute the layer there: far less "
+        "activation memory for about one more forward pass.",
+    )
 
     def validate(self) -> None:
         if self.steps < 0 or self.batch_size < 1:
@@ -170,9 +174,8 @@ def completion_nll(model: PreTrainedModel, batch: TokenBatch) -> torch.Tensor:
     The batch is right-padded, so a causal model needs no attention mask: padding only follows the real
     tokens and never enters their attention. Without a mask the attention takes its fused causal path
     (about 10% of the demo model's SFT step, measured)."""
-    logits = model(input_ids=batch.input_ids, use_cache=False).logits[:, :-1]  # t predicts t + 1
-    logprobs = token_logprobs(logits, batch.input_ids[:, 1:])
-    return -masked_mean(logprobs, batch.loss_mask[:, 1:])
+    logprobs = next_token_logprobs(model, batch.input_ids, batch.loss_mask)
+    return -logprobs.sum() / max(logprobs.numel(), 1)
 
 
 @torch.no_grad()
