@@ -68,7 +68,13 @@ def decode_step_for(
 ) -> LlamaDecodeStep | KernelDecodeStep | None:
     """A decode step for `model` if it is a plain (unwrapped, unquantised) Llama or Qwen2 with full
     attention, SiLU MLPs and static rotary angles; otherwise None. For an fp32 model on the CPU it is the
-    compiled step where that builds here (`kernel=False`: always the torch step)."""
+    compiled step where that builds here (`kernel=False`: always the torch step).
+
+    A wrapped model (a peft `PeftModel` with LoRA adapters, say) gets None: the step would read the base
+    weights and bypass whatever the wrapper adds; so does a layer whose projections are not plain Linear
+    (adapters injected in place)."""
+    if not isinstance(model, PreTrainedModel):
+        return None
     config = model.config
     if getattr(config, "model_type", None) not in SUPPORTED_MODEL_TYPES:
         return None

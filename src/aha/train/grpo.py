@@ -21,6 +21,7 @@ import torch
 
 from aha.algos.advantages import get_advantage_estimator, zero_variance_groups
 from aha.data.prompts import PromptSampler, batch_fields
+from aha.models.lora import adapters_disabled, export_merged, is_lora_model
 from aha.rewards.base import compute_rewards
 from aha.rewards.signals import completion_signals
 from aha.rollout import make_engine
@@ -35,6 +36,7 @@ from aha.train.session import TrainingSession, load_prompt_sets
 
 __all__ = ["GRPORunConfig", "GRPOResult", "run_grpo"]
 
+MERGED_DIR = "merged"  # under LoRA with model.lora.save_merged: the final adapters merged into the base
 PLOT_KEYS = [("reward/mean", "eval/accuracy"), "kl", "completion/length_mean", "entropy"]
 
 
@@ -54,7 +56,8 @@ def run_grpo(cfg: GRPORunConfig, resume: bool = False) -> GRPOResult:
     rewards = session.reward_specs(cfg.rewards)
     engine = make_engine(cfg.rollout.engine, model, tokenizer)
     estimator = get_advantage_estimator(cfg.algo.advantage)
-    ref_model = _frozen_copy(model) if cfg.algo.beta > 0 else None
+    # Under LoRA the reference is the same model with its adapters switched off: no second copy.
+    ref_model = None if cfg.algo.beta == 0 else model if is_lora_model(model) else _frozen_copy(model)
     G = cfg.rollout.group_size
     batch_rows = cfg.train.prompts_per_step * G
     settings = PolicyLossSettings(
@@ -135,7 +138,8 @@ def run_grpo(cfg: GRPORunConfig, resume: bool = False) -> GRPOResult:
         metrics: dict[str, float] = {}
         if batch.input_ids.shape[0] > 0:
             if ref_model is not None:
-                batch.ref_logprobs = completion_logprobs(ref_model, batch, cfg.rollout.temperature)
+                with adapters_disabled(ref_model):
+                    batch.ref_logprobs = completion_logprobs(ref_model, batch, cfg.rollout.temperature)
             if reuse_batch:
                 batch.old_logprobs = completion_logprobs(model, batch, cfg.rollout.temperature)
             metrics = policy_update(
@@ -215,6 +219,8 @@ def run_grpo(cfg: GRPORunConfig, resume: bool = False) -> GRPOResult:
     if start_step >= cfg.train.steps:  # resumed a finished run: report its final evaluation again
         final = run_eval()
     session.finish()
+    if cfg.model.lora.r and cfg.model.lora.save_merged:
+        export_merged(latest_checkpoint(session.run_dir), session.run_dir / MERGED_DIR)
     if cfg.track.plot and session.history:
         plot_metrics(session.history, PLOT_KEYS, session.run_dir / "plots.png", title="GRPO")
     return GRPOResult(session.run_dir, session.history, final)

@@ -21,6 +21,7 @@ from aha.data.arithmetic import split_train_eval
 from aha.data.prompts import PromptExample, PromptSampler, load_prompt_file
 from aha.models.lean_activations import use_lean_activations
 from aha.models.loading import load_model, load_tokenizer
+from aha.models.lora import apply_lora
 from aha.rewards.base import RewardSpec, make_reward_specs
 from aha.track.jsonl import to_json_value
 from aha.track.metrics import MetricsWriter, read_metrics
@@ -67,7 +68,9 @@ class TrainingSession:
         model = load_model(
             cfg.model.path, cfg.model.dtype, device, trust_remote_code=cfg.model.trust_remote_code
         )
-        if cfg.model.lean_activations:
+        if cfg.model.lora.r:  # the lean forwards read weights directly: they would bypass the adapters
+            model = apply_lora(model, cfg.model.lora, cfg.model.path)
+        elif cfg.model.lean_activations:
             use_lean_activations(model)
         optimizer = build_optimizer(model, cfg.optim.lr, cfg.optim.weight_decay)
         scheduler = build_scheduler(optimizer, cfg.optim.warmup_steps, total_steps, kind=cfg.optim.schedule)
