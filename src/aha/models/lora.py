@@ -96,12 +96,14 @@ def load_merged(
     return merged.to(device)
 
 
-def export_merged(adapter_dir: str | Path, out_dir: str | Path, base: str | None = None) -> Path:
-    """Write the merged model (safetensors) and the tokenizer to `out_dir`, atomically (temp dir, then
-    rename). The tokenizer comes from `adapter_dir` when it holds one, else from the base."""
+def export_merged(
+    adapter_dir: str | Path, out_dir: str | Path, base: str | None = None, dtype: str = "float32"
+) -> Path:
+    """Write the merged model (safetensors, in `dtype`) and the tokenizer to `out_dir`, atomically (temp
+    dir, then rename). The tokenizer comes from `adapter_dir` when it holds one, else from the base."""
     from aha.models.loading import load_tokenizer
 
-    model = load_merged(adapter_dir, base=base)
+    model = load_merged(adapter_dir, dtype, base=base)
     has_tokenizer = (Path(adapter_dir) / "tokenizer_config.json").is_file()
     tokenizer = load_tokenizer(str(adapter_dir) if has_tokenizer else (base or adapter_base(adapter_dir)))
     out_dir = Path(out_dir)
@@ -131,6 +133,11 @@ class MergeLoRACommand:
     adapter_dir: str = option(help="A LoRA adapter directory: a LoRA run's final/ or checkpoints/step-*/.")
     output_dir: str = option(help="Where to write the merged model (safetensors) and tokenizer.")
     base: str | None = option(None, help="The base model (default: the one the adapter config names).")
+    dtype: str = option(
+        "float32",
+        choices=("float32", "bfloat16", "float16"),
+        help="dtype the base is loaded, merged and saved in.",
+    )
 
 
 def run_merge_lora(cfg: MergeLoRACommand) -> Path:
@@ -138,6 +145,6 @@ def run_merge_lora(cfg: MergeLoRACommand) -> Path:
         raise ConfigError(
             f"adapter_dir={cfg.adapter_dir!r} has no {ADAPTER_CONFIG}: not a LoRA adapter directory"
         )
-    path = export_merged(cfg.adapter_dir, cfg.output_dir, base=cfg.base)
+    path = export_merged(cfg.adapter_dir, cfg.output_dir, base=cfg.base, dtype=cfg.dtype)
     print(f"wrote {cfg.adapter_dir} merged into its base to {path}")
     return path

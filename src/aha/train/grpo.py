@@ -220,7 +220,7 @@ def run_grpo(cfg: GRPORunConfig, resume: bool = False) -> GRPOResult:
         final = run_eval()
     session.finish()
     if cfg.model.lora.r and cfg.model.lora.save_merged:
-        export_merged(latest_checkpoint(session.run_dir), session.run_dir / MERGED_DIR)
+        export_merged(latest_checkpoint(session.run_dir), session.run_dir / MERGED_DIR, dtype=cfg.model.dtype)
     if cfg.track.plot and session.history:
         plot_metrics(session.history, PLOT_KEYS, session.run_dir / "plots.png", title="GRPO")
     return GRPOResult(session.run_dir, session.history, final)

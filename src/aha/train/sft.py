@@ -263,7 +263,7 @@ def run_sft(cfg: SFTRunConfig, resume: bool = False) -> SFTResult:
     session.finish()
     final_dir = save_final_model(model, tokenizer, session.run_dir / FINAL_DIR)
     if cfg.model.lora.r and cfg.model.lora.save_merged:
-        export_merged(final_dir, session.run_dir / MERGED_DIR)
+        export_merged(final_dir, session.run_dir / MERGED_DIR, dtype=cfg.model.dtype)
     if session.history:
         plot_metrics(session.history, [("loss", "eval/loss")], session.run_dir / "plots.png", title="SFT")
     return SFTResult(session.run_dir, final_dir, session.history, final_eval)
