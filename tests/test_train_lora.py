@@ -144,3 +144,32 @@ def test_sft_with_lora_learns_and_feeds_grpo(tmp_path):
         _grpo_config(result.final_dir, tmp_path / "grpo", "train.steps=1", "model.lora.save_merged=true")
     )
     assert (tmp_path / "grpo" / "merged" / "model.safetensors").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_lora_grpo_on_cuda_in_bfloat16(tiny_dir, tmp_path):
+    """bf16 base on the GPU (peft keeps the adapters in float32): the reference under disable_adapter is
+    bitwise the plain base model, and a 3-step run trains every adapter."""
+    from aha.models.lora import adapters_disabled
+    from aha.rollout.completions import tokenize_prompts
+
+    cfg = _grpo_config(
+        tiny_dir, tmp_path / "run", "model.device=cuda", "model.dtype=bfloat16", "train.steps=1"
+    )
+    session = TrainingSession.start(cfg, resume=False, total_steps=1)
+    session.finish()
+    model = session.model
+    assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
+    base = load_model(str(tiny_dir), "bfloat16", "cuda").eval()
+    ids, mask = tokenize_prompts(session.tokenizer, ["12+7=", "3*4=hello"], "cuda")
+    with torch.no_grad(), adapters_disabled(model):
+        ref = model.eval()(input_ids=ids, attention_mask=mask).logits
+    assert torch.equal(ref, base(input_ids=ids, attention_mask=mask).logits)
+    result = run_grpo(
+        _grpo_config(
+            tiny_dir, tmp_path / "run2", "model.device=cuda", "model.dtype=bfloat16", "train.steps=3"
+        )
+    )
+    assert len([r for r in result.history if "reward/mean" in r]) == 3
+    adapters = load_file(tmp_path / "run2/checkpoints/step-00000003/adapter_model.safetensors")
+    assert all(adapters[k].abs().sum() > 0 for k in adapters if "lora_B" in k)
