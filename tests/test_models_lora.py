@@ -27,6 +27,8 @@ PROMPTS = ["12+7=", "3*4=", "ab", "hello there"]
 # float32 log-probs through 3 layers of width <= 256: the same math done in another order (a cached prompt,
 # a merged weight W + s*B@A rounded once) differs by a few hundred roundings of 6e-8 relative on values of
 # size ~1-10, i.e. ~1e-5 at most; 1e-4 leaves margin while the adapters move log-probs by far more (asserted).
+# Even the very same ops on equal weights are not always bitwise equal here: MKL picks kernels by buffer
+# alignment (seen: 4.8e-7 between a base model and the adapter-disabled one on the shared-prompt path).
 ATOL = 1e-4
 
 
@@ -43,10 +45,10 @@ def _lora_model(model_dir, r: int = 4, seed: int = 0):
 
 
 def _batch(tokenizer, completions_len: int = 6, seed: int = 0):
-    ids, mask = tokenize_prompts(tokenizer, PROMPTS, "cpu")
-    completion = torch.randint(
-        3, len(tokenizer), (len(PROMPTS), completions_len), generator=torch.Generator().manual_seed(seed)
-    )
+    """Each prompt twice (a GRPO group of 2), so the shared-prompt scoring path runs too."""
+    ids, mask = tokenize_prompts(tokenizer, [p for p in PROMPTS for _ in range(2)], "cpu")
+    generator = torch.Generator().manual_seed(seed)
+    completion = torch.randint(3, len(tokenizer), (ids.shape[0], completions_len), generator=generator)
     return torch.cat([ids, completion], 1), torch.cat([mask, torch.ones_like(completion)], 1), completions_len
 
 
@@ -71,8 +73,8 @@ def test_scores_equal_peft_forward_and_the_reference_is_the_base(tiny_varied_mod
         base_scores = score_completions(base, ids, mask, c).logprobs
     assert (ours - base_scores).abs().max() > 100 * ATOL  # the adapters matter
     assert torch.allclose(ours, peft_own, atol=ATOL)
-    # Switching the adapters off runs exactly the base layers' ops: bit for bit the base model.
-    assert torch.equal(reference, base_scores)
+    # Switching the adapters off runs exactly the base layers' ops (up to MKL's alignment-dependent rounding).
+    assert torch.allclose(reference, base_scores, atol=ATOL)
 
 
 def test_lean_modules_step_aside_for_adapters(tiny_varied_model_dir):
@@ -102,6 +104,12 @@ def test_native_sampling_goes_through_the_adapters(tiny_varied_model_dir):
             base = _plain_logprobs(model, rollout.input_ids, rollout.attention_mask, c)
     assert torch.allclose(rollout.logprobs[live], peft_own[live], atol=ATOL)
     assert (rollout.logprobs[live] - base[live]).abs().max() > 100 * ATOL
+    # The same seed through the merged plain model, which takes the fused decode step: the same tokens.
+    merged = model.merge_and_unload()
+    assert decode_step_for(merged, 64) is not None
+    fused = NativeSampler(merged, tokenizer).generate(PROMPTS, params)
+    assert torch.equal(fused.input_ids, rollout.input_ids)
+    assert torch.allclose(fused.logprobs[live], rollout.logprobs[live], atol=ATOL)
 
 
 def test_an_update_reaches_every_adapter_and_no_base_weight(tiny_varied_model_dir):
@@ -113,9 +121,8 @@ def test_an_update_reaches_every_adapter_and_no_base_weight(tiny_varied_model_di
     # 3 layers x 7 projections x (A, B)
     assert len(adapters) == 3 * 7 * 2
     ids, mask, c = _batch(tokenizer)
-    batch = UpdateBatch(
-        ids, mask, torch.ones(len(PROMPTS), c, dtype=torch.long), torch.tensor([1.0, -1.0, 0.5, -0.5])
-    )
+    advantages = torch.tensor([1.0, -1.0, 0.5, -0.5, 1.0, -1.0, 0.5, -0.5])
+    batch = UpdateBatch(ids, mask, torch.ones(ids.shape[0], c, dtype=torch.long), advantages)
     with torch.no_grad(), adapters_disabled(model):
         batch.ref_logprobs = score_completions(model, ids, mask, c).logprobs
     optimizer = torch.optim.SGD(list(adapters.values()), lr=0.1)
@@ -162,12 +169,12 @@ def test_merged_export_loads_as_a_plain_model(tiny_varied_model_dir, tmp_path):
         got = score_completions(merged, ids, mask, c).logprobs
         also = score_completions(via_load_model, ids, mask, c).logprobs
     assert torch.allclose(got, expected, atol=ATOL)
-    assert torch.equal(got, also)
+    assert torch.allclose(got, also, atol=ATOL)
     # The CLI writes the same model.
     assert main(["merge-lora", f"adapter_dir={tmp_path / 'adapters'}", f"output_dir={tmp_path / 'cli'}"]) == 0
     from_cli = AutoModelForCausalLM.from_pretrained(tmp_path / "cli").eval()
     with torch.no_grad():
-        assert torch.equal(score_completions(from_cli, ids, mask, c).logprobs, got)
+        assert torch.allclose(score_completions(from_cli, ids, mask, c).logprobs, got, atol=ATOL)
 
 
 def test_bad_lora_settings_fail_with_the_key(tiny_model_dir, monkeypatch):
