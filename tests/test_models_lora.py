@@ -177,6 +177,12 @@ def test_merged_export_loads_as_a_plain_model(tiny_varied_model_dir, tmp_path):
         assert torch.allclose(score_completions(from_cli, ids, mask, c).logprobs, got, atol=ATOL)
 
 
+def test_all_linear_targets_every_projection_but_not_the_output_layer(tiny_model_dir):
+    model = apply_lora(load_model(str(tiny_model_dir)), LoRAConfig(r=2, target_modules=["all-linear"]), "x")
+    wrapped = {n.split(".lora_")[0] for n, p in model.named_parameters() if p.requires_grad}
+    assert len(wrapped) == 3 * 7 and not any("lm_head" in n for n in wrapped)
+
+
 def test_bad_lora_settings_fail_with_the_key(tiny_model_dir, monkeypatch):
     with pytest.raises(ConfigError, match="r must be >= 0"):
         LoRAConfig(r=-1).validate()

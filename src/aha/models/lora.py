@@ -22,7 +22,6 @@ from aha.config import ConfigError, option
 from aha.train.common_config import PEFT_MISSING, LoRAConfig
 
 ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
 def require_peft() -> Any:
