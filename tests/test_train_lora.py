@@ -112,6 +112,12 @@ def test_grpo_checkpoints_hold_adapters_and_resume_exactly(tiny_dir, tmp_path):
     assert not any(type(m).__name__.startswith("Lean") for m in session.model.modules())
     steps = [json.loads(line)["step"] for line in (tmp_path / "split/metrics.jsonl").read_text().splitlines()]
     assert steps == [0, 1, 2, 3, 4]
+    # Fresh adapters (B = 0) leave the policy equal to the adapter-disabled reference: KL 0 at the first
+    # update (to rounding), then the trained adapters move the policy away from it.
+    kl = [
+        json.loads(line).get("kl") for line in (tmp_path / "straight/metrics.jsonl").read_text().splitlines()
+    ]
+    assert kl[1] < 1e-7 and kl[4] > 1e-5, kl
 
 
 def test_ref_sync_is_refused_under_lora(tiny_dir, tmp_path):
