@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv and install aha with its test and benchmark tools (TRL is only a benchmark baseline).
+# Create .venv and install aha with its test and benchmark tools (TRL is only a benchmark baseline) and
+# peft (the LoRA extra, so its tests run).
 # torch comes first so the light path is taken: on a machine without an NVIDIA GPU the CPU build
 # (a local wheel if pip's find-links has one, else PyTorch's CPU index) instead of a multi-GB CUDA build;
 # with a GPU, the regular (CUDA) build from PyPI. An already-installed torch is kept.
@@ -15,4 +16,4 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     "${PIP[@]}" "torch==${TORCH_VERSION}" --index-url https://download.pytorch.org/whl/cpu
   fi
 fi
-"${PIP[@]}" -e ".[dev,bench]"
+"${PIP[@]}" -e ".[dev,bench,lora]"

@@ -39,6 +39,11 @@ COMMANDS: CommandTable = {
         "aha.models.tiny:run_tiny_model",
         "Write the built-in tiny Llama and character tokenizer to a directory (HF format).",
     ),
+    "merge-lora": (
+        "aha.models.lora:MergeLoRACommand",
+        "aha.models.lora:run_merge_lora",
+        "Merge a LoRA adapter directory into its base model and write a plain HF model (needs peft).",
+    ),
     "demo": (
         "aha.demo:DemoConfig",
         "aha.demo:run_demo",

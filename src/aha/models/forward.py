@@ -50,8 +50,10 @@ class CompletionScores:
 
 
 def cache_argument(model: PreTrainedModel) -> str:
-    """The name `model.forward` takes its KV cache under (transformers renamed `past_key_values`)."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    """The name `model.forward` takes its KV cache under (transformers renamed `past_key_values`). A peft
+    wrapper passes keyword arguments through to the model it wraps, so that model's name counts."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
 
 
 def chunked_head(model: PreTrainedModel) -> torch.nn.Linear | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
@@ -20,9 +22,16 @@ def load_tokenizer(path: str, trust_remote_code: bool = False) -> PreTrainedToke
 def load_model(
     path: str, dtype: str = "float32", device: str | torch.device = "cpu", trust_remote_code: bool = False
 ) -> PreTrainedModel:
-    """Load weights with safetensors where the checkpoint has them; remote code only if asked for."""
+    """Load weights with safetensors where the checkpoint has them; remote code only if asked for.
+
+    A LoRA adapter directory (a run's final/ or checkpoint of a LoRA stage) loads as its base model with
+    the adapters merged in, so it can be the next stage's `model.path` (needs peft)."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r} is not one of {sorted(DTYPES)}")
+    if (Path(path) / "adapter_config.json").is_file():
+        from aha.models.lora import load_merged
+
+        return load_merged(path, dtype, device, trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(
         path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code, use_safetensors=None
     )

@@ -70,7 +70,14 @@ def decode_step_for(
     attention, SiLU MLPs and static rotary angles; otherwise None. For an fp32 model on the CPU it is the
     compiled step where that builds here (`kernel=False`: always the torch step), except under autocast:
     the compiled step computes in float32 whatever autocast asks, and a run's rollouts must be computed
-    at the precision its training forwards are (aha.train.precision)."""
+    at the precision its training forwards are (aha.train.precision).
+
+    A wrapped model (a peft `PeftModel` with LoRA adapters, say) gets None: the step would read the base
+    weights and bypass whatever the wrapper adds; so does a layer whose projections are not plain Linear
+    (adapters injected in place)."""
+    if not isinstance(model, PreTrainedModel):
+        return None
+
     config = model.config
     if getattr(config, "model_type", None) not in SUPPORTED_MODEL_TYPES:
         return None

@@ -1,7 +1,8 @@
 """Atomic checkpoints and exact resume.
 
 Layout: run_dir/checkpoints/step-00000042/ holds
-  model.safetensors, config.json, ... (the model's `save_pretrained` layout: any HF tool can load it)
+  model.safetensors, config.json, ... (the model's `save_pretrained` layout: any HF tool can load it;
+                                       under LoRA peft's adapter_model.safetensors + adapter_config.json)
   tokenizer files                      (`tokenizer.save_pretrained`)
   optimizer.pt, scheduler.pt           (state dicts)
   trainer_state.json                   ({"step": 42, ...the trainer's JSON-able state})
@@ -241,6 +242,9 @@ def _torch_load(path: Path) -> Any:
 
 
 def _load_weights(ckpt_dir: Path, model: torch.nn.Module) -> None:
+    if (ckpt_dir / "adapter_model.safetensors").is_file():
+        _load_adapters(ckpt_dir, model)
+        return
     index = ckpt_dir / "model.safetensors.index.json"
     if index.is_file():
         shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
@@ -265,6 +269,20 @@ def _load_weights(ckpt_dir: Path, model: torch.nn.Module) -> None:
     missing = sorted(k for k in set(expected) - loaded if not aliases[expected[k].data_ptr()] & loaded)
     if missing:
         raise CheckpointError(f"{ckpt_dir} lacks weights the model has: {missing[:5]}")
+
+
+def _load_adapters(ckpt_dir: Path, model: torch.nn.Module) -> None:
+    """A LoRA run's checkpoint holds only the adapters (peft's layout); the base weights are the model's."""
+    from aha.models.lora import adapter_state, is_lora_model, load_adapter_state
+
+    if not is_lora_model(model):
+        raise CheckpointError(f"{ckpt_dir} holds LoRA adapters but the model has none (set model.lora.r)")
+    tensors = load_file(ckpt_dir / "adapter_model.safetensors", device="cpu")
+    expected = set(adapter_state(model))
+    if set(tensors) != expected:
+        diff = sorted(set(tensors) ^ expected)
+        raise CheckpointError(f"{ckpt_dir}: adapters differ from the model's (rank or targets?): {diff[:5]}")
+    load_adapter_state(model, tensors)
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:

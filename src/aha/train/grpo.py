@@ -20,6 +20,7 @@ import torch
 
 from aha.algos.advantages import get_advantage_estimator, zero_variance_groups
 from aha.data.prompts import PromptSampler, batch_fields
+from aha.models.lora import export_merged
 from aha.rewards.base import compute_rewards
 from aha.rewards.signals import completion_signals
 from aha.rollout import make_engine
@@ -36,6 +37,7 @@ from aha.train.session import TrainingSession, load_prompt_sets
 
 __all__ = ["GRPORunConfig", "GRPOResult", "run_grpo"]
 
+MERGED_DIR = "merged"  # under LoRA with model.lora.save_merged: the final adapters merged into the base
 PLOT_KEYS = [("reward/mean", "eval/accuracy"), "kl", "completion/length_mean", "entropy"]
 
 
@@ -223,6 +225,8 @@ def run_grpo(cfg: GRPORunConfig, resume: bool = False) -> GRPOResult:
     if start_step >= cfg.train.steps:  # resumed a finished run: report its final evaluation again
         final = run_eval()
     session.finish()
+    if cfg.model.lora.r and cfg.model.lora.save_merged:
+        export_merged(latest_checkpoint(session.run_dir), session.run_dir / MERGED_DIR, dtype="float32")
     if cfg.track.plot and session.history:
         plot_metrics(session.history, PLOT_KEYS, session.run_dir / "plots.png", title="GRPO")
     return GRPOResult(session.run_dir, session.history, final)

@@ -180,6 +180,17 @@ class GRPORunConfig:
             raise ConfigError(
                 f"optim.warmup_steps={self.optim.warmup_steps} exceeds train.steps={self.train.steps}; lower it"
             )
+        if self.model.lora.r and self.algo.ref_offload:
+            raise ConfigError(
+                "algo.ref_offload has nothing to move under LoRA (model.lora.r > 0): the reference is the "
+                "policy itself with its adapters switched off; set algo.ref_offload=false"
+            )
+        if self.model.lora.r and self.algo.beta > 0 and self.algo.ref_sync_every:
+            raise ConfigError(
+                "algo.ref_sync_every needs full fine-tuning: under LoRA (model.lora.r > 0) the reference is "
+                "the base model with the adapters switched off, and moving it to the policy would mean "
+                "merging the adapters into the base weights; set algo.ref_sync_every=0 or model.lora.r=0"
+            )
         batch = self.train.prompts_per_step * self.rollout.group_size
         if batch % self.algo.minibatches != 0:
             raise ConfigError(

@@ -5,6 +5,9 @@ dtype: autocast would cast them to it before every product anyway, so the refere
 same numbers (tested) while those weights take half the memory. Everything else (embeddings, norms, a
 head tied to the embedding) stays float32, as autocast would read it.
 
+Under LoRA there is no copy at all: the reference is the policy itself with its adapters switched off
+(peft's `disable_adapter`), the base model it started from; offloading has nothing to move then.
+
 With `offload`, the reference lives in CPU memory and visits the device only for its pass: its weights
 cross to the device and back once per step (the cost is docs/ARCHITECTURE.md's), and the device holds
 only the policy between passes.
@@ -19,6 +22,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from aha.models.lean_activations import is_plain_linear
+from aha.models.lora import adapters_disabled, is_lora_model
 from aha.train.policy_update import UpdateBatch, completion_logprobs
 from aha.train.precision import Precision
 
@@ -29,11 +33,15 @@ class ReferencePolicy:
     def __init__(self, policy: PreTrainedModel, precision: Precision, device: str, offload: bool = False):
         self.precision = precision
         self.device = device
-        self.home = "cpu" if offload else device
-        self.model = frozen_copy(policy, self.home, precision.compute_dtype)
+        self.shares_policy = is_lora_model(policy)
+        self.home = "cpu" if offload and not self.shares_policy else device
+        self.model = policy if self.shares_policy else frozen_copy(policy, self.home, precision.compute_dtype)
 
     def logprobs(self, batch: UpdateBatch, temperature: float) -> torch.Tensor:
         """Completion log-probs under the reference, computed as the policy's are (same precision)."""
+        if self.shares_policy:
+            with adapters_disabled(self.model):
+                return completion_logprobs(self.model, batch, temperature, self.precision)
         if self.home == self.device:
             return completion_logprobs(self.model, batch, temperature, self.precision)
         self.model.to(self.device)

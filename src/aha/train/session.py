@@ -23,6 +23,7 @@ from aha.data.prompts import PromptExample, PromptSampler, load_prompt_file
 from aha.models.checkpointing import enable_gradient_checkpointing
 from aha.models.lean_activations import use_lean_activations
 from aha.models.loading import load_model, load_tokenizer
+from aha.models.lora import apply_lora
 from aha.rewards.base import RewardSpec, make_reward_specs
 from aha.track.jsonl import to_json_value
 from aha.track.metrics import MetricsWriter, read_metrics
@@ -71,8 +72,10 @@ class TrainingSession:
         precision = Precision(cfg.model.precision, device)
         # float32 master weights whatever the precision: autocast computes in bf16/fp16 (precision.py)
         model = load_model(cfg.model.path, "float32", device, trust_remote_code=cfg.model.trust_remote_code)
+        if cfg.model.lora.r:
+            model = apply_lora(model, cfg.model.lora, cfg.model.path)
         if cfg.model.lean_activations:
-            blocker = lean_activations_blocker(device, precision.name, lora_enabled=False)
+            blocker = lean_activations_blocker(device, precision.name, lora_enabled=cfg.model.lora.r > 0)
             if blocker is None:
                 use_lean_activations(model)
             else:

@@ -8,6 +8,8 @@ model sees the same prefix at SFT and at RL time.
 
 The run directory holds config.yaml, metrics.jsonl, checkpoints/ (atomic, for --resume), plots.png and
 final/: the trained model and tokenizer in `save_pretrained` layout, ready for `model.path` of GRPO.
+Under LoRA final/ holds the adapters (peft's layout; `load_model` merges them into the base they name)
+and, with model.lora.save_merged, merged/ the plain merged model.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from aha.config import ConfigError, option
 from aha.data.prompts import DataError, PromptExample, load_prompt_file
 from aha.models.forward import next_token_logprobs
+from aha.models.lora import export_merged
 from aha.track.memory import peak_memory_metrics, reset_peak_memory
 from aha.track.plots import plot_metrics
 from aha.train.checkpoint import latest_checkpoint, load_checkpoint
@@ -32,6 +35,7 @@ from aha.train.common_config import ModelConfig, OptimConfig, RunConfig
 from aha.train.session import TrainingSession
 
 FINAL_DIR = "final"
+MERGED_DIR = "merged"  # under LoRA with model.lora.save_merged: final/'s adapters merged into the base
 
 
 @dataclass
@@ -269,6 +273,8 @@ def run_sft(cfg: SFTRunConfig, resume: bool = False) -> SFTResult:
         final_eval = eval_loss()
     session.finish()
     final_dir = save_final_model(model, tokenizer, session.run_dir / FINAL_DIR)
+    if cfg.model.lora.r and cfg.model.lora.save_merged:
+        export_merged(final_dir, session.run_dir / MERGED_DIR, dtype="float32")
     if session.history:
         plot_metrics(session.history, [("loss", "eval/loss")], session.run_dir / "plots.png", title="SFT")
     return SFTResult(session.run_dir, final_dir, session.history, final_eval)
