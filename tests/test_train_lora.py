@@ -154,8 +154,9 @@ def test_sft_with_lora_learns_and_feeds_grpo(tmp_path):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_lora_grpo_on_cuda_in_bfloat16(tiny_dir, tmp_path):
-    """bf16 base on the GPU (peft keeps the adapters in float32): the reference under disable_adapter is
-    the plain base model, and a 3-step run trains every adapter."""
+    """bf16-mixed on the GPU (float32 master weights and adapters): the reference under disable_adapter
+    computes what the plain base model computes under the same autocast, and a 3-step run trains every
+    adapter."""
     from aha.models.lora import adapters_disabled
     from aha.rollout.completions import tokenize_prompts
 
@@ -166,12 +167,13 @@ def test_lora_grpo_on_cuda_in_bfloat16(tiny_dir, tmp_path):
     session.finish()
     model = session.model
     assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
-    base = load_model(str(tiny_dir), "bfloat16", "cuda").eval()
+    base = load_model(str(tiny_dir), "float32", "cuda").eval()
     ids, mask = tokenize_prompts(session.tokenizer, ["12+7=", "3*4=hello"], "cuda")
-    with torch.no_grad(), adapters_disabled(model):
+    with torch.no_grad(), adapters_disabled(model), torch.autocast("cuda", torch.bfloat16):
         ref = model.eval()(input_ids=ids, attention_mask=mask).logits
         expected = base(input_ids=ids, attention_mask=mask).logits
-    # The same bf16 ops; allow 2 bf16 ulps of the largest logit in case the GPU library rounds differently.
+    # Both float32 weights cast to bf16 by autocast: the same bf16 ops; allow 2 bf16 ulps of the largest
+    # logit in case the GPU library picks kernels that round differently.
     tol = 2 * torch.finfo(torch.bfloat16).eps * float(expected.abs().max())
     torch.testing.assert_close(ref.float(), expected.float(), rtol=0, atol=tol)
     result = run_grpo(
