@@ -39,6 +39,11 @@ COMMANDS: CommandTable = {
         "aha.models.tiny:run_tiny_model",
         "Write the built-in tiny Llama and character tokenizer to a directory (HF format).",
     ),
+    "convert-gguf": (
+        "aha.models.gguf:ConvertGGUFCommand",
+        "aha.models.gguf:run_convert_gguf",
+        "Convert a GGUF checkpoint (e.g. from llama.cpp) into a Hugging Face directory aha can train.",
+    ),
     "demo": (
         "aha.demo:DemoConfig",
         "aha.demo:run_demo",
