@@ -64,7 +64,7 @@ def test_message_list_prompts_load_with_their_source(tmp_path):
             'message 2: "role" must be a string, got int',
         ),
         ([{"role": " ", "content": "a"}], 'message 1: "role" is empty'),
-        ({"role": "user"}, "must be a string or a list of messages"),
+        ({"role": "user"}, "must be a string, got dict"),
     ],
 )
 def test_bad_message_lists_name_file_line_and_field(tmp_path, prompt, message):

@@ -36,7 +36,7 @@ class PromptExample:
 
     prompt: str | Messages
     fields: dict[str, Any] = field(default_factory=dict)
-    source: str = ""
+    source: str = field(default="", compare=False)  # where, not what: equal records compare equal
 
 
 def load_prompt_file(
@@ -119,8 +119,7 @@ def _to_example(
         _check_messages(prompt, f'{path}: {where}: field "{prompt_field}"')
     elif not isinstance(prompt, str):
         raise DataError(
-            f'{path}: {where}: field "{prompt_field}" must be a string or a list of messages '
-            f'({{"role": ..., "content": ...}}), got {type(prompt).__name__}'
+            f'{path}: {where}: field "{prompt_field}" must be a string, got {type(prompt).__name__}'
         )
     for name in required_fields:
         if name not in record:
