@@ -173,6 +173,37 @@ def test_grpo_step_runs_on_message_prompts_and_rewards_see_the_rendered_text(cha
     assert (tmp_path / "run" / "checkpoints").is_dir()
 
 
+def test_grpo_learns_through_chat_rendered_prompts(chat_dir, tmp_path):
+    """The tiny ChatML model, prompted with message lists, learns a learnable reward (digit characters)."""
+    records = [{"prompt": _user(f"{a}+{b}=")} for a in range(10) for b in range(4)]
+    train = _write_jsonl(tmp_path / "train.jsonl", records)
+    cfg = load_config(
+        GRPORunConfig,
+        overrides=[
+            f"model.path={chat_dir}",
+            f"data.train_file={train}",
+            f"data.eval_file={train}",
+            f"run.output_dir={tmp_path / 'run'}",
+            "run.progress=false",
+            "rewards.functions=[toy_rewards:digit_fraction]",
+            "rollout.max_new_tokens=8",
+            "rollout.group_size=8",
+            "train.prompts_per_step=8",
+            "train.steps=20",
+            "optim.lr=3e-3",
+            "algo.beta=0.01",
+            "eval.num_prompts=16",
+            "eval.every=0",
+            "track.sample_every=0",
+            "track.plot=false",
+        ],
+    )
+    rewards = [row["reward/mean"] for row in run_grpo(cfg).history if "reward/mean" in row]
+    first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
+    assert first < 0.3, f"the random model already scores {first:.2f}; the test would prove nothing"
+    assert last > first + 0.3, f"mean reward went from {first:.2f} to {last:.2f}"
+
+
 def test_sft_renders_prompts_like_grpo(chat_dir, tokenizer, tmp_path, monkeypatch):
     """SFT's prompt tokens are the chat template's own (one BOS), so SFT and RL see the same prefix."""
     import aha.train.sft as sft
