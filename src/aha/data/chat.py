@@ -55,8 +55,11 @@ class ChatFormat:
         return messages
 
     def text(self, prompt: str | Messages, tokenizer: Any) -> str:
+        """The model's input text for `prompt`: as written, or rendered with the generation prompt."""
         if not self.render:
-            return prompt  # type: ignore[return-value]  (checked by chat_format: strings only)
+            if not isinstance(prompt, str):
+                raise ValueError("a message-list prompt needs chat rendering (see chat_format)")
+            return prompt
         return tokenizer.apply_chat_template(
             self.messages(prompt), add_generation_prompt=True, tokenize=False
         )
