@@ -155,12 +155,18 @@ def run_setting(setting: dict, model_dir: Path, run_dir: Path, args: argparse.Na
         "update_s_median": statistics.median([r["time/update_s"] for r in steps][1:] or [0.0]),
         "losses_finite": all(math.isfinite(r["loss"]) for r in steps if "loss" in r),
         "loss_rows": sum("loss" in r for r in steps),
-        "cuda_allocated_peak_gb": max((r.get("memory/cuda_allocated_peak_gb", 0.0) for r in steps), default=0.0),
-        "cuda_reserved_peak_gb": max((r.get("memory/cuda_reserved_peak_gb", 0.0) for r in steps), default=0.0),
+        "cuda_allocated_peak_gb": max(
+            (r.get("memory/cuda_allocated_peak_gb", 0.0) for r in steps), default=0.0
+        ),
+        "cuda_reserved_peak_gb": max(
+            (r.get("memory/cuda_reserved_peak_gb", 0.0) for r in steps), default=0.0
+        ),
     }
     if setting["lora"]:
         lora_b = {k: v for k, v in after.items() if "lora_B" in k}
-        out["trainable_moved_share"] = moved_share({k: torch.zeros_like(v) for k, v in lora_b.items()}, lora_b)
+        out["trainable_moved_share"] = moved_share(
+            {k: torch.zeros_like(v) for k, v in lora_b.items()}, lora_b
+        )
         out["adapter_tensors"] = len(lora_b)
     else:
         out["trainable_moved_share"] = moved_share(load_tensors(model_dir), after)
@@ -195,7 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
-        print("error: this benchmark needs CUDA (no CUDA device is visible); --device cpu --shape tiny runs its smoke test")
+        print(
+            "error: this benchmark needs CUDA (no CUDA device is visible); --device cpu --shape tiny runs its smoke test"
+        )
         return 2
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

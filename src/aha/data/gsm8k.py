@@ -6,9 +6,10 @@ the question (optionally put into a template), the final answer with thousands s
 ("1,450,000" -> "1450000"), and the worked solution, unchanged. Scored by the "gsm8k" reward.
 
 `python -m aha.data.gsm8k IN.jsonl OUT.jsonl [--template think_answer] [--chat-template MODEL] [--limit N]`
-writes a prompt file that the GRPO trainer reads directly; with --chat-template the prompts are
-rendered with that model's chat template (as a user turn, generation prompt added), since the
-trainer feeds prompt text to the tokenizer as is.
+writes a prompt file that the GRPO trainer reads directly. The trainer can apply the model's chat
+template itself (`data.chat_template=always` renders each prompt as a user turn, `data.system_prompt`
+adds a system message); --chat-template instead writes prompts already rendered with that model's
+template, which the trainer then uses as written (`data.chat_template=auto`).
 """
 
 from __future__ import annotations

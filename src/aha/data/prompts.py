@@ -1,7 +1,9 @@
 """Prompt datasets: load and validate prompt files, and sample batches in a resumable, seeded order.
 
 A bad record is reported with its file and 1-based line (or record) number at start-up; nothing except
-blank lines is skipped, so the training set is exactly what the file says.
+blank lines is skipped, so the training set is exactly what the file says. A prompt is a string or a
+conversation: a list of {"role", "content"} messages, rendered with the model's chat template by the
+trainer (aha.data.chat).
 """
 
 from __future__ import annotations
@@ -22,12 +24,19 @@ class DataError(ValueError):
     """A data file is missing, malformed or lacks a field. The message names the file and the line."""
 
 
+Messages = list[dict[str, Any]]
+
+
 @dataclass
 class PromptExample:
-    """One prompt and the other columns of its record (e.g. `answer`, passed on to reward functions)."""
+    """One prompt and the other columns of its record (e.g. `answer`, passed on to reward functions).
 
-    prompt: str
+    `prompt` is text, or a list of chat messages until the trainer renders it (aha.data.chat);
+    `source` says where the record came from ("FILE: line N"), for errors found after loading."""
+
+    prompt: str | Messages
     fields: dict[str, Any] = field(default_factory=dict)
+    source: str = field(default="", compare=False)  # where, not what: equal records compare equal
 
 
 def load_prompt_file(
@@ -106,14 +115,32 @@ def _to_example(
             f'{path}: {where}: missing field "{prompt_field}" (fields: {", ".join(map(str, record))})'
         )
     prompt = record[prompt_field]
-    if not isinstance(prompt, str):
+    if isinstance(prompt, list):
+        _check_messages(prompt, f'{path}: {where}: field "{prompt_field}"')
+    elif not isinstance(prompt, str):
         raise DataError(
             f'{path}: {where}: field "{prompt_field}" must be a string, got {type(prompt).__name__}'
         )
     for name in required_fields:
         if name not in record:
             raise DataError(f'{path}: {where}: missing required field "{name}"')
-    return PromptExample(prompt=prompt, fields={k: v for k, v in record.items() if k != prompt_field})
+    fields = {k: v for k, v in record.items() if k != prompt_field}
+    return PromptExample(prompt=prompt, fields=fields, source=f"{path}: {where}")
+
+
+def _check_messages(messages: list, where: str) -> None:
+    """A conversation: a non-empty list of objects with string "role" and "content" (other keys pass)."""
+    if not messages:
+        raise DataError(f"{where}: the message list is empty")
+    for number, message in enumerate(messages, start=1):
+        if not isinstance(message, dict):
+            raise DataError(f"{where}: message {number} must be an object, got {type(message).__name__}")
+        for key in ("role", "content"):
+            if not isinstance(message.get(key), str):
+                got = type(message[key]).__name__ if key in message else "nothing"
+                raise DataError(f'{where}: message {number}: "{key}" must be a string, got {got}')
+        if not message["role"].strip():
+            raise DataError(f'{where}: message {number}: "role" is empty')
 
 
 def batch_fields(examples: Sequence[PromptExample]) -> dict[str, list]:
@@ -184,5 +211,6 @@ class PromptSampler:
         self._order = self._epoch_order(self.epoch)
 
     def _fingerprint(self) -> str:
-        data = "".join(ex.prompt + "\0" for ex in self.examples).encode("utf-8")
+        texts = (ex.prompt if isinstance(ex.prompt, str) else json.dumps(ex.prompt) for ex in self.examples)
+        data = "".join(text + "\0" for text in texts).encode("utf-8")
         return f"{len(self.examples)}:{hashlib.sha256(data).hexdigest()[:16]}"

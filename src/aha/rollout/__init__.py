@@ -15,12 +15,15 @@ from aha.rollout.native import NativeSampler
 ENGINES = ("native", "hf", "vllm")
 
 
-def make_engine(name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> RolloutEngine:
-    """The engine called `name`, sampling from `model` (in-process engines hold a reference, not a copy)."""
+def make_engine(
+    name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, add_special_tokens: bool = True
+) -> RolloutEngine:
+    """The engine called `name`, sampling from `model` (in-process engines hold a reference, not a copy).
+    `add_special_tokens=False` for chat-rendered prompts, which already hold the template's BOS etc."""
     if name == "native":
-        return NativeSampler(model, tokenizer)
+        return NativeSampler(model, tokenizer, add_special_tokens=add_special_tokens)
     if name == "hf":
-        return HFGenerateEngine(model, tokenizer)
+        return HFGenerateEngine(model, tokenizer, add_special_tokens=add_special_tokens)
     if name == "vllm":
         raise NotImplementedError(
             "rollout.engine='vllm' needs a CUDA GPU and the optional extra (pip install 'aha[vllm]'), and "

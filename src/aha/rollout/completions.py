@@ -35,15 +35,25 @@ def check_sampling_params(params: SamplingParams) -> None:
 
 
 def tokenize_prompts(
-    tokenizer: PreTrainedTokenizerBase, prompts: list[str], device: torch.device
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    device: torch.device,
+    add_special_tokens: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded ids and mask, tokenised with the tokenizer's defaults (`tokenizer(prompts)`, so special
-    tokens such as BOS are added exactly as a trainer calling the tokenizer the same way would get)."""
+    """Left-padded ids and mask. By default tokenised with the tokenizer's defaults (`tokenizer(prompts)`,
+    so special tokens such as BOS are added exactly as a trainer calling the tokenizer the same way would
+    get); `add_special_tokens=False` for chat-rendered text, which already holds the template's."""
     if not prompts:
         raise ValueError("generate() needs at least one prompt")
     if tokenizer.pad_token_id is None:
         raise ValueError("the tokenizer has no pad token; load it with aha.models.loading.load_tokenizer")
-    enc = tokenizer(prompts, padding=True, padding_side="left", return_tensors="pt")
+    enc = tokenizer(
+        prompts,
+        padding=True,
+        padding_side="left",
+        return_tensors="pt",
+        add_special_tokens=add_special_tokens,
+    )
     mask = enc["attention_mask"]
     empty = (mask.sum(1) == 0).nonzero().flatten().tolist()
     if empty:

@@ -31,9 +31,12 @@ class HFGenerateEngine:
     same token through its `stop_strings`); `seed` seeds a forked global RNG, leaving the caller's intact.
     """
 
-    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase):
+    def __init__(
+        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, add_special_tokens: bool = True
+    ):
         self.model = model
         self.tokenizer = tokenizer
+        self.add_special_tokens = add_special_tokens  # False for chat-rendered prompts
         self._eos_ids = eos_token_ids(model, tokenizer)
 
     def sync_weights(self) -> None:
@@ -73,7 +76,9 @@ class HFGenerateEngine:
 
     def _generate(self, prompts: list[str], params: SamplingParams) -> RolloutBatch:
         started = time.perf_counter()
-        prompt_ids, prompt_mask = tokenize_prompts(self.tokenizer, prompts, self.model.device)
+        prompt_ids, prompt_mask = tokenize_prompts(
+            self.tokenizer, prompts, self.model.device, self.add_special_tokens
+        )
         # `generate` fills every setting we leave unset from the model's generation config; a blank one
         # in its place for the call means only the library's neutral defaults fill them.
         model_defaults, self.model.generation_config = self.model.generation_config, GenerationConfig()

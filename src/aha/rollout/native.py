@@ -135,21 +135,29 @@ class NativeSampler:
     """Samples from the live `model` in-process, so `sync_weights` has nothing to do.
 
     Prompts are tokenised with the tokenizer's defaults (`tokenizer(prompts)`: BOS etc. added as the
-    tokenizer decides) and left-padded. Positions count from each row's first real token
+    tokenizer decides; none added for chat-rendered prompts) and left-padded. Positions count from each row's first real token
     (`left_padded_position_ids`), as `generate` does. A row ends at EOS (any id in the tokenizer's or
     the generation config's EOS) or at the first token whose text completes a stop string; that token
     stays in the completion and mask. The text is cut right after the stop string.
     """
 
-    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, decode: str = "kernel"):
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        decode: str = "kernel",
+        add_special_tokens: bool = True,
+    ):
         """`decode` is the fastest decoding step allowed: "kernel" (the compiled fp32 CPU step, else the
         torch one), "torch" (the hand-written Llama step in torch ops) or "hf" (the model's own forward).
-        Each falls back to the next where it does not apply (`decode_step_for`)."""
+        Each falls back to the next where it does not apply (`decode_step_for`). `add_special_tokens`:
+        False for chat-rendered prompts (see `tokenize_prompts`)."""
         if decode not in DECODE_STEPS:
             raise ValueError(f"decode={decode!r} is not one of {list(DECODE_STEPS)}")
         self.model = model
         self.tokenizer = tokenizer
         self.decode = decode
+        self.add_special_tokens = add_special_tokens
         self._cache_arg = cache_argument(model)
         self._eos_ids = eos_token_ids(model, tokenizer)
 
@@ -199,7 +207,7 @@ class NativeSampler:
         """
         device = self.model.device
         unique = list(dict.fromkeys(prompts))
-        ids, mask = tokenize_prompts(self.tokenizer, unique, device)
+        ids, mask = tokenize_prompts(self.tokenizer, unique, device, self.add_special_tokens)
         capacity = ids.shape[1] + max_new
         decode_step = None
         if self.decode != "hf":

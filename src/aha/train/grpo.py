@@ -1,5 +1,7 @@
 """The GRPO recipe, readable top to bottom: sample groups -> rewards -> group advantages -> clipped update.
 
+Prompts are turned into model input text once, up front (message lists through the chat template,
+aha.data.chat); reward functions receive that text as `prompts`, with the record's other fields.
 One step:
   1. take `prompts_per_step` prompts and sample `group_size` completions for each (the rollout engine);
   2. score them with the reward functions; advantages are rewards relative to their group;
@@ -19,6 +21,7 @@ from pathlib import Path
 import torch
 
 from aha.algos.advantages import get_advantage_estimator, zero_variance_groups
+from aha.data.chat import chat_format
 from aha.data.prompts import PromptSampler, batch_fields
 from aha.models.lora import export_merged
 from aha.rewards.base import compute_rewards
@@ -53,9 +56,11 @@ def run_grpo(cfg: GRPORunConfig, resume: bool = False) -> GRPOResult:
     session = TrainingSession.start(cfg, resume=resume, total_steps=cfg.train.steps)
     model, tokenizer, device, precision = session.model, session.tokenizer, session.device, session.precision
     train_set, eval_set = load_prompt_sets(cfg.data, cfg.run.seed)
+    chat = chat_format(cfg.data.chat_template, cfg.data.system_prompt, tokenizer, train_set + eval_set)
+    train_set, eval_set = chat.apply(train_set, tokenizer), chat.apply(eval_set, tokenizer)
     sampler = session.prompt_sampler(train_set, cfg.train.prompts_per_step)
     rewards = session.reward_specs(cfg.rewards)
-    engine = make_engine(cfg.rollout.engine, model, tokenizer)
+    engine = make_engine(cfg.rollout.engine, model, tokenizer, add_special_tokens=chat.add_special_tokens)
     estimator = get_advantage_estimator(cfg.algo.advantage)
     ref_model = ReferencePolicy(model, precision, device, cfg.algo.ref_offload) if cfg.algo.beta > 0 else None
     G = cfg.rollout.group_size

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from aha.algos.kl import KL_ESTIMATORS
 from aha.algos.policy_loss import LOSS_AGG_MODES
 from aha.config import ConfigError, option
+from aha.data.chat import CHAT_TEMPLATE_HELP, CHAT_TEMPLATE_MODES, SYSTEM_PROMPT_HELP
 from aha.train.common_config import ModelConfig, OptimConfig, RunConfig
 
 
@@ -19,7 +20,11 @@ class PromptDataConfig:
     eval_file: str | None = option(
         None, help="Held-out JSONL prompts. None = built-in arithmetic held-out set."
     )
-    prompt_field: str = option("prompt", help="Name of the prompt column in the JSONL files.")
+    prompt_field: str = option(
+        "prompt", help="Name of the prompt column: a string, or a list of {role, content} messages."
+    )
+    chat_template: str = option("auto", choices=CHAT_TEMPLATE_MODES, help=CHAT_TEMPLATE_HELP)
+    system_prompt: str | None = option(None, help=SYSTEM_PROMPT_HELP)
     arithmetic_digits: int = option(2, help="Built-in task: digits per operand.")
     arithmetic_train_size: int = option(2000, help="Built-in task: number of training problems.")
     arithmetic_eval_size: int = option(200, help="Built-in task: number of held-out problems.")

@@ -3,8 +3,8 @@
 Each example is a prompt and a completion (JSONL). The loss is the mean negative log-likelihood of the
 completion tokens only: the prompt is context, not something the model should learn to write. EOS is
 appended to every completion so the model learns to stop, which the rollout engines rely on. Prompts are
-tokenised exactly as the rollout engines do (`tokenizer(prompt)`, special tokens included), so the
-model sees the same prefix at SFT and at RL time.
+rendered (chat template, `data.chat_template`) and tokenised exactly as the GRPO trainer and the rollout
+engines do, so the model sees the same prefix at SFT and at RL time.
 
 The run directory holds config.yaml, metrics.jsonl, checkpoints/ (atomic, for --resume), plots.png and
 final/: the trained model and tokenizer in `save_pretrained` layout, ready for `model.path` of GRPO.
@@ -25,6 +25,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from aha.config import ConfigError, option
+from aha.data.chat import CHAT_TEMPLATE_HELP, CHAT_TEMPLATE_MODES, SYSTEM_PROMPT_HELP, chat_format
 from aha.data.prompts import DataError, PromptExample, load_prompt_file
 from aha.models.forward import next_token_logprobs
 from aha.models.lora import export_merged
@@ -42,7 +43,11 @@ MERGED_DIR = "merged"  # under LoRA with model.lora.save_merged: final/'s adapte
 class SFTDataConfig:
     train_file: str = option(help="JSONL demonstrations: one object per line with a prompt and a completion.")
     eval_file: str | None = option(None, help="Held-out demonstrations (same format): their loss is logged.")
-    prompt_field: str = option("prompt", help="Name of the prompt column.")
+    prompt_field: str = option(
+        "prompt", help="Name of the prompt column: a string, or a list of {role, content} messages."
+    )
+    chat_template: str = option("auto", choices=CHAT_TEMPLATE_MODES, help=CHAT_TEMPLATE_HELP)
+    system_prompt: str | None = option(None, help=SYSTEM_PROMPT_HELP)
     completion_field: str = option("completion", help="Name of the completion column (the loss is on it).")
     max_length: int = option(
         1024, help="Longest prompt + completion + EOS in tokens; a longer example is an error, not truncated."
@@ -132,13 +137,16 @@ def encode_demonstrations(
     completions: list[str],
     max_length: int,
     source: str = "demonstrations",
+    add_special_tokens: bool = True,
 ) -> list[EncodedDemonstration]:
     """Token ids of prompt + completion + EOS. Done once per dataset: tokenising every batch again costs
     about 5 ms a step, 8% of the demo model's SFT step. An example over `max_length` is an
-    error naming `source` and its record number (1-based), never silently truncated."""
+    error naming `source` and its record number (1-based), never silently truncated.
+    `add_special_tokens=False` for chat-rendered prompts (they hold the template's BOS already)."""
     if tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer has no EOS token: SFT appends EOS so the model learns to stop")
-    prompt_ids = tokenizer(prompts)["input_ids"]  # as the rollout engines tokenise prompts
+    # As the rollout engines tokenise prompts (aha.rollout.completions.tokenize_prompts).
+    prompt_ids = tokenizer(prompts, add_special_tokens=add_special_tokens)["input_ids"]
     completion_ids = tokenizer(completions, add_special_tokens=False)["input_ids"]
     encoded = []
     for number, (p, c) in enumerate(zip(prompt_ids, completion_ids, strict=True), start=1):
@@ -213,13 +221,16 @@ def run_sft(cfg: SFTRunConfig, resume: bool = False) -> SFTResult:
         )
     session = TrainingSession.start(cfg, resume=resume, total_steps=total_steps)
     model, tokenizer, device, precision = session.model, session.tokenizer, session.device, session.precision
+    chat = chat_format(d.chat_template, d.system_prompt, tokenizer, train_set + eval_set)
+    train_set, eval_set = chat.apply(train_set, tokenizer), chat.apply(eval_set, tokenizer)
     sampler = session.prompt_sampler(train_set, cfg.train.batch_size)
     pad_id = _pad_id(tokenizer)
 
     def encode(examples: list[PromptExample], source: str) -> list[EncodedDemonstration]:
         completions = [ex.fields[d.completion_field] for ex in examples]
+        prompts = [ex.prompt for ex in examples]
         return encode_demonstrations(
-            tokenizer, [ex.prompt for ex in examples], completions, d.max_length, source
+            tokenizer, prompts, completions, d.max_length, source, chat.add_special_tokens
         )
 
     encoded_train = encode(train_set, d.train_file)
