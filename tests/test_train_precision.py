@@ -147,7 +147,7 @@ def test_bf16_mixed_moves_the_weights_at_lr_1e_6_where_pure_bf16_does_not(
         completion_nll(model, batch).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    assert _changed_fraction(before, model.state_dict()) < 0.2
+    assert _changed_fraction(before, model.state_dict()) < 0.1  # measured: 0.020 (mixed: 0.99996)
 
 
 # --- fp16-mixed: loss scaling -------------------------------------------------------------------------
