@@ -147,7 +147,7 @@ def test_bf16_mixed_moves_the_weights_at_lr_1e_6_where_pure_bf16_does_not(
         completion_nll(model, batch).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    assert _changed_fraction(before, model.state_dict()) < 0.2
+    assert _changed_fraction(before, model.state_dict()) < 0.1  # measured: 0.020 (mixed: 0.99996)
 
 
 # --- fp16-mixed: loss scaling -------------------------------------------------------------------------
@@ -228,9 +228,10 @@ def _exact_match(model_dir: Path, heldout: Path) -> float:
 
 
 def test_bf16_mixed_learns_what_fp32_learns_in_the_same_steps(tiny_model_dir, copy_files, tmp_path):
-    """SFT on the copy task (test_train_sft: exact match > 0.8 after 150 steps in fp32), both precisions
-    from the same start and data order; held-out greedy exact match within 3 points of each other.
-    Measured here (AMD EPYC): 0.93 both."""
+    """SFT on the copy task (as test_train_sft), both precisions from the same start and data order;
+    held-out greedy exact match (100 prompts, 0 before training) within 3 points of each other.
+    Measured here (AMD EPYC), fp32 / bf16-mixed: 0.21 / 0.19 after 40 steps (mid-climb), 0.98 / 0.98
+    after 60, 1.0 / 1.0 after 80 and 150."""
     train, heldout = copy_files
     accuracy = {}
     for name in ("fp32", "bf16-mixed"):
@@ -239,7 +240,7 @@ def test_bf16_mixed_learns_what_fp32_learns_in_the_same_steps(tiny_model_dir, co
             train,
             tmp_path / name,
             f"model.precision={name}",
-            "train.steps=150",
+            "train.steps=60",
             "optim.lr=3e-3",
         )
         accuracy[name] = _exact_match(run_sft(cfg).final_dir, heldout)

@@ -28,8 +28,8 @@ INITIAL_LOSS_SCALE = 2.0**16  # torch.amp.GradScaler's default
 
 
 def resolve_precision(name: str, device: str | torch.device) -> str:
-    """`auto` is bf16-mixed on a CUDA device that supports bf16, fp32 elsewhere (the CPU included: the
-    compiled CPU kernels are float32, and bf16 on a CPU without bf16 matrix units is slow)."""
+    """`auto` is bf16-mixed on a CUDA device that supports bf16, fp32 elsewhere (the CPU included: its
+    compiled kernels and lean activations are float32)."""
     if name not in PRECISIONS:
         raise ConfigError(f"model.precision={name!r} is not one of {', '.join(PRECISIONS)}")
     device = torch.device(device)
