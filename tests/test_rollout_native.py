@@ -12,7 +12,10 @@ from aha.models.loading import load_model, load_tokenizer
 from aha.models.positions import left_padded_position_ids
 from aha.rollout import make_engine
 from aha.rollout.base import RolloutBatch, SamplingParams
+from aha.rollout.decode_kernel import KernelDecodeStep
+from aha.rollout.llama_decode import decode_step_for
 from aha.rollout.native import NativeSampler, choose_tokens
+from helpers.kernels import require_decode_kernel
 
 # Different lengths, so rows are left-padded by different amounts.
 PROMPTS = ["Hi", "What is 12 + 30?", "x", "The quick brown fox jumps over", "2*3=", "Once upon a time"]
@@ -45,6 +48,9 @@ def teacher_forced_logprobs(model, batch: RolloutBatch, temperature: float) -> t
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_logprobs_equal_teacher_forced_forward(model_and_tokenizer, temperature, decode):
     model, tokenizer = model_and_tokenizer
+    if decode == "kernel":  # the compiled step, not a silent fallback to the torch one
+        require_decode_kernel()
+        assert isinstance(decode_step_for(model, 64), KernelDecodeStep)
     sampler = NativeSampler(model, tokenizer, decode=decode)
     # Frequent characters as stop strings make some rows end early (and the batch be compacted).
     params = SamplingParams(
@@ -192,7 +198,7 @@ def test_bad_input_raises_clear_errors(sampler, model_and_tokenizer):
         sampler.generate(PROMPTS, SamplingParams(top_p=0.0))
     with pytest.raises(ValueError, match=r"indices \[1\]"):
         sampler.generate(["ok", ""], SamplingParams(max_new_tokens=2))
-    with pytest.raises(NotImplementedError, match="vllm"):
+    with pytest.raises(ValueError, match="not one of"):
         make_engine("vllm", *model_and_tokenizer)
     with pytest.raises(ValueError, match="not one of"):
         make_engine("fast", *model_and_tokenizer)
