@@ -270,7 +270,9 @@ def _saved_bytes(model, input_ids, completion_len) -> tuple[torch.Tensor, int]:
 
 
 @pytest.mark.parametrize("architecture", ["llama", "qwen2"])
-def test_a_lean_model_scores_alike_and_saves_less(architecture, tiny_varied_model_dir, tiny_qwen2, monkeypatch):
+def test_a_lean_model_scores_alike_and_saves_less(
+    architecture, tiny_varied_model_dir, tiny_qwen2, monkeypatch
+):
     """With the compiled passes where they build here (counted), else with torch's ops."""
     hf = load_model(str(tiny_varied_model_dir)) if architecture == "llama" else tiny_qwen2[0]
     lean = copy.deepcopy(hf)
@@ -308,7 +310,9 @@ def test_a_lean_model_scores_alike_and_saves_less(architecture, tiny_varied_mode
         # The same relative change, carried back through the same passes once more (x2), relative to
         # each gradient's largest entry (gradients reach 30 here).
         scale = float(p_hf.grad.abs().max())
-        torch.testing.assert_close(p_lean.grad, p_hf.grad, rtol=0, atol=2 * atol / max_logit * scale, msg=name)
+        torch.testing.assert_close(
+            p_lean.grad, p_hf.grad, rtol=0, atol=2 * atol / max_logit * scale, msg=name
+        )
     hf.zero_grad(set_to_none=True)  # the Qwen2 model is shared by the whole session
 
 
