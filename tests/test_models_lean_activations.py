@@ -7,6 +7,7 @@ import copy
 
 import pytest
 import torch
+from helpers.kernels import count_compiled_passes, layer_kernels_missing, require_layer_kernels
 from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.models.llama import modeling_llama
 from transformers.models.llama.modeling_llama import LlamaMLP, LlamaRMSNorm
@@ -29,7 +30,6 @@ from aha.models.lean_activations import (
     use_lean_activations,
 )
 from aha.models.loading import load_model
-from helpers.kernels import count_compiled_passes, layer_kernels_missing, require_layer_kernels
 
 
 def test_rms_norm_gradients_match_finite_differences():

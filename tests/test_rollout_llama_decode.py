@@ -9,6 +9,7 @@ import copy
 
 import pytest
 import torch
+from helpers.kernels import require_decode_kernel
 
 from aha.models.lean_activations import LeanProjection, use_lean_activations
 from aha.models.loading import load_model, load_tokenizer
@@ -17,7 +18,6 @@ from aha.rollout.base import SamplingParams
 from aha.rollout.decode_kernel import KernelDecodeStep, load_decode_kernel
 from aha.rollout.llama_decode import WEIGHTS_LEFT_MAX_ROWS, LlamaDecodeStep, Projection, decode_step_for
 from aha.rollout.native import NativeSampler
-from helpers.kernels import require_decode_kernel
 
 PROMPTS = ["Hi", "What is 12 + 30?", "x", "The quick brown fox jumps over"]
 

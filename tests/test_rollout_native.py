@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from helpers.kernels import require_decode_kernel
 
 from aha.models.loading import load_model, load_tokenizer
 from aha.models.positions import left_padded_position_ids
@@ -15,7 +16,6 @@ from aha.rollout.base import RolloutBatch, SamplingParams
 from aha.rollout.decode_kernel import KernelDecodeStep
 from aha.rollout.llama_decode import decode_step_for
 from aha.rollout.native import NativeSampler, choose_tokens
-from helpers.kernels import require_decode_kernel
 
 # Different lengths, so rows are left-padded by different amounts.
 PROMPTS = ["Hi", "What is 12 + 30?", "x", "The quick brown fox jumps over", "2*3=", "Once upon a time"]
