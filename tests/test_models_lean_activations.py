@@ -88,6 +88,8 @@ def test_swiglu_kernel_against_float64():
     g64, u64, d64 = gate.double(), up.double(), grad.double()
     sig = torch.sigmoid(g64)
     hidden64 = g64 * sig * u64
+    # Elementwise, no sums: exp to ~1 ulp, then 1 + e, a division and two products, each rounded once:
+    # about 5 float32 epsilons (6e-7) relative at most, whatever the ISA; rtol 1e-6 leaves ~1.7x.
     torch.testing.assert_close(swiglu_forward(gate, up).double(), hidden64, rtol=1e-6, atol=1e-30)
     grad_gate, grad_up, hidden = swiglu_backward(grad, gate, up)
     torch.testing.assert_close(hidden.double(), hidden64, rtol=1e-6, atol=1e-30)
@@ -112,11 +114,18 @@ def test_rms_norm_kernel_against_float64():
         out64 = w64 * x64 * torch.rsqrt(x64.pow(2).mean(-1, keepdim=True) + 1e-6)
         out64.backward(grad.double())
         out, scale = rms_norm_forward(x, weight, 1e-6)
+        # The mean of up to 1000 squares, summed in an order the vector width sets: worst case
+        # log2(1000) ~ 10 roundings along a pairwise sum (~1.2e-6 relative), then rsqrt and two products
+        # (a few more epsilons): rtol 1e-5. atol for the all-zero row, whose output is 0.
         torch.testing.assert_close(out.double(), out64.detach(), rtol=1e-5, atol=1e-6)
         grad_x, grad_w = rms_norm_backward(grad, x, weight, scale)
+        # grad_x = scale * (w g - x * mean(x w g) * scale^2): a difference of two sums of 1000 products
+        # that nearly cancel in some entries, so the error is relative to the row's largest gradient
+        # (~10 epsilons of it for each sum: 1e-5), and rtol 1e-4 for the entries that do not cancel.
         torch.testing.assert_close(
             grad_x.double(), x64.grad, rtol=1e-4, atol=1e-5 * float(x64.grad.abs().max())
         )
+        # a sum over 70 rows, split between threads: ~log2(70) ~ 7 roundings, 1e-5 relative is ~12x that
         torch.testing.assert_close(grad_w.double(), w64.grad, rtol=1e-5, atol=1e-5)
 
 
@@ -142,6 +151,9 @@ def test_rotary_kernel_against_float64(angle_rows):
         out64 = _rotary64(x64, cos.double(), sin.double())
         out = rotary(x, cos, sin)
         assert out.stride() == x.stride()
+        # x cos + rotate(x) sin: two products and a sum (or a fused multiply-add, per ISA), each rounded
+        # once: ~3 epsilons of the terms' size (randn x randn, mostly below 3: ~1e-6 at most), so rtol 1e-6
+        # plus atol 1e-6 for the outputs where the two terms cancel.
         torch.testing.assert_close(out.double(), out64, rtol=1e-6, atol=1e-6)
         grad = torch.randn(batch, steps, heads, dim).transpose(1, 2)
         out64.backward(grad.double())
@@ -242,6 +254,9 @@ def test_lean_modules_compute_what_the_hf_modules_compute(dtype, compiled, reque
         x_hf, x_lean = x.clone().requires_grad_(), x.clone().requires_grad_()
         out_hf, out_lean = hf(x_hf), lean(x_lean)
         if compiled:
+            # a norm over 16 features and SwiGLU's polynomial exp: a few float32 epsilons relative
+            # (~4e-7), through one matmul of 40 terms (~sqrt(40) more): rtol 1e-5 is ~3x that; atol for
+            # outputs near 0
             torch.testing.assert_close(out_lean, out_hf, rtol=1e-5, atol=1e-6)
         else:
             assert torch.equal(out_hf, out_lean)
