@@ -38,7 +38,7 @@ def require_layer_kernels():
     """The built layer-kernel library; skips (naming what is missing) where it cannot be built here."""
     reason = layer_kernels_missing()
     if reason is not None:
-        pytest.skip(reason)
+        pytest.skip(f"the compiled layer kernels cannot run here: {reason}")
     library = layer_kernels.load_layer_kernels()
     assert library is not None, "a C compiler is here but the layer kernels did not build (see the log)"
     return library
@@ -48,7 +48,7 @@ def require_decode_kernel():
     """The built decode-kernel library; skips (naming what is missing) where it cannot be built here."""
     reason = decode_kernel_missing()
     if reason is not None:
-        pytest.skip(reason)
+        pytest.skip(f"the compiled decode kernel cannot run here: {reason}")
     library = decode_kernel.load_decode_kernel()
     assert library is not None, "a C compiler and MKL are here but the decode kernel did not build"
     return library
