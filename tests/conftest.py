@@ -8,6 +8,7 @@ import os
 # threads then fight over them and make small-model tests 5-50x slower. Must be set before torch loads.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import gzip  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -16,6 +17,27 @@ from transformers import GPT2Config, GPT2LMHeadModel, Qwen2Config, Qwen2ForCausa
 
 from aha.models.loading import load_model, load_tokenizer  # noqa: E402
 from aha.models.tiny import build_char_tokenizer, create_tiny_model  # noqa: E402
+
+DATA = Path(__file__).parent / "data"  # real public data kept with the tests (its README: source, licence)
+
+
+def _unpacked(tmp_path_factory, name: str) -> Path:
+    """tests/data/<name>.jsonl.gz as the plain JSONL file the loaders read."""
+    out = tmp_path_factory.mktemp("data") / "test.jsonl"
+    out.write_bytes(gzip.decompress((DATA / f"{name}.jsonl.gz").read_bytes()))
+    return out
+
+
+@pytest.fixture(scope="session")
+def gsm8k_test(tmp_path_factory) -> Path:
+    """GSM8K's test split, 1,319 problems (tests/data/gsm8k)."""
+    return _unpacked(tmp_path_factory, "gsm8k/test")
+
+
+@pytest.fixture(scope="session")
+def math500_test(tmp_path_factory) -> Path:
+    """MATH-500, 500 problems (tests/data/math500)."""
+    return _unpacked(tmp_path_factory, "math500/test")
 
 
 @pytest.fixture(scope="session")

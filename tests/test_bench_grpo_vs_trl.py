@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 from _flops import LlamaShape, decode_projection_shapes, forward_flops, grpo_step_flops  # noqa: E402
+from _grpo_runners import RunRecord  # noqa: E402
 from _hardware import memory_allocator  # noqa: E402
+from grpo_vs_trl import summarize_size  # noqa: E402
 
 
 def test_forward_flops_by_hand():
@@ -54,6 +59,39 @@ def test_the_allocator_is_named_with_its_tuning(monkeypatch):
     assert memory_allocator() == "libjemalloc.so.2 MALLOC_CONF=dirty_decay_ms:-1"
 
 
+def _planted(tool: str, step_s: list[float], rss_gb: float) -> RunRecord:
+    return RunRecord(
+        tool, step_s, [s / 2 for s in step_s], [8.0] * len(step_s), peak_rss_bytes=int(rss_gb * 1e9)
+    )
+
+
+def test_ratios_come_from_the_measured_rows():
+    """Planted rows with known step times (the first of each run is warm-up) give known ratios: per repeat
+    (run i of one tool against run i of the other), then their median and range."""
+    records = {
+        "aha": [_planted("aha", [9.0, 1.0, 3.0, 2.0], 1.0), _planted("aha", [9.0, 4.0, 4.0, 4.0], 1.5)],
+        "aha_mb": [
+            _planted("aha_mb", [9.0, 3.0, 3.0, 3.0], 0.5),
+            _planted("aha_mb", [9.0, 6.0, 6.0, 6.0], 0.6),
+        ],
+        "trl": [_planted("trl", [9.0, 4.0, 4.0, 4.0], 2.0), _planted("trl", [9.0, 5.0, 5.0, 5.0], 3.0)],
+        "floor": [_planted("floor", [9.0, 1.0, 1.0, 1.0], 0.1), _planted("floor", [9.0, 2.0, 2.0, 2.0], 0.1)],
+    }
+    out = summarize_size(records, warmup=1, flops=4e9, peak_gflops=10.0, tokens_per_step=64, attainable_s=1.5)
+    # aha's run medians: median(1, 3, 2) = 2 and 4; TRL's: 4 and 5; the floor's: 1 and 2; aha_mb's: 3, 6.
+    assert out["aha"]["step_s_per_run"] == [2.0, 4.0] and out["aha"]["step_s_median"] == 3.0
+    assert out["ratio_aha_over_trl"] == {"median": 0.65, "min": 0.5, "max": 0.8, "per_repeat": [0.5, 0.8]}
+    assert out["ratio_aha_over_floor"]["per_repeat"] == [2.0, 2.0]
+    assert out["ratio_floor_over_trl"]["per_repeat"] == [0.25, 0.4]
+    assert out["ratio_aha_mb_over_trl"]["per_repeat"] == [0.75, 1.2]
+    # peaks: aha 1.5 GB, aha_mb 0.6 GB, TRL 3 GB
+    assert out["rss_ratio_aha_over_trl"] == 0.5 and out["rss_ratio_aha_mb_over_trl"] == pytest.approx(0.2)
+    assert out["attainable_over_trl"] == 1.5 / 4.5  # TRL's median step: median(4, 5)
+    assert out["aha"]["fraction_of_peak"] == 4e9 / (3.0 * 10.0 * 1e9)
+    assert out["aha"]["completion_tokens_per_s"] == 64 / 3.0
+    assert out["aha"]["generate_s_median"] == 1.5  # halves of the steps: run medians 1 and 2
+
+
 def test_quick_run_end_to_end(tmp_path):
     # TRL is the optional bench extra (CI installs only dev): without it only aha's side runs.
     tools = (
@@ -87,15 +125,29 @@ def test_quick_run_end_to_end(tmp_path):
         assert result[tool]["completion_lengths"] == [8.0], f"{tool} did not generate exactly 8 tokens"
         assert result[tool]["step_s_median"] > 0 and result[tool]["peak_rss_gb"] > 0.05
         assert 0 < result[tool]["fraction_of_peak"] < 1
-    assert result["ratio_aha_over_floor"]["median"] > 0
+    # The summary's numbers are computed from the rows the runs recorded (warm-up steps left out).
+    warmup = data["settings"]["warmup_steps"]
+    for tool in tools:
+        runs = result[tool]["step_s_all"]
+        assert result[tool]["step_s_per_run"] == [statistics.median(steps[warmup:]) for steps in runs]
+    pairs = [("aha", "floor")] + (
+        [("aha", "trl"), ("aha_mb", "trl"), ("floor", "trl")] if "trl" in tools else []
+    )
+    for a, b in pairs:
+        expected = [
+            x / y for x, y in zip(result[a]["step_s_per_run"], result[b]["step_s_per_run"], strict=True)
+        ]
+        assert result[f"ratio_{a}_over_{b}"]["per_repeat"] == expected
     assert (
         result["decode_matmul_gflops"] > 0
         and 0 < result["attainable_step_s"] < result["aha"]["step_s_median"]
     )
     if "trl" in tools:
-        assert result["ratio_aha_over_trl"]["median"] > 0 and result["ratio_floor_over_trl"]["median"] > 0
-        assert result["ratio_aha_mb_over_trl"]["median"] > 0 and result["rss_ratio_aha_mb_over_trl"] > 0
-        assert result["attainable_over_trl"] > 0
+        assert (
+            result["rss_ratio_aha_mb_over_trl"]
+            == result["aha_mb"]["peak_rss_gb"] / result["trl"]["peak_rss_gb"]
+        )
+        assert result["attainable_over_trl"] == result["attainable_step_s"] / result["trl"]["step_s_median"]
 
     import report
 

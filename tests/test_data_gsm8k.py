@@ -5,19 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
-from shared_data import SHARED_DATA
 
 from aha.data.gsm8k import R1_ZERO_TEMPLATE, gsm8k_final_answer, load_gsm8k, main, render_chat
 from aha.data.prompts import DataError
 from aha.models.tiny import build_char_tokenizer
 
-GSM8K_TEST = SHARED_DATA / "gsm8k" / "test.jsonl"
-needs_gsm8k = pytest.mark.skipif(not GSM8K_TEST.is_file(), reason="GSM8K data not present")
 
-
-@needs_gsm8k
-def test_loads_the_test_split_with_gold_answers_cleaned():
-    records = load_gsm8k(GSM8K_TEST)
+def test_loads_the_test_split_with_gold_answers_cleaned(gsm8k_test):
+    records = load_gsm8k(gsm8k_test)
     assert len(records) == 1319
     assert set(records[0]) == {"prompt", "answer", "solution"}
     assert records[0]["answer"] == "18" and records[0]["prompt"].startswith("Janet\u2019s ducks lay 16 eggs")
@@ -29,19 +24,18 @@ def test_loads_the_test_split_with_gold_answers_cleaned():
     assert all("," not in r["answer"] for r in records)
 
 
-@needs_gsm8k
-def test_limit_and_templates():
-    records = load_gsm8k(GSM8K_TEST, limit=3, prompt_template="Q: {question}\nA: {not a placeholder}")
+def test_limit_and_templates(gsm8k_test):
+    records = load_gsm8k(gsm8k_test, limit=3, prompt_template="Q: {question}\nA: {not a placeholder}")
     assert len(records) == 3
     assert records[1]["prompt"].startswith("Q: A robe takes 2 bolts") and records[1]["prompt"].endswith(
         "{not a placeholder}"
     )
-    r1 = load_gsm8k(GSM8K_TEST, limit=1, prompt_template="r1_zero")[0]["prompt"]
-    assert r1 == R1_ZERO_TEMPLATE.replace("{question}", load_gsm8k(GSM8K_TEST, limit=1)[0]["prompt"])
+    r1 = load_gsm8k(gsm8k_test, limit=1, prompt_template="r1_zero")[0]["prompt"]
+    assert r1 == R1_ZERO_TEMPLATE.replace("{question}", load_gsm8k(gsm8k_test, limit=1)[0]["prompt"])
     assert r1.endswith("Assistant: <think>")
-    assert load_gsm8k(GSM8K_TEST, limit=0) == []
+    assert load_gsm8k(gsm8k_test, limit=0) == []
     with pytest.raises(ValueError, match="must contain '\\{question\\}'"):
-        load_gsm8k(GSM8K_TEST, prompt_template="no placeholder")
+        load_gsm8k(gsm8k_test, prompt_template="no placeholder")
 
 
 def write(tmp_path, lines):

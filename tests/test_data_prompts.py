@@ -7,11 +7,8 @@ from itertools import islice
 from pathlib import Path
 
 import pytest
-from shared_data import SHARED_DATA
 
 from aha.data.prompts import DataError, PromptExample, PromptSampler, batch_fields, load_prompt_file
-
-GSM8K_TEST = SHARED_DATA / "gsm8k" / "test.jsonl"
 
 
 def write(tmp_path: Path, text: str, name: str = "p.jsonl") -> Path:
@@ -101,9 +98,8 @@ def test_parquet_with_pyarrow(tmp_path):
     ]
 
 
-@pytest.mark.skipif(not GSM8K_TEST.exists(), reason="shared GSM8K data not present")
-def test_real_gsm8k_file():
-    examples = load_prompt_file(GSM8K_TEST, prompt_field="question", required_fields=("answer",))
+def test_real_gsm8k_file(gsm8k_test):
+    examples = load_prompt_file(gsm8k_test, prompt_field="question", required_fields=("answer",))
     assert len(examples) == 1319  # the GSM8K test split
     assert all(ex.prompt and "####" in ex.fields["answer"] for ex in examples)
 

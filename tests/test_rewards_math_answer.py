@@ -1,4 +1,4 @@
-"""The math_answer and gsm8k rewards end to end, on the real GSM8K and MATH-500 files in ../shared/data."""
+"""The math_answer and gsm8k rewards end to end, on the real GSM8K and MATH-500 files in tests/data."""
 
 from __future__ import annotations
 
@@ -7,18 +7,11 @@ import random
 import re
 
 import pytest
-from shared_data import SHARED_DATA
 
 from aha.data.gsm8k import load_gsm8k
 from aha.rewards import BUILTIN_REWARDS, compute_rewards, make_reward_specs
 from aha.rewards.base import RewardError
 from aha.rewards.math_answer import BadGoldAnswer, MathAnswerReward
-
-DATA = SHARED_DATA
-GSM8K_TEST = DATA / "gsm8k" / "test.jsonl"
-MATH500 = DATA / "math500" / "test.jsonl"
-needs_gsm8k = pytest.mark.skipif(not GSM8K_TEST.is_file(), reason="GSM8K data not present")
-needs_math500 = pytest.mark.skipif(not MATH500.is_file(), reason="MATH-500 data not present")
 
 math_answer = BUILTIN_REWARDS["math_answer"]
 gsm8k = BUILTIN_REWARDS["gsm8k"]
@@ -28,18 +21,16 @@ def score(reward, completions, golds):
     return reward(["prompt"] * len(completions), completions, answer=golds)
 
 
-@needs_gsm8k
-def test_every_gsm8k_test_solution_scores_correct_against_its_own_answer():
-    records = load_gsm8k(GSM8K_TEST)
+def test_every_gsm8k_test_solution_scores_correct_against_its_own_answer(gsm8k_test):
+    records = load_gsm8k(gsm8k_test)
     assert len(records) == 1319
     scores = score(gsm8k, [r["solution"] for r in records], [r["answer"] for r in records])
     assert list(scores) == [1.0] * 1319
     assert scores.metrics["method/marker"] == 1319
 
 
-@needs_gsm8k
-def test_a_perturbed_gsm8k_answer_scores_wrong():
-    records = load_gsm8k(GSM8K_TEST)
+def test_a_perturbed_gsm8k_answer_scores_wrong(gsm8k_test):
+    records = load_gsm8k(gsm8k_test)
     solutions = [r["solution"] for r in records]
     off_by_one = [str(int(r["answer"]) + 1) for r in records]
     assert list(score(gsm8k, solutions, off_by_one)) == [0.0] * 1319
@@ -48,10 +39,9 @@ def test_a_perturbed_gsm8k_answer_scores_wrong():
     assert list(score(gsm8k, altered, [r["answer"] for r in records])) == [0.0] * 1319
 
 
-@needs_gsm8k
-def test_gsm8k_reward_reads_a_raw_worked_solution_as_gold():
+def test_gsm8k_reward_reads_a_raw_worked_solution_as_gold(gsm8k_test):
     """Pointing the trainer at the raw file (prompt_field=question) passes whole solutions as `answer`."""
-    raw = [json.loads(line) for line in GSM8K_TEST.read_text().splitlines()[:50]]
+    raw = [json.loads(line) for line in gsm8k_test.read_text().splitlines()[:50]]
     scores = score(gsm8k, [r["answer"] for r in raw], [r["answer"] for r in raw])
     assert list(scores) == [1.0] * 50
 
@@ -151,18 +141,16 @@ def test_options_are_validated():
     assert math_answer.with_options(answer_tags=["<a>", "</a>"]).answer_tags == ("<a>", "</a>")
 
 
-@needs_math500
-def test_every_math500_gold_answer_parses_and_its_own_solution_scores_correct():
-    records = [json.loads(line) for line in MATH500.open()]
+def test_every_math500_gold_answer_parses_and_its_own_solution_scores_correct(math500_test):
+    records = [json.loads(line) for line in math500_test.open()]
     assert len(records) == 500
     scores = score(math_answer, [r["solution"] for r in records], [r["answer"] for r in records])
     assert list(scores) == [1.0] * 500  # a gold that did not parse would have raised BadGoldAnswer
     assert scores.metrics["method/boxed"] == 500
 
 
-@needs_math500
-def test_math500_perturbed_numeric_answers_score_wrong():
-    records = [json.loads(line) for line in MATH500.open()]
+def test_math500_perturbed_numeric_answers_score_wrong(math500_test):
+    records = [json.loads(line) for line in math500_test.open()]
     integers = [r for r in records if re.fullmatch(r"-?\d+", r["answer"])]
     sample = random.Random(0).sample(integers, 40)
     completions = [f"\\boxed{{{int(r['answer']) + 1}}}" for r in sample]
@@ -190,8 +178,7 @@ MATH500_EQUIVALENT_FORMS = [
 ]
 
 
-@needs_math500
 @pytest.mark.parametrize("gold, alternative", MATH500_EQUIVALENT_FORMS)
-def test_math500_golds_accept_known_equivalent_forms(gold, alternative):
-    assert any(json.loads(line)["answer"] == gold for line in MATH500.open()), "gold not in MATH-500"
+def test_math500_golds_accept_known_equivalent_forms(gold, alternative, math500_test):
+    assert any(json.loads(line)["answer"] == gold for line in math500_test.open()), "gold not in MATH-500"
     assert list(score(math_answer, [f"The final answer is \\boxed{{{alternative}}}."], [gold])) == [1.0]

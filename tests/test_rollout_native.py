@@ -7,11 +7,14 @@ import math
 
 import pytest
 import torch
+from helpers.kernels import require_decode_kernel
 
 from aha.models.loading import load_model, load_tokenizer
 from aha.models.positions import left_padded_position_ids
 from aha.rollout import make_engine
 from aha.rollout.base import RolloutBatch, SamplingParams
+from aha.rollout.decode_kernel import KernelDecodeStep
+from aha.rollout.llama_decode import decode_step_for
 from aha.rollout.native import NativeSampler, choose_tokens
 
 # Different lengths, so rows are left-padded by different amounts.
@@ -45,6 +48,9 @@ def teacher_forced_logprobs(model, batch: RolloutBatch, temperature: float) -> t
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_logprobs_equal_teacher_forced_forward(model_and_tokenizer, temperature, decode):
     model, tokenizer = model_and_tokenizer
+    if decode == "kernel":  # the compiled step, not a silent fallback to the torch one
+        require_decode_kernel()
+        assert isinstance(decode_step_for(model, 64), KernelDecodeStep)
     sampler = NativeSampler(model, tokenizer, decode=decode)
     # Frequent characters as stop strings make some rows end early (and the batch be compacted).
     params = SamplingParams(
@@ -174,6 +180,53 @@ def test_choose_tokens_truncation_and_untruncated_logprobs():
     assert tokens.item() == 1 and math.isclose(logprobs.item(), math.log(0.3), abs_tol=1e-6)
 
 
+# Token probabilities worked by hand from p = softmax(LOGITS / T), then truncated and renormalised.
+LOGITS = [2.0, 1.5, 1.0, 0.5, 0.0, -0.5, -1.0, -3.0]
+
+
+def _expected_probs(temperature: float, top_k: int, top_p: float) -> list[float]:
+    """What the draw should follow, in float64 and sorted by hand (the logits are in descending order)."""
+    weights = [math.exp(x / temperature) for x in LOGITS]
+    probs = [w / sum(weights) for w in weights]
+    kept = len(probs) if top_k == 0 else top_k
+    if (
+        top_p < 1.0
+    ):  # the smallest head whose mass reaches top_p: a token is kept if the mass before it is below
+        kept = min(kept, next(i + 1 for i in range(len(probs)) if sum(probs[: i + 1]) >= top_p))
+    # top-k first, then top-p over the renormalised top-k (as `generate` and choose_tokens order them)
+    head = [p / sum(probs[:kept]) for p in probs[:kept]] if top_k else probs[:kept]
+    if top_k and top_p < 1.0:
+        kept = next(i + 1 for i in range(len(head)) if sum(head[: i + 1]) >= top_p)
+        head = head[:kept]
+    head = [p / sum(head) for p in head]
+    return head + [0.0] * (len(LOGITS) - len(head))
+
+
+@pytest.mark.parametrize(
+    "temperature, top_k, top_p",
+    [(1.0, 0, 1.0), (0.7, 0, 1.0), (1.5, 0, 1.0), (1.0, 3, 1.0), (1.0, 0, 0.8), (1.3, 5, 0.9)],
+)
+def test_the_draw_follows_the_softmax_probabilities(temperature, top_k, top_p):
+    """Counts over 40,000 seeded draws against the expected probabilities: a chi-square test at a
+    false-alarm rate of about 1e-6 (critical value by the Wilson-Hilferty approximation, z = 4.75), and
+    tokens cut by top-k or top-p never drawn. An off-by-one in the inverse CDF, a temperature left out of
+    the draw or a wrong cut moves some count by hundreds of standard deviations."""
+    draws = 40_000
+    expected = _expected_probs(temperature, top_k, top_p)
+    logits = torch.tensor([LOGITS]).repeat(draws, 1)
+    params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p)
+    tokens, _ = choose_tokens(logits, params, torch.Generator().manual_seed(0))
+    counts = torch.bincount(tokens, minlength=len(LOGITS)).tolist()
+    kept = [i for i, p in enumerate(expected) if p > 0]
+    assert all(counts[i] == 0 for i in range(len(LOGITS)) if i not in kept), counts
+    chi2 = sum((counts[i] - draws * expected[i]) ** 2 / (draws * expected[i]) for i in kept)
+    df = len(kept) - 1
+    critical = df * (1 - 2 / (9 * df) + 4.75 * math.sqrt(2 / (9 * df))) ** 3
+    assert chi2 < critical, (
+        f"chi-square {chi2:.1f} >= {critical:.1f} ({df} dof): counts {counts}, p {expected}"
+    )
+
+
 def test_outputs_feed_autograd_and_training_mode_is_restored(model_and_tokenizer, sampler):
     model, _ = model_and_tokenizer
     model.train()
@@ -192,7 +245,7 @@ def test_bad_input_raises_clear_errors(sampler, model_and_tokenizer):
         sampler.generate(PROMPTS, SamplingParams(top_p=0.0))
     with pytest.raises(ValueError, match=r"indices \[1\]"):
         sampler.generate(["ok", ""], SamplingParams(max_new_tokens=2))
-    with pytest.raises(NotImplementedError, match="vllm"):
+    with pytest.raises(ValueError, match="not one of"):
         make_engine("vllm", *model_and_tokenizer)
     with pytest.raises(ValueError, match="not one of"):
         make_engine("fast", *model_and_tokenizer)

@@ -61,7 +61,8 @@ def test_grpo_learns_a_learnable_reward(tiny_dir, tmp_path):
 
 def test_run_directory_contents(tiny_dir, tmp_path):
     out = tmp_path / "run"
-    run_grpo(_config(tiny_dir, out, "train.steps=5", "algo.mu=2", "algo.minibatches=2"))
+    cfg = _config(tiny_dir, out, "train.steps=5", "algo.mu=2", "algo.minibatches=2")
+    run_grpo(cfg)
     assert (out / "config.yaml").exists() and (out / "plots.png").exists()
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1, 2, 3, 4, 5]
@@ -83,8 +84,8 @@ def test_run_directory_contents(tiny_dir, tmp_path):
     assert {s["step"] for s in samples} == {5} and len(samples) == 64
     ckpt = out / "checkpoints" / "step-00000005"
     assert (ckpt / "model.safetensors").exists() and (ckpt / "optimizer.pt").exists()
-    # The saved config reloads to the same config.
-    assert load_config(GRPORunConfig, out / "config.yaml") == load_config(GRPORunConfig, out / "config.yaml")
+    # The saved config reloads to the config that ran (overrides and defaults included).
+    assert load_config(GRPORunConfig, out / "config.yaml") == cfg
 
 
 def test_resume_continues_exactly(tiny_dir, tmp_path):
@@ -103,6 +104,14 @@ def test_resume_continues_exactly(tiny_dir, tmp_path):
         assert torch.equal(a[name], b[name]), name
     steps = [json.loads(line)["step"] for line in (tmp_path / "split/metrics.jsonl").read_text().splitlines()]
     assert steps == [0, 1, 2, 3, 4]
+
+
+def test_an_engine_that_does_not_exist_is_refused_at_start_up(tiny_dir, tmp_path):
+    """Before any model loads, with the reason; no vLLM engine is written yet."""
+    with pytest.raises(ConfigError, match="rollout: engine='vllm': aha has no vLLM engine yet"):
+        _config(tiny_dir, tmp_path / "x", "rollout.engine=vllm")
+    with pytest.raises(ConfigError, match="not one of: native, hf"):
+        _config(tiny_dir, tmp_path / "x", "rollout.engine=fast")
 
 
 def test_batch_must_split_into_whole_groups(tiny_dir, tmp_path):

@@ -53,9 +53,9 @@ def load_library(source: Path, name: str, fallback: str) -> ctypes.CDLL | None:
 def build_library(source: Path) -> Path:
     """Compile `source` unless a build for it (and the headers here), the compiler and the CPU is cached;
     return the library's path."""
-    compiler = shutil.which(os.environ.get("CC", "cc"))
+    compiler = find_compiler()
     if compiler is None:
-        raise FileNotFoundError("no C compiler (set CC)")
+        raise FileNotFoundError(f"no C compiler: {os.environ.get('CC', 'cc')!r} is not on PATH (set CC)")
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True).stdout
     headers = [path.read_bytes() for path in sorted(INCLUDE_DIR.glob("*.h"))]
     key = hashlib.sha256(
@@ -84,6 +84,11 @@ def build_library(source: Path) -> Path:
         )
         os.replace(built, target)
     return target
+
+
+def find_compiler() -> str | None:
+    """The C compiler's path: `$CC` if set, else `cc`, looked up on PATH; None where there is none."""
+    return shutil.which(os.environ.get("CC", "cc"))
 
 
 def cpu_signature() -> str:

@@ -2,10 +2,8 @@
 (`layer_kernels.c`), for float32 CPU tensors.
 
 Used by the lean modules (aha.models.lean_activations), which fall back to torch ops where
-`load_layer_kernels` returns None: no C compiler, a failed build, or `AHA_TRAIN_KERNELS=0`. Measured on
-the 2-core Xeon, the lean model's policy forward+backward with these / with torch's ops, median of
-interleaved pairs: 0.95 (25M bench model), 0.92 (3M), 0.90 (the demo model); no-grad forward 0.96-0.99
-(SwiGLU and RMSNorm). The rotary pass on top of those: 0.96 (25M), 0.92 (3M); no-grad forward 0.95-0.96.
+`load_layer_kernels` returns None: no C compiler, a failed build, or `AHA_TRAIN_KERNELS=0`.
+`bench/lean_activations.py` times the lean model's policy forward+backward with these and with torch's ops.
 """
 
 from __future__ import annotations

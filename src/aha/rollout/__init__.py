@@ -1,7 +1,7 @@
 """Rollout engines: turn prompt strings into sampled completions with per-token log-probs.
 
-`make_engine(name, model, tokenizer)` picks one by name: "native" (the fast default), "hf" (the
-`model.generate` reference) or "vllm" (GPU only, not built yet).
+`make_engine(name, model, tokenizer)` picks one by name: "native" (the fast default) or "hf" (the
+`model.generate` reference).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from aha.rollout.base import RolloutBatch, RolloutEngine, SamplingParams
 from aha.rollout.hf_generate import HFGenerateEngine
 from aha.rollout.native import NativeSampler
 
-ENGINES = ("native", "hf", "vllm")
+ENGINES = ("native", "hf")
 
 
 def make_engine(
@@ -24,11 +24,6 @@ def make_engine(
         return NativeSampler(model, tokenizer, add_special_tokens=add_special_tokens)
     if name == "hf":
         return HFGenerateEngine(model, tokenizer, add_special_tokens=add_special_tokens)
-    if name == "vllm":
-        raise NotImplementedError(
-            "rollout.engine='vllm' needs a CUDA GPU and the optional extra (pip install 'aha[vllm]'), and "
-            "aha has no vLLM engine yet; use rollout.engine='native' or 'hf'"
-        )
     raise ValueError(f"rollout.engine={name!r} is not one of {list(ENGINES)}")
 
 

@@ -61,7 +61,11 @@ class RewardConfig:
 
 @dataclass
 class RolloutConfig:
-    engine: str = option("native", choices=("native", "hf", "vllm"), help="Generation engine.")
+    engine: str = option(
+        "native",
+        help="Generation engine: native (the fast default) or hf (model.generate, the reference). "
+        "There is no vLLM engine yet.",
+    )
     group_size: int = option(8, help="G: completions sampled per prompt (the group of GRPO).")
     max_new_tokens: int = option(16, help="Maximum completion length in tokens.")
     min_new_tokens: int = option(
@@ -73,6 +77,12 @@ class RolloutConfig:
     stop_strings: list[str] = option(default_factory=list, help="Stop generating after any of these strings.")
 
     def validate(self) -> None:
+        if self.engine == "vllm":
+            raise ConfigError(
+                "engine='vllm': aha has no vLLM engine yet; use rollout.engine=native (the fast default) or hf"
+            )
+        if self.engine not in ("native", "hf"):
+            raise ConfigError(f"engine={self.engine!r} is not one of: native, hf")
         if self.group_size < 2:
             raise ConfigError("group_size must be >= 2: group-relative advantages need at least two samples")
         if self.temperature <= 0:
