@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 from helpers.kernels import require_decode_kernel
+from helpers.tolerances import logprob_atol
 
 from aha.models.loading import load_model, load_tokenizer
 from aha.models.positions import left_padded_position_ids
@@ -44,6 +45,19 @@ def teacher_forced_logprobs(model, batch: RolloutBatch, temperature: float) -> t
     return logprobs * batch.completion_mask
 
 
+def assert_rounding_close(model, batch: RolloutBatch, temperature: float) -> None:
+    """The sampler's log-probs equal a teacher-forced forward's within float32 rounding
+    (helpers/tolerances.py, from the model's size and the logits' magnitude)."""
+    mask = batch.attention_mask
+    with torch.no_grad():
+        logits = model(
+            input_ids=batch.input_ids, attention_mask=mask, position_ids=left_padded_position_ids(mask)
+        ).logits
+    atol = logprob_atol(model.config, logits.abs().max().item(), temperature)
+    reference = teacher_forced_logprobs(model, batch, temperature)
+    assert (batch.logprobs - reference).abs().max().item() <= atol
+
+
 @pytest.mark.parametrize("decode", ["kernel", "torch", "hf"])
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_logprobs_equal_teacher_forced_forward(model_and_tokenizer, temperature, decode):
@@ -63,8 +77,7 @@ def test_logprobs_equal_teacher_forced_forward(model_and_tokenizer, temperature,
     assert batch.logprobs.dtype == torch.float32
     assert (batch.logprobs[batch.completion_mask == 0] == 0).all()
     assert (batch.logprobs[batch.completion_mask == 1] < 0).all()
-    reference = teacher_forced_logprobs(model, batch, temperature)
-    assert (batch.logprobs - reference).abs().max().item() <= 1e-4
+    assert_rounding_close(model, batch, temperature)
 
 
 def test_greedy_matches_hf_generate(model_and_tokenizer, sampler):
@@ -85,8 +98,7 @@ def test_greedy_matches_hf_generate(model_and_tokenizer, sampler):
         assert torch.equal(batch.prompt_ids, enc["input_ids"])
         assert torch.equal(batch.completion_ids, expected)
         assert len(set(batch.completions)) == len(PROMPTS), "completions should differ between prompts"
-        reference = teacher_forced_logprobs(model, batch, 0.0)
-        assert (batch.logprobs - reference).abs().max().item() <= 1e-4
+        assert_rounding_close(model, batch, 0.0)
 
 
 def test_repeated_prompts_share_one_prefill(sampler):
@@ -95,7 +107,12 @@ def test_repeated_prompts_share_one_prefill(sampler):
     grouped = sampler.generate([p for p in PROMPTS for _ in range(3)], greedy)
     assert torch.equal(grouped.completion_ids, alone.completion_ids.repeat_interleave(3, dim=0))
     assert torch.equal(grouped.prompt_ids, alone.prompt_ids.repeat_interleave(3, dim=0))
-    assert torch.allclose(grouped.logprobs, alone.logprobs.repeat_interleave(3, dim=0), atol=1e-5)
+    # The same forward at another batch size (BLAS may block it differently): rounding only.
+    model = sampler.model
+    with torch.no_grad():
+        max_logit = model(input_ids=alone.input_ids, attention_mask=alone.attention_mask).logits.abs().max()
+    atol = logprob_atol(model.config, max_logit.item())
+    assert torch.allclose(grouped.logprobs, alone.logprobs.repeat_interleave(3, dim=0), atol=atol)
 
 
 def test_stop_string_cuts_text_mask_and_padding(sampler, model_and_tokenizer):
@@ -168,11 +185,14 @@ def test_choose_tokens_truncation_and_untruncated_logprobs():
         drawn[name] = set(tokens.tolist())
         # Untruncated: the log-prob is log p of the drawn token, whatever was cut from the draw.
         expected = torch.tensor([math.log(0.5), math.log(0.3), math.log(0.2)])[tokens]
+        # log_softmax of 3 float32 logs of exact probabilities: a few epsilons of values below 2 (~4e-7).
         assert torch.allclose(logprobs, expected, atol=1e-6)
     assert drawn == {"top_p=0.6": {0, 1}, "top_p=0.5": {0}, "top_k=1": {0}, "full": {0, 1, 2}}
 
     # Temperature 0.5 squares and renormalises: p ~ [0.25, 0.09, 0.04] / 0.38.
     tokens, logprobs = choose_tokens(logits[:1], SamplingParams(temperature=0.5), gen)
+    # float32 logs halved and renormalised against float64 arithmetic on the rounded-off probabilities
+    # (0.25/0.38 etc. are exact here, the float32 logs are not): ~1e-7 relative on values near 3: 1e-5.
     assert math.isclose(logprobs.item(), math.log([0.25, 0.09, 0.04][tokens.item()] / 0.38), abs_tol=1e-5)
 
     # Greedy takes the argmax unless it is banned (EOS before min_new_tokens); log-probs stay plain.
