@@ -8,7 +8,7 @@ n the widest sum in a layer (the MLP's down projection sums over its intermediat
 stream passes 2 norms per layer and a final one, each of which rescales the error with the signal, so an
 output of magnitude M differs by about (2 * layers + 1) * sqrt(n) * eps * M. A log-prob is a logit minus
 a logsumexp over the vocabulary: two such errors, so twice that, and divided by the temperature like the
-logits. tests/test_models_lean_activations.py uses the same bound for the lean modules' logits: on a
+logits. tests/test_models_lean_activations.py uses a bound of the same form (sqrt(hidden)) for the lean modules' logits: on a
 2-core AMD EPYC they differed by 1.0e-5 (1 thread) and 1.2e-5 (2 threads) against its 7.3e-5.
 """
 
