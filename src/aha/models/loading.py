@@ -1,7 +1,10 @@
-"""Load any causal LM and its tokenizer through `from_pretrained` (a directory or a hub id)."""
+"""Load any causal LM and its tokenizer through `from_pretrained` (a directory or a hub id), and save one
+atomically."""
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -36,3 +39,16 @@ def load_model(
         path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code, use_safetensors=None
     )
     return model.to(device)
+
+
+def save_model_atomically(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: Path) -> Path:
+    """Write model + tokenizer to a temp dir beside `out_dir`, then rename: never a half-written model."""
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(f".tmp-{out_dir.name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+    return out_dir

@@ -9,8 +9,6 @@ reference policy under LoRA). peft is an optional extra (`pip install 'aha[lora]
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,20 +98,12 @@ def export_merged(
 ) -> Path:
     """Write the merged model (safetensors, in `dtype`) and the tokenizer to `out_dir`, atomically (temp
     dir, then rename). The tokenizer comes from `adapter_dir` when it holds one, else from the base."""
-    from aha.models.loading import load_tokenizer
+    from aha.models.loading import load_tokenizer, save_model_atomically
 
     model = load_merged(adapter_dir, dtype, base=base)
     has_tokenizer = (Path(adapter_dir) / "tokenizer_config.json").is_file()
     tokenizer = load_tokenizer(str(adapter_dir) if has_tokenizer else (base or adapter_base(adapter_dir)))
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(f".tmp-{out_dir.name}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
-    return out_dir
+    return save_model_atomically(model, tokenizer, Path(out_dir))
 
 
 def adapter_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

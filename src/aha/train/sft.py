@@ -15,8 +15,6 @@ and, with model.lora.save_merged, merged/ the plain merged model.
 from __future__ import annotations
 
 import math
-import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +26,7 @@ from aha.config import ConfigError, option
 from aha.data.chat import CHAT_TEMPLATE_HELP, CHAT_TEMPLATE_MODES, SYSTEM_PROMPT_HELP, chat_format
 from aha.data.prompts import DataError, PromptExample, load_prompt_file
 from aha.models.forward import next_token_logprobs
+from aha.models.loading import save_model_atomically
 from aha.models.lora import export_merged
 from aha.track.memory import peak_memory_metrics, reset_peak_memory
 from aha.track.plots import plot_metrics
@@ -283,21 +282,9 @@ def run_sft(cfg: SFTRunConfig, resume: bool = False) -> SFTResult:
     if eval_set and final_eval is None:  # resumed a finished run
         final_eval = eval_loss()
     session.finish()
-    final_dir = save_final_model(model, tokenizer, session.run_dir / FINAL_DIR)
+    final_dir = save_model_atomically(model, tokenizer, session.run_dir / FINAL_DIR)
     if cfg.model.lora.r and cfg.model.lora.save_merged:
         export_merged(final_dir, session.run_dir / MERGED_DIR, dtype="float32")
     if session.history:
         plot_metrics(session.history, [("loss", "eval/loss")], session.run_dir / "plots.png", title="SFT")
     return SFTResult(session.run_dir, final_dir, session.history, final_eval)
-
-
-def save_final_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: Path) -> Path:
-    """Write model + tokenizer to a temp dir beside `out_dir`, then rename: never a half-written final/."""
-    tmp = out_dir.with_name(f".tmp-{out_dir.name}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
-    return out_dir
