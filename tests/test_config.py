@@ -214,6 +214,20 @@ def test_dict_fields():
         load_config(RunConfig, overrides=["reward_weights.format=high"])
 
 
+def test_bare_dict_and_list_values_hold_any_yaml():
+    """A reward function's options (`dict[str, dict]`) hold whatever that function takes: the documented
+    `rewards.options={math_answer: {bad_gold: skip, timeout_s: 2}}` failed with 'not supported'."""
+    from aha.train.grpo_config import GRPORunConfig
+
+    options = "rewards.options={math_answer: {bad_gold: skip, timeout_s: 2, tags: [a, b]}}"
+    cfg = load_config(GRPORunConfig, overrides=["rewards.functions=[math_answer]", options])
+    assert cfg.rewards.options == {"math_answer": {"bad_gold": "skip", "timeout_s": 2, "tags": ["a", "b"]}}
+    with pytest.raises(ConfigError, match=r"rewards\.options\.math_answer: expected dict"):
+        load_config(
+            GRPORunConfig, overrides=["rewards.functions=[math_answer]", "rewards.options={math_answer: 3}"]
+        )
+
+
 def test_validate_runs_with_section_prefix():
     with pytest.raises(ConfigError) as e:
         load_config(RunConfig, overrides=["train.warmup_steps=20"])

@@ -32,6 +32,11 @@ MISSING = dataclasses.MISSING
 COMMAND_LINE = "the command line"
 
 
+# A bare `dict` / `list` annotation (e.g. one reward function's options: `dict[str, dict]`) holds any
+# YAML values, as its parametrised form with `Any` would.
+_BARE_CONTAINERS: dict[Any, Any] = {dict: dict[Any, Any], list: list[Any]}
+
+
 class ConfigError(ValueError):
     """A config value is unknown, mistyped or inconsistent. The message names the dotted key and the fix."""
 
@@ -203,6 +208,7 @@ class _Builder:
         raise ConfigError(f"unknown option {key} (from {self.source(key)}); {hint}")
 
     def coerce(self, value: Any, tp: Any, key: str) -> Any:
+        tp = _BARE_CONTAINERS.get(tp, tp)
         origin, args = typing.get_origin(tp), typing.get_args(tp)
         if tp is Any:
             return value
