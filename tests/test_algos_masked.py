@@ -8,8 +8,8 @@ import torch
 from aha.algos.masked import (
     explained_variance,
     masked_mean,
-    masked_summary,
     masked_sum,
+    masked_summary,
     masked_var,
     masked_whiten,
 )
