@@ -184,3 +184,48 @@ def test_gae_lambda_zero_is_one_step_td():
 def test_gae_shape_mismatch_raises():
     with pytest.raises(ValueError, match=r"\[N, T\]"):
         gae(torch.zeros(2, 3), torch.zeros(2, 4), torch.ones(2, 3), 1.0, 1.0)
+
+
+def _slow_gae(rewards, values, mask, gamma, lam):
+    """Reference GAE in plain Python floats, one row at a time over that row's real tokens only."""
+    adv = [[0.0] * len(row) for row in rewards]
+    for i, row_mask in enumerate(mask):
+        real = [t for t, m in enumerate(row_mask) if m]
+        next_value, next_adv = 0.0, 0.0
+        for t in reversed(real):
+            delta = rewards[i][t] + gamma * next_value - values[i][t]
+            next_adv = delta + gamma * lam * next_adv
+            next_value = values[i][t]
+            adv[i][t] = next_adv
+    ret = [
+        [(a + v) if m else 0.0 for a, v, m in zip(*row, strict=True)]
+        for row in zip(adv, values, mask, strict=True)
+    ]
+    return adv, ret
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_gae_equals_slow_reference_on_random_inputs(seed):
+    # Random rewards/values (garbage in the padding), random lengths (right padding, including empty
+    # rows and full rows) and random holes inside rows; float64, so agreement to 1e-12 is only
+    # summation-order rounding over at most 12 steps.
+    g = torch.Generator().manual_seed(seed)
+    n, t_len = 7, 12
+    gamma, lam = torch.rand(2, generator=g, dtype=torch.float64).tolist()
+    rewards = torch.randn(n, t_len, generator=g, dtype=torch.float64)
+    values = torch.randn(n, t_len, generator=g, dtype=torch.float64)
+    lengths = torch.randint(0, t_len + 1, (n,), generator=g)
+    lengths[0], lengths[1] = 0, t_len
+    holes = torch.rand(n, t_len, generator=g) < 0.2
+    mask = (torch.arange(t_len)[None] < lengths[:, None]) & ~holes
+    adv, ret = gae(rewards, values, mask, gamma, lam)
+    ref_adv, ref_ret = _slow_gae(rewards.tolist(), values.tolist(), mask.tolist(), gamma, lam)
+    torch.testing.assert_close(adv, torch.tensor(ref_adv, dtype=torch.float64), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ret, torch.tensor(ref_ret, dtype=torch.float64), rtol=1e-12, atol=1e-12)
+
+
+def test_gae_rejects_out_of_range_gamma_lambda():
+    with pytest.raises(ValueError, match="gamma and lam"):
+        gae(torch.zeros(1, 2), torch.zeros(1, 2), torch.ones(1, 2), 1.1, 0.95)
+    with pytest.raises(ValueError, match="gamma and lam"):
+        gae(torch.zeros(1, 2), torch.zeros(1, 2), torch.ones(1, 2), 1.0, -0.1)

@@ -5,7 +5,14 @@ import math
 import pytest
 import torch
 
-from aha.algos.masked import masked_mean, masked_sum, masked_var, masked_whiten
+from aha.algos.masked import (
+    explained_variance,
+    masked_mean,
+    masked_sum,
+    masked_summary,
+    masked_var,
+    masked_whiten,
+)
 
 X = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
 MASK = torch.tensor([[1, 1, 0], [1, 0, 0]])
@@ -83,3 +90,29 @@ def test_masked_var_single_element_is_zero():
 def test_bad_mask_shape_raises():
     with pytest.raises(ValueError, match="does not broadcast"):
         masked_mean(X, torch.ones(3, 2))
+
+
+def test_explained_variance_by_hand():
+    # real tokens: returns [1, 2, 3, 4] (var 5/3), padding holds garbage.
+    returns = torch.tensor([[1.0, 2.0, 99.0], [3.0, 4.0, -99.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 1, 0]])
+    # perfect critic: residuals 0 -> 1
+    assert explained_variance(returns, returns, mask).item() == 1.0
+    # constant critic V = 2.5: residuals [-1.5, -0.5, 0.5, 1.5], var = 5/3 -> 1 - 1 = 0
+    assert explained_variance(torch.full_like(returns, 2.5), returns, mask).item() == pytest.approx(0.0)
+    # V = [1, 1, 3, 3]: residuals [0, 1, 0, 1], mean 0.5, var (4 * 0.25) / 3 = 1/3 -> 1 - (1/3) / (5/3) = 0.8
+    values = torch.tensor([[1.0, 1.0, 0.0], [3.0, 3.0, 0.0]])
+    assert explained_variance(values, returns, mask).item() == pytest.approx(0.8)
+    # constant returns: undefined -> NaN
+    assert torch.isnan(explained_variance(values, torch.ones(2, 3), mask))
+
+
+def test_masked_summary_by_hand():
+    # real values [1, 2, 3, 6]: mean 3, unbiased var ((4 + 1 + 0 + 9) / 3) = 14/3, min 1, max 6
+    x = torch.tensor([[1.0, 2.0, 100.0], [3.0, 6.0, -100.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 1, 0]])
+    s = masked_summary(x, mask)
+    assert s["mean"].item() == pytest.approx(3.0)
+    assert s["std"].item() == pytest.approx(math.sqrt(14 / 3))
+    assert (s["min"].item(), s["max"].item()) == (1.0, 6.0)
+    assert all(v.item() == 0.0 for v in masked_summary(x, torch.zeros_like(mask)).values())

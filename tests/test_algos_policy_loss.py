@@ -9,6 +9,7 @@ from aha.algos.policy_loss import (
     LOSS_AGG_MODES,
     aggregate_loss,
     clipped_surrogate,
+    entropy_bonus,
     micro_batch_weight,
     value_loss,
 )
@@ -239,3 +240,106 @@ def test_value_loss_by_hand():
     # no clipping: 0.5 * mean(1, 4) = 1.25
     loss, stats = value_loss(values, old, returns, mask, clip=None)
     assert loss.item() == pytest.approx(1.25) and stats["clip_frac"].item() == 0.0
+
+
+# GSPO by hand (old log-probs 0, so log-ratio = logprobs; column 2 is padding holding NaN):
+# row 0: log-ratios [ln 2, 0] -> s0 = exp(ln 2 / 2) = sqrt(2) = 1.41421 > 1.2, A0 = +1: the clipped
+#        branch wins on both tokens, loss -1.2 per token, gradient 0.
+# row 1: log-ratios [0.1, -0.1] -> s1 = exp(0) = 1, A1 = -2: loss -(-2) * 1 = 2 per token, and
+#        d loss / d logprob_t = -A1 * s1 = 2 (GSPO-token: d ratio_t / d logprob_t = s_i).
+# The token ratio instead gives row 1 [2 e^0.1, 2 e^-0.1] = [2.21034, 1.80967], row 0 [-1.2, -1].
+GSPO_LOGPROBS = [[math.log(2.0), 0.0, float("nan")], [0.1, -0.1, float("nan")]]
+GSPO_MASK = [[1, 1, 0], [1, 1, 0]]
+
+
+def _gspo(importance_ratio: str):
+    logprobs = torch.tensor(GSPO_LOGPROBS, dtype=torch.float64, requires_grad=True)
+    per_token, stats = clipped_surrogate(
+        logprobs,
+        torch.zeros(2, 3, dtype=torch.float64),
+        torch.tensor([1.0, -2.0], dtype=torch.float64),
+        torch.tensor(GSPO_MASK),
+        importance_ratio=importance_ratio,
+    )
+    per_token.sum().backward()
+    return per_token.detach(), stats, logprobs.grad
+
+
+def test_sequence_ratio_by_hand():
+    per_token, stats, grad = _gspo("sequence")
+    torch.testing.assert_close(
+        per_token, torch.tensor([[-1.2, -1.2, 0.0], [2.0, 2.0, 0.0]], dtype=torch.float64)
+    )
+    torch.testing.assert_close(grad, torch.tensor([[0.0, 0.0, 0.0], [2.0, 2.0, 0.0]], dtype=torch.float64))
+    # clip_frac_high: 2 of the 4 real tokens (row 0); ratio_mean (2 sqrt 2 + 2) / 4 = 1.20711
+    assert stats["clip_frac_high"].item() == pytest.approx(0.5)
+    assert stats["clip_frac_low"].item() == 0.0
+    assert stats["ratio_mean"].item() == pytest.approx((2 * math.sqrt(2) + 2) / 4)
+    assert stats["ratio_max"].item() == pytest.approx(math.sqrt(2))
+    # seq-mean-token-mean (GSPO's aggregation): mean(-1.2, 2) = 0.4
+    assert aggregate_loss(per_token, torch.tensor(GSPO_MASK), "seq-mean-token-mean").item() == pytest.approx(
+        0.4
+    )
+
+
+def test_token_ratio_differs_on_the_same_input():
+    per_token, _, _ = _gspo("token")
+    torch.testing.assert_close(
+        per_token,
+        torch.tensor([[-1.2, -1.0, 0.0], [2 * math.exp(0.1), 2 * math.exp(-0.1), 0.0]], dtype=torch.float64),
+    )
+
+
+def test_sequence_ratio_equals_token_ratio_on_policy():
+    # old == current: both ratios are 1 everywhere and d ratio / d logprob = 1, so loss and gradient agree.
+    g = torch.Generator().manual_seed(3)
+    base = torch.randn(4, 6, generator=g, dtype=torch.float64)
+    adv = torch.randn(4, generator=g, dtype=torch.float64)
+    mask = (torch.arange(6)[None] < torch.tensor([[6], [3], [1], [5]])).long()
+    out = {}
+    for mode in ("token", "sequence"):
+        lp = base.clone().requires_grad_(True)
+        per_token, _ = clipped_surrogate(lp, base, adv, mask, importance_ratio=mode)
+        aggregate_loss(per_token, mask, "seq-mean-token-mean").backward()
+        out[mode] = (per_token.detach(), lp.grad)
+    torch.testing.assert_close(out["token"][0], out["sequence"][0])
+    torch.testing.assert_close(out["token"][1], out["sequence"][1])
+
+
+def test_unknown_importance_ratio_raises():
+    with pytest.raises(ValueError, match="importance_ratio"):
+        clipped_surrogate(
+            torch.zeros(1, 2), torch.zeros(1, 2), torch.ones(1), torch.ones(1, 2), importance_ratio="seq"
+        )
+
+
+def test_value_loss_aggregation_and_checks():
+    # seq-mean-token-mean: row 0 per-token [2.25, 4] (test above) -> 3.125; row 1 one token V=0, R=1,
+    # Vold=0 -> (0-1)^2 = 1 both ways -> 1. loss = 0.5 * mean(3.125, 1) = 1.03125.
+    # token-mean instead: 0.5 * (2.25 + 4 + 1) / 3 = 1.208333
+    values = torch.tensor([[1.0, 2.0], [0.0, 7.0]])
+    old, returns = torch.tensor([[0.0, 2.0], [0.0, 0.0]]), torch.tensor([[2.0, 0.0], [1.0, 0.0]])
+    mask = torch.tensor([[1, 1], [1, 0]])
+    loss, _ = value_loss(values, old, returns, mask, clip=0.5, loss_agg="seq-mean-token-mean")
+    assert loss.item() == pytest.approx(1.03125)
+    loss, _ = value_loss(values, old, returns, mask, clip=0.5)
+    assert loss.item() == pytest.approx(7.25 / 6)
+    with pytest.raises(ValueError, match=r"\[N, T\]"):
+        value_loss(values, old[:, :1], returns, mask, clip=0.5)
+    with pytest.raises(ValueError, match="clip"):
+        value_loss(values, old, returns, mask, clip=0.0)
+
+
+def test_entropy_bonus_by_hand():
+    # token-mean of entropies over real tokens: (1 + 2 + 3) / 3 = 2 -> bonus term -0.01 * 2 = -0.02;
+    # gradient -0.01 / 3 per real token, 0 on the padding (which holds NaN).
+    entropy = torch.tensor([[1.0, 2.0], [3.0, float("nan")]], requires_grad=True)
+    mask = torch.tensor([[1, 1], [1, 0]])
+    bonus = entropy_bonus(entropy, mask, coef=0.01)
+    assert bonus.item() == pytest.approx(-0.02)
+    bonus.backward()
+    torch.testing.assert_close(entropy.grad, torch.tensor([[-0.01 / 3, -0.01 / 3], [-0.01 / 3, 0.0]]))
+    # seq-mean-token-mean: mean(1.5, 3) = 2.25 -> -0.0225
+    assert entropy_bonus(entropy, mask, 0.01, "seq-mean-token-mean").item() == pytest.approx(-0.0225)
+    with pytest.raises(ValueError, match="coef"):
+        entropy_bonus(entropy, mask, coef=-1.0)

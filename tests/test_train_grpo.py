@@ -133,3 +133,21 @@ def test_gradient_checkpointing_takes_the_same_first_step(tiny_dir, tmp_path):
     for key in ("loss", "kl", "entropy", "grad_norm"):
         # float32 rounding (the gradient pass runs every row's prompt instead of sharing it): 1e-4 relative
         assert checkpointed[key] == pytest.approx(plain[key], rel=1e-4, abs=1e-7), key
+
+
+def test_sequence_importance_ratio_takes_the_same_first_step_on_policy(tiny_dir, tmp_path):
+    """algo.importance_ratio=sequence (GSPO) runs end to end; with mu = minibatches = 1 the batch is
+    used once (old == current, every ratio 1 and d ratio / d logprob 1 either way), so the first
+    step's loss and gradient norm equal the token ratio's."""
+
+    def first_step(name: str, *overrides: str) -> dict:
+        cfg = _config(tiny_dir, tmp_path / name, "train.steps=1", "eval.num_prompts=4", *overrides)
+        return next(row for row in run_grpo(cfg).history if row["step"] == 1)
+
+    token = first_step("token")
+    sequence = first_step("sequence", "algo.importance_ratio=sequence")
+    assert sequence["reward/mean"] == token["reward/mean"]  # identical samples
+    assert token["grad_norm"] > 0  # the comparison is not vacuous
+    for key in ("loss", "grad_norm", "ratio_mean"):
+        # float32: the sequence path adds logp - sg(logp) + mean(0), exact zeros, so 1e-6 relative is ample
+        assert sequence[key] == pytest.approx(token[key], rel=1e-6, abs=1e-8), key

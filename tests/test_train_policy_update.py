@@ -10,7 +10,13 @@ import torch
 
 from aha.algos.policy_loss import LOSS_AGG_MODES
 from aha.models.loading import load_model
-from aha.train.policy_update import PolicyLossSettings, UpdateBatch, completion_logprobs, policy_update
+from aha.train.policy_update import (
+    PolicyLossSettings,
+    UpdateBatch,
+    completion_logprobs,
+    minibatch_loss,
+    policy_update,
+)
 
 GROUP, GROUPS, PROMPT, COMPLETION = 4, 3, 4, 5
 
@@ -77,3 +83,25 @@ def test_micro_batches_give_the_same_update(tiny_varied_model_dir, loss_agg):
         assert moved > 1e-3  # SGD moved the weights, so equality below is a real check
         for a, b in zip(params, whole_params, strict=True):
             assert torch.allclose(a, b, atol=1e-5 * moved)
+
+
+def test_importance_ratio_setting_reaches_the_loss(tiny_varied_model_dir):
+    """PolicyLossSettings.importance_ratio: off policy (old != current) token and sequence ratios give
+    different losses; on policy (old_logprobs None) the same loss and gradients."""
+    model = load_model(str(tiny_varied_model_dir))
+    batch = _batch(model)
+    on_policy = UpdateBatch(batch.input_ids, batch.attention_mask, batch.completion_mask, batch.advantages)
+
+    def loss_and_grads(mb: UpdateBatch, mode: str):
+        settings = PolicyLossSettings(0.2, 0.2, 0.0, "k3", "seq-mean-token-mean", 1.0, importance_ratio=mode)
+        model.zero_grad(set_to_none=True)
+        loss, _ = minibatch_loss(model, mb, settings, with_entropy=False)
+        loss.backward()
+        return loss.item(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    token, sequence = loss_and_grads(batch, "token")[0], loss_and_grads(batch, "sequence")[0]
+    assert abs(token - sequence) > 1e-3, (token, sequence)
+    (tl, tg), (sl, sg) = loss_and_grads(on_policy, "token"), loss_and_grads(on_policy, "sequence")
+    assert sl == pytest.approx(tl, rel=1e-6)
+    for a, b in zip(tg, sg, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)

@@ -139,9 +139,17 @@ def gae(
     delta_t = r_t + gamma * V_{t'} - V_t and A_t = delta_t + gamma * lam * A_{t'}, where t' is the next
     *real* token: masked positions are skipped (they neither contribute nor break the recursion) and
     the value after a sequence's last real token is 0 (the episode ends there).
-    Returns (advantages, returns = advantages + values), both 0 at masked positions and detached.
-    No whitening here: apply `masked_whiten` to the advantages if wanted.
+    Right-padded rows whose last real token is not the last column, and holes inside a row (masked
+    tool/observation tokens, as verl skips them), are both handled. Returns (advantages,
+    returns = advantages + values), both 0 at masked positions and detached.
+    No whitening here: all three anchors whiten the advantages afterwards (`masked_whiten`).
+
+    Defaults in the anchors: gamma 1 everywhere; lam 0.95 in TRL (and OpenAI's 2019 code), 1 in verl
+    and OpenRLHF (then returns are Monte-Carlo reward-to-go and the critic is only a baseline).
+    Sequence rewards go on the last real token (`reward_shaping.sequence_rewards_to_tokens`).
     """
+    if not (0.0 <= gamma <= 1.0 and 0.0 <= lam <= 1.0):
+        raise ValueError(f"gamma and lam must be in [0, 1], got gamma={gamma}, lam={lam}")
     if rewards.shape != values.shape or rewards.dim() != 2:
         raise ValueError(
             f"rewards and values must both be [N, T]; got {tuple(rewards.shape)} and {tuple(values.shape)}"

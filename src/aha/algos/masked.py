@@ -66,3 +66,30 @@ def masked_whiten(
     if not shift_mean:
         whitened = whitened + mean
     return torch.where(as_bool_mask(mask, x), whitened, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def masked_summary(x: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Detached mean, std (unbiased), min and max of x over the masked-in positions, for logging
+    returns, advantages and values; all 0 when nothing is masked in."""
+    m = as_bool_mask(mask, x).expand(x.shape)
+    x = x.detach()
+    if not m.any():
+        zero = torch.zeros((), dtype=x.dtype, device=x.device)
+        return {"mean": zero, "std": zero, "min": zero, "max": zero}
+    kept = x[m]
+    return {
+        "mean": masked_mean(x, m),
+        "std": masked_var(x, m).sqrt(),
+        "min": kept.min(),
+        "max": kept.max(),
+    }
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """1 - Var(returns - values) / Var(returns) over the masked-in positions (detached): 1 for a
+    perfect critic, 0 for one no better than a constant, negative for worse. NaN when the returns
+    have no variance (undefined; Stable-Baselines3's `explained_variance` does the same)."""
+    returns, values = returns.detach(), values.detach()
+    var_returns = masked_var(returns, mask)
+    ratio = masked_var(returns - values, mask) / var_returns
+    return torch.where(var_returns > 0, 1.0 - ratio, torch.full_like(ratio, float("nan")))

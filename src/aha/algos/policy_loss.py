@@ -1,5 +1,6 @@
-"""PPO-style clipped policy loss, the loss-aggregation variants of GRPO / DAPO / Dr. GRPO, and the
-clipped value loss for PPO's critic.
+"""PPO-style clipped policy loss (token- or GSPO's sequence-level importance ratio), the
+loss-aggregation variants of GRPO / DAPO / Dr. GRPO, the clipped value loss for PPO's critic and the
+entropy bonus.
 
 All take padded [N, T] tensors plus a completion mask; masked positions contribute nothing.
 """
@@ -11,6 +12,7 @@ import torch
 from aha.algos.masked import as_bool_mask, masked_mean, masked_sum
 
 LOSS_AGG_MODES = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm")
+IMPORTANCE_RATIOS = ("token", "sequence")
 
 # exp() of a log-ratio above ~88 overflows float32; a ratio of e^20 is already absurd (the clip makes
 # it irrelevant for the loss), so clamping only protects against inf * 0 = NaN.
@@ -24,11 +26,20 @@ def clipped_surrogate(
     mask: torch.Tensor,
     clip_low: float = 0.2,
     clip_high: float = 0.2,
+    importance_ratio: str = "token",
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Per-token PPO loss -min(ratio * A, clip(ratio, 1 - clip_low, 1 + clip_high) * A), 0 where masked.
 
-    ratio = exp(logprobs - old_logprobs) (log-ratio clamped to +-20). `advantages` is [N] (one per
-    sequence, broadcast over its tokens) or [N, T]. clip_high > clip_low is DAPO's "clip-higher".
+    importance_ratio "token" (PPO / GRPO): ratio_t = exp(logprobs_t - old_logprobs_t).
+    "sequence" (GSPO, Zheng et al. 2025, arXiv 2507.18071): every token of sequence i gets the value
+    s_i = exp(mean over i's real tokens of (logprobs - old_logprobs)), the length-normalised sequence
+    likelihood ratio, so a sequence is clipped (or not) as a whole. It is built as
+    exp(logprobs_t - sg(logprobs_t) + sg(log s_i)) ("GSPO-token", verl's `compute_policy_loss_gspo`):
+    the value is s_i and d ratio_t / d logprobs_t = s_i, so with one advantage per sequence and
+    loss_agg "seq-mean-token-mean" (what verl forces for GSPO) the gradient is exactly GSPO's
+    A_i * grad s_i; TRL's `importance_sampling_level="sequence"` leaves the aggregation to the user.
+    Either way the log-ratio is clamped to +-20. `advantages` is [N] (one per sequence, broadcast
+    over its tokens) or [N, T]. clip_high > clip_low is DAPO's "clip-higher".
     Stats are detached masked means over real tokens: clip_frac_low (A < 0 and ratio < 1 - clip_low,
     the clipped branch is active), clip_frac_high (A > 0 and ratio > 1 + clip_high), clip_frac
     (either), ratio_mean and ratio_max.
@@ -44,10 +55,18 @@ def clipped_surrogate(
         raise ValueError(
             f"advantages {tuple(advantages.shape)} do not match logprobs {tuple(logprobs.shape)}"
         )
+    if importance_ratio not in IMPORTANCE_RATIOS:
+        raise ValueError(
+            f"unknown importance_ratio {importance_ratio!r}; expected one of {IMPORTANCE_RATIOS}"
+        )
     m = as_bool_mask(mask, logprobs)
     zero = torch.zeros((), dtype=logprobs.dtype, device=logprobs.device)
 
-    log_ratio = torch.where(m, logprobs - old_logprobs, zero).clamp(-_MAX_LOG_RATIO, _MAX_LOG_RATIO)
+    log_ratio = torch.where(m, logprobs - old_logprobs, zero)
+    if importance_ratio == "sequence":
+        seq_log_ratio = masked_mean(log_ratio.detach(), m, dim=-1)[:, None]
+        log_ratio = torch.where(m, logprobs - logprobs.detach() + seq_log_ratio, zero)
+    log_ratio = log_ratio.clamp(-_MAX_LOG_RATIO, _MAX_LOG_RATIO)
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
     clipped = -advantages * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
@@ -125,14 +144,26 @@ def value_loss(
     returns: torch.Tensor,
     mask: torch.Tensor,
     clip: float | None,
+    loss_agg: str = "token-mean",
+    norm_constant: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """PPO critic loss, token-mean of 0.5 * max((V - R)^2, (V_clipped - R)^2) with
-    V_clipped = old_values + clamp(V - old_values, -clip, clip); clip=None means plain 0.5 * (V - R)^2.
+    """PPO critic loss over [N, T] tensors: 0.5 * max((V - R)^2, (V_clipped - R)^2) per token with
+    V_clipped = old_values + clamp(V - old_values, -clip, clip), reduced by `aggregate_loss(loss_agg)`
+    (default token-mean, as verl); clip=None means plain 0.5 * (V - R)^2.
 
     The clip keeps the critic from moving far from the values used to compute the advantages.
-    Stats (detached): clip_frac (tokens where the clipped term is the larger one), values_mean,
-    returns_mean and mse (the unclipped squared error).
+    Anchor defaults: clip 0.2 (TRL `cliprange_value`, and OpenAI's 2019 code), 0.5 (verl
+    `critic.cliprange_value`, OpenRLHF `--critic.value_clip`). Stats (detached): clip_frac (tokens
+    where the clipped term is the larger one, verl's `vf_clipfrac`), values_mean, returns_mean and mse
+    (the unclipped squared error).
     """
+    if not (values.shape == old_values.shape == returns.shape) or values.dim() != 2:
+        raise ValueError(
+            f"values, old_values and returns must all be [N, T]; got {tuple(values.shape)}, "
+            f"{tuple(old_values.shape)} and {tuple(returns.shape)}"
+        )
+    if clip is not None and clip <= 0:
+        raise ValueError(f"value clip must be > 0 (or None for no clipping), got {clip}")
     m = as_bool_mask(mask, values)
     err_unclipped = (values - returns) ** 2
     if clip is None:
@@ -143,7 +174,7 @@ def value_loss(
         err_clipped = (v_clipped - returns) ** 2
         per_token = torch.maximum(err_unclipped, err_clipped)
         clipped_active = err_clipped > err_unclipped
-    loss = 0.5 * masked_mean(per_token, m)
+    loss = 0.5 * aggregate_loss(per_token, m, loss_agg, norm_constant)
     with torch.no_grad():
         stats = {
             "clip_frac": masked_mean(clipped_active.to(values.dtype), m),
@@ -152,3 +183,22 @@ def value_loss(
             "mse": masked_mean(err_unclipped.detach(), m),
         }
     return loss, stats
+
+
+def entropy_bonus(
+    entropy: torch.Tensor,
+    mask: torch.Tensor,
+    coef: float,
+    loss_agg: str = "token-mean",
+    norm_constant: float | None = None,
+) -> torch.Tensor:
+    """The term to *add* to the loss for an entropy bonus: -coef * aggregate(entropy [N, T]).
+
+    Aggregated like the policy loss so the bonus weighs tokens the same way. A positive coef rewards
+    spread-out distributions (fights entropy collapse); verl defaults it to 0 (`entropy_coeff: 0`
+    in its generated ppo_trainer.yaml), so it is opt-in.
+    `entropy` must keep its graph (from logits) for the bonus to have a gradient.
+    """
+    if coef < 0:
+        raise ValueError(f"entropy coef must be >= 0 (0 = off), got {coef}")
+    return -coef * aggregate_loss(entropy, mask, loss_agg, norm_constant)

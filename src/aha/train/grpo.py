@@ -73,6 +73,7 @@ def run_grpo(cfg: GRPORunConfig, resume: bool = False) -> GRPOResult:
         loss_agg=cfg.algo.loss_agg,
         temperature=cfg.rollout.temperature,
         norm_constant=batch_rows / cfg.algo.minibatches * cfg.rollout.max_new_tokens,
+        importance_ratio=cfg.algo.importance_ratio,
     )
     reuse_batch = cfg.algo.mu > 1 or cfg.algo.minibatches > 1
     eval_params = SamplingParams(

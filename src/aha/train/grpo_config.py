@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from aha.algos.kl import KL_ESTIMATORS
-from aha.algos.policy_loss import LOSS_AGG_MODES
+from aha.algos.policy_loss import IMPORTANCE_RATIOS, LOSS_AGG_MODES
 from aha.config import ConfigError, option
 from aha.data.chat import CHAT_TEMPLATE_HELP, CHAT_TEMPLATE_MODES, SYSTEM_PROMPT_HELP
 from aha.train.common_config import ModelConfig, OptimConfig, RunConfig
@@ -103,6 +103,13 @@ class AlgoConfig:
     )
     clip_low: float = option(0.2, help="Lower clip range: ratio >= 1 - clip_low.")
     clip_high: float = option(0.2, help="Upper clip range: ratio <= 1 + clip_high (DAPO clip-higher: 0.28).")
+    importance_ratio: str = option(
+        "token",
+        choices=IMPORTANCE_RATIOS,
+        help="token: a ratio per token (PPO/GRPO); sequence: GSPO's per-sequence ratio exp(mean token "
+        "log-ratio), clipped per sequence (GSPO pairs it with loss_agg=seq-mean-token-mean and much "
+        "smaller clip ranges, about 3e-4 / 4e-4).",
+    )
     beta: float = option(
         0.04, help="KL penalty weight against the reference policy (0 = no reference model)."
     )

@@ -52,6 +52,7 @@ class PolicyLossSettings:
     loss_agg: str
     temperature: float
     norm_constant: float | None = None  # for seq-mean-token-sum-norm (Dr. GRPO)
+    importance_ratio: str = "token"  # or "sequence" (GSPO); see clipped_surrogate
 
 
 @torch.no_grad()
@@ -92,7 +93,13 @@ def minibatch_loss(
     logprobs, mask = scores.logprobs, mb.completion_mask
     old = logprobs.detach() if mb.old_logprobs is None else mb.old_logprobs
     per_token, stats = clipped_surrogate(
-        logprobs, old, mb.advantages, mask, clip_low=settings.clip_low, clip_high=settings.clip_high
+        logprobs,
+        old,
+        mb.advantages,
+        mask,
+        clip_low=settings.clip_low,
+        clip_high=settings.clip_high,
+        importance_ratio=settings.importance_ratio,
     )
     metrics = {k: float(v) for k, v in stats.items()}
     if settings.beta > 0:
