@@ -15,6 +15,7 @@ Formats (JSONL, optionally gzipped; a bad record is a DataError naming file, lin
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,3 +166,16 @@ def _non_empty(rows: list[Ranking], path: str | Path) -> list[Ranking]:
     if not rows:
         raise DataError(f"{path}: no usable preference records")
     return rows
+
+
+def split_by_prompt(
+    rows: list[Ranking], held_out_fraction: float, seed: int = 0
+) -> tuple[list[Ranking], list[Ranking]]:
+    """A fixed train / held-out split by prompt: a record is held out when sha256("seed:prompt"), read
+    as a number in [0, 1), is below `held_out_fraction`. Records sharing a prompt always land on the
+    same side, and the split does not depend on file order or on the other records."""
+    train, held = [], []
+    for row in rows:
+        digest = hashlib.sha256(f"{seed}:{row.prompt}".encode()).digest()
+        (held if int.from_bytes(digest[:8], "big") / 2**64 < held_out_fraction else train).append(row)
+    return train, held
