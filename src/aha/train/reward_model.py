@@ -73,7 +73,8 @@ class RMTrainConfig:
 
 @dataclass
 class RMEvalConfig:
-    every: int = option(0, help="Evaluate on the held-out set every N steps (0 = at the start and end).")
+    every: int = option(0, help="Evaluate on the held-out set every N steps (0 = only at the end).")
+    at_start: bool = option(True, help="Also evaluate before the first step (the untrained baseline).")
     batch_size: int = option(64, help="Responses per forward pass when scoring.")
     bins: int = option(10, help="Calibration bins of P(chosen) = sigmoid(score difference).")
 
@@ -110,6 +111,7 @@ class RMResult:
     final_dir: Path
     history: list[dict]
     final_eval: dict[str, float]
+    eval_scores: torch.Tensor  # every held-out response's final score, ranking-major, file order
 
 
 @dataclass
@@ -230,7 +232,8 @@ def run_rm(cfg: RMRunConfig, resume: bool = False) -> RMResult:
             calib_path.write_text("".join(line + "\n" for line in kept))
     else:
         calib_path.unlink(missing_ok=True)
-        session.log(0, evaluate(0)[0])
+        if cfg.eval.at_start:
+            session.log(0, evaluate(0)[0])
 
     model.train()
     final = None
@@ -271,4 +274,4 @@ def run_rm(cfg: RMRunConfig, resume: bool = False) -> RMResult:
         plot_metrics(
             session.history, [("loss",), ("eval/accuracy",)], session.run_dir / "plots.png", title="RM"
         )
-    return RMResult(session.run_dir, final_dir, session.history, eval_metrics)
+    return RMResult(session.run_dir, final_dir, session.history, eval_metrics, scores)
