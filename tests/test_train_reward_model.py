@@ -2,6 +2,7 @@
 scores like the trainer's own evaluation through the `reward_model` reward."""
 
 import json
+import math
 import random
 
 import pytest
@@ -116,3 +117,41 @@ def test_cli_and_config_errors(tmp_path, tiny_path, capsys):
         make_cfg(tmp_path, tiny_path, "data.held_out_fraction=1.5")
     with pytest.raises(ConfigError, match="lean_activations"):
         make_cfg(tmp_path, tiny_path, "model.lean_activations=true")
+
+
+def test_rankings_and_margins_run_and_count_every_pair(tmp_path, tiny_path):
+    ranks = tmp_path / "ranks.jsonl"
+    rows = [{"prompt": f"q{i}:", "responses": [" yyy", " yyn", " nnn"], "ties": [0, 1, 1]} for i in range(12)]
+    ranks.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = make_cfg(
+        tmp_path,
+        tiny_path,
+        f"data.train_file={ranks}",
+        "data.format=rankings",
+        f"data.eval_file={ranks}",
+        "train.steps=2",
+        "train.center_coef=0.1",
+    )
+    result = run_rm(cfg)
+    assert result.final_eval["eval/pairs"] == 12 * 2  # (0,1) and (0,2); the tied (1,2) is no pair
+    assert all(math.isfinite(r["loss"]) for r in result.history if "loss" in r)
+    pairs = tmp_path / "margins.jsonl"
+    pairs.write_text(
+        "".join(
+            json.dumps({"prompt": "q:", "chosen": " y", "rejected": " n", "margin": 1.0}) + "\n"
+            for _ in range(8)
+        )
+    )
+    cfg = make_cfg(
+        tmp_path,
+        tiny_path,
+        f"data.train_file={pairs}",
+        f"data.eval_file={pairs}",
+        "train.steps=1",
+        "optim.lr=1e-9",
+        f"run.output_dir={tmp_path / 'm'}",
+    )
+    result = run_rm(cfg)
+    # lr ~0: the step-1 loss is BT with margin 1 at the initial scores: -log sigmoid(d0 - 1), d0 from step 0
+    d0 = result.history[0]["eval/margin"]
+    assert result.history[1]["loss"] == pytest.approx(math.log1p(math.exp(-(d0 - 1.0))), abs=1e-5)
