@@ -34,6 +34,11 @@ COMMANDS: CommandTable = {
         "aha.train.sft:run_sft",
         "Supervised fine-tuning on demonstrations.",
     ),
+    "rm": (
+        "aha.train.reward_model:RMRunConfig",
+        "aha.train.reward_model:run_rm",
+        "Train a reward model on human preferences (pairs, K-wise rankings or hh-rlhf).",
+    ),
     "tiny-model": (
         "aha.models.tiny:TinyModelCommand",
         "aha.models.tiny:run_tiny_model",

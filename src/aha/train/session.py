@@ -56,8 +56,12 @@ class TrainingSession:
     history: list[dict] = field(default_factory=list)
 
     @classmethod
-    def start(cls, cfg: Any, *, resume: bool, total_steps: int) -> TrainingSession:
-        """Prepare the run directory and everything a stage trains with. `cfg` has model/optim/run sections."""
+    def start(
+        cls, cfg: Any, *, resume: bool, total_steps: int, load: Callable[..., PreTrainedModel] = load_model
+    ) -> TrainingSession:
+        """Prepare the run directory and everything a stage trains with. `cfg` has model/optim/run sections.
+        `load(path, dtype, device, trust_remote_code=...)` builds the model: a causal LM by default, a
+        scalar-head model (aha.models.scalar_head.load_scalar_model) for reward models."""
         run_dir = Path(cfg.run.output_dir)
         if (run_dir / "metrics.jsonl").exists() and not resume:
             raise RunDirectoryError(
@@ -71,7 +75,7 @@ class TrainingSession:
         tokenizer = load_tokenizer(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
         precision = Precision(cfg.model.precision, device)
         # float32 master weights whatever the precision: autocast computes in bf16/fp16 (precision.py)
-        model = load_model(cfg.model.path, "float32", device, trust_remote_code=cfg.model.trust_remote_code)
+        model = load(cfg.model.path, "float32", device, trust_remote_code=cfg.model.trust_remote_code)
         if cfg.model.lora.r:
             model = apply_lora(model, cfg.model.lora, cfg.model.path)
         if cfg.model.lean_activations:

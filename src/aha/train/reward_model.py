@@ -1,0 +1,277 @@
+"""Reward models from human rankings: `aha rm`.
+
+A scalar-head model (aha.models.scalar_head) learns to score (prompt, response) so that better-ranked
+responses score higher: Bradley-Terry on pairs (with each pair's margin, if the file gives one), the
+InstructGPT K-wise loss on rankings (every ranking one example), plus an optional centering term.
+Every evaluation logs held-out pairwise accuracy, the mean score margin of the better response, and
+calibration (expected calibration error of sigmoid(score difference), bins in calibration.jsonl).
+
+The run directory holds config.yaml, metrics.jsonl, calibration.jsonl, checkpoints/ (for --resume),
+plots.png and final/: the model and tokenizer plus reward_model.json (text format and the held-out
+score mean/std), which the `reward_model` reward loads (aha.models.reward_scorer.RewardScorer).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from aha.algos.calibration import calibration_bins, expected_calibration_error, pairwise_accuracy
+from aha.algos.ranking import bradley_terry_loss, centering_loss, kwise_ranking_loss
+from aha.config import ConfigError, option
+from aha.data.preferences import FORMATS, Ranking, load_preferences, split_by_prompt
+from aha.data.prompts import PromptExample
+from aha.models.reward_scorer import TextFormat, encode_texts, pad_id_of, pad_right, score_ids, write_meta
+from aha.models.scalar_head import load_scalar_model, sequence_scores
+from aha.track.plots import plot_metrics
+from aha.train.checkpoint import latest_checkpoint, load_checkpoint
+from aha.train.common_config import ModelConfig, OptimConfig, RunConfig
+from aha.train.session import TrainingSession
+from aha.train.sft import save_final_model
+
+
+@dataclass
+class RMDataConfig:
+    train_file: str = option(help="Preference file (JSONL, optionally .gz) in `format`.")
+    format: str = option("pairs", choices=FORMATS, help="pairs, rankings (K-wise, best first) or hh-rlhf.")
+    eval_file: str | None = option(None, help="Held-out preferences (same format). None = split train_file.")
+    held_out_fraction: float = option(
+        0.2, help="Without eval_file: the share of prompts held out (a fixed split by prompt hash and seed)."
+    )
+    prompt_template: str = option(
+        "{prompt}", help="The text before the response; {prompt} is replaced by the record's prompt."
+    )
+    max_length: int = option(512, help="Tokens per prompt + response; longer texts lose their start.")
+
+    def validate(self) -> None:
+        if not 0 < self.held_out_fraction < 1:
+            raise ConfigError("held_out_fraction must be in (0, 1)")
+        if self.max_length < 2:
+            raise ConfigError("max_length must be >= 2")
+
+
+@dataclass
+class RMTrainConfig:
+    steps: int = option(0, help="Optimizer steps (0 = run `epochs` passes over the training rankings).")
+    epochs: float = option(1.0, help="Passes over the training rankings when steps = 0.")
+    batch_size: int = option(16, help="Rankings (pairs) per optimizer step.")
+    center_coef: float = option(
+        0.0, help="Weight of the centering term mean(score^2): keeps scores near zero (e.g. 0.01)."
+    )
+
+    def validate(self) -> None:
+        if self.steps < 0 or self.batch_size < 1 or self.center_coef < 0:
+            raise ConfigError("need steps >= 0, batch_size >= 1 and center_coef >= 0")
+        if self.steps == 0 and self.epochs <= 0:
+            raise ConfigError("set steps > 0 or epochs > 0")
+
+
+@dataclass
+class RMEvalConfig:
+    every: int = option(0, help="Evaluate on the held-out set every N steps (0 = only at the end).")
+    at_start: bool = option(True, help="Also evaluate before the first step (the untrained baseline).")
+    batch_size: int = option(64, help="Responses per forward pass when scoring.")
+    bins: int = option(10, help="Calibration bins of P(chosen) = sigmoid(score difference).")
+
+
+@dataclass
+class RMRunConfig:
+    model: ModelConfig = option(
+        default_factory=lambda: ModelConfig(path="runs/tiny-model", lean_activations=False),
+        help="The backbone: any encoder or decoder checkpoint; a one-output head is added.",
+    )
+    data: RMDataConfig = option(
+        default_factory=lambda: RMDataConfig(train_file="data/preferences.jsonl"), help="Preferences."
+    )
+    train: RMTrainConfig = option(default_factory=RMTrainConfig, help="Steps, batch size, centering.")
+    optim: OptimConfig = option(
+        default_factory=lambda: OptimConfig(lr=2e-5, warmup_steps=0, schedule="linear"),
+        help="AdamW and the learning-rate schedule.",
+    )
+    eval: RMEvalConfig = option(default_factory=RMEvalConfig, help="Held-out accuracy and calibration.")
+    run: RunConfig = option(
+        default_factory=lambda: RunConfig(output_dir="runs/rm"), help="Run directory, seed, checkpoints."
+    )
+
+    def validate(self) -> None:
+        if self.model.lora.r:
+            raise ConfigError("model.lora: reward models train every weight for now; set model.lora.r=0")
+        if self.model.lean_activations:
+            raise ConfigError("model.lean_activations applies to causal-LM training only; set it false")
+
+
+@dataclass
+class RMResult:
+    run_dir: Path
+    final_dir: Path
+    history: list[dict]
+    final_eval: dict[str, float]
+    eval_scores: torch.Tensor  # every held-out response's final score, ranking-major, file order
+
+
+@dataclass
+class EncodedRanking:
+    rows: list[list[int]]  # token ids per response, best first
+    ties: tuple[int, ...]
+    margin: float | None
+
+
+def encode_rankings(tokenizer, rankings: list[Ranking], fmt: TextFormat) -> list[EncodedRanking]:
+    prompts = [r.prompt for r in rankings for _ in r.responses]
+    responses = [resp for r in rankings for resp in r.responses]
+    flat = iter(encode_texts(tokenizer, prompts, responses, fmt))
+    return [EncodedRanking([next(flat) for _ in r.responses], r.ties, r.margin) for r in rankings]
+
+
+def ranking_loss(scores: torch.Tensor, batch: list[EncodedRanking], center_coef: float) -> torch.Tensor:
+    """The loss of one batch given the flat scores of its responses (ranking-major order)."""
+    K = max(len(r.rows) for r in batch)
+    grid = torch.zeros(len(batch), K, device=scores.device)
+    mask = torch.zeros(len(batch), K, dtype=torch.bool, device=scores.device)
+    ties = torch.full((len(batch), K), K, device=scores.device)
+    start = 0
+    for b, r in enumerate(batch):
+        k = len(r.rows)
+        grid[b, :k] = scores[start : start + k]
+        mask[b, :k] = True
+        ties[b, :k] = torch.tensor(r.ties, device=scores.device)
+        start += k
+    if any(r.margin is not None for r in batch):  # pairs with margins (only pairs carry them)
+        margin = torch.tensor([r.margin or 0.0 for r in batch], device=scores.device)
+        loss = bradley_terry_loss(grid[:, 0], grid[:, 1], margin)
+    else:
+        loss = kwise_ranking_loss(grid, mask, ties)
+    if center_coef:
+        loss = loss + center_coef * centering_loss(grid, mask)
+    return loss
+
+
+def ordered_pairs(rankings: list[EncodedRanking], scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(better, worse) scores of every untied pair of every ranking."""
+    better, worse, start = [], [], 0
+    for r in rankings:
+        k = len(r.rows)
+        for i in range(k):
+            for j in range(k):
+                if r.ties[i] < r.ties[j]:
+                    better.append(start + i)
+                    worse.append(start + j)
+        start += k
+    return scores[better], scores[worse]
+
+
+def evaluate_rankings(
+    model, rankings: list[EncodedRanking], pad_id: int, batch_size: int, device: str, bins: int
+) -> tuple[dict[str, float], list[dict], torch.Tensor]:
+    """Held-out metrics, calibration bins, and every response's score (flat, ranking-major)."""
+    scores = score_ids(model, [row for r in rankings for row in r.rows], pad_id, batch_size, device)
+    better, worse = ordered_pairs(rankings, scores)
+    calib = calibration_bins(better, worse, bins)
+    metrics = {
+        "eval/accuracy": pairwise_accuracy(better, worse),
+        "eval/margin": float((better - worse).mean()),
+        "eval/ece": expected_calibration_error(calib),
+        "eval/score_mean": float(scores.mean()),
+        "eval/score_std": float(scores.std()),
+        "eval/pairs": float(len(better)),
+    }
+    return metrics, calib, scores
+
+
+def load_sets(d: RMDataConfig, seed: int) -> tuple[list[Ranking], list[Ranking]]:
+    rows = load_preferences(d.train_file, d.format)
+    if d.eval_file:
+        return rows, load_preferences(d.eval_file, d.format)
+    train, held = split_by_prompt(rows, d.held_out_fraction, seed)
+    if not train or not held:
+        raise ConfigError(f"data.held_out_fraction={d.held_out_fraction} leaves one side of the split empty")
+    return train, held
+
+
+def run_rm(cfg: RMRunConfig, resume: bool = False) -> RMResult:
+    """Train a reward model; with `resume`, continue from the run directory's last checkpoint."""
+    train_set, held_set = load_sets(cfg.data, cfg.run.seed)
+    total_steps = cfg.train.steps or math.ceil(cfg.train.epochs * len(train_set) / cfg.train.batch_size)
+    if cfg.optim.warmup_steps > total_steps:
+        raise ConfigError(f"optim.warmup_steps={cfg.optim.warmup_steps} exceeds the {total_steps} steps")
+    session = TrainingSession.start(cfg, resume=resume, total_steps=total_steps, load=load_scalar_model)
+    model, tokenizer, device, precision = session.model, session.tokenizer, session.device, session.precision
+    fmt = TextFormat(cfg.data.prompt_template, cfg.data.max_length)
+    pad_id = pad_id_of(tokenizer)
+    train_enc = encode_rankings(tokenizer, train_set, fmt)
+    held_enc = encode_rankings(tokenizer, held_set, fmt)
+    keys = [PromptExample(prompt="\0".join((r.prompt, *r.responses))) for r in train_set]
+    sampler = session.prompt_sampler(keys, cfg.train.batch_size)
+    calib_path = session.run_dir / "calibration.jsonl"
+
+    def evaluate(step: int) -> tuple[dict[str, float], torch.Tensor]:
+        with precision.autocast():
+            metrics, calib, scores = evaluate_rankings(
+                model, held_enc, pad_id, cfg.eval.batch_size, device, cfg.eval.bins
+            )
+        with calib_path.open("a") as f:
+            f.write(json.dumps({"step": step, "bins": calib}) + "\n")
+        return metrics, scores
+
+    start_step = 0
+    if resume and (ckpt := latest_checkpoint(session.run_dir)) is not None:
+        state = load_checkpoint(ckpt, model, session.optimizer, session.scheduler)
+        start_step = state["step"]
+        sampler.load_state_dict(state["extra"]["sampler"])
+        precision.load_state_dict(state["extra"])
+        session.progress_from(start_step)
+        if calib_path.exists():  # evaluations after the checkpoint are redone
+            kept = [
+                line for line in calib_path.read_text().splitlines() if json.loads(line)["step"] <= start_step
+            ]
+            calib_path.write_text("".join(line + "\n" for line in kept))
+    else:
+        calib_path.unlink(missing_ok=True)
+        if cfg.eval.at_start:
+            session.log(0, evaluate(0)[0])
+
+    model.train()
+    final = None
+    for step in range(start_step + 1, total_steps + 1):
+        t0 = time.perf_counter()
+        batch = [train_enc[i] for i in sampler.next_indices()]
+        ids, mask = pad_right([row for r in batch for row in r.rows], pad_id, device)
+        with precision.autocast():
+            scores = sequence_scores(model, ids, mask)
+        loss = ranking_loss(scores, batch, cfg.train.center_coef)
+        session.optimizer.zero_grad(set_to_none=True)
+        precision.backward(loss)
+        result = precision.step(
+            session.optimizer, cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
+        )
+        session.scheduler.step()
+        metrics = {
+            "loss": loss.item(),
+            "grad_norm": result.grad_norm,
+            "lr": session.scheduler.get_last_lr()[0],
+            "time/step_s": time.perf_counter() - t0,
+            **precision.metrics(),
+        }
+        if (cfg.eval.every and step % cfg.eval.every == 0) or step == total_steps:
+            final = evaluate(step)
+            metrics.update(final[0])
+            model.train()
+        session.log(step, metrics)
+        session.progress.update(step, loss=metrics["loss"])
+        session.save_if_due(step, "rm", lambda: {"sampler": sampler.state_dict()})
+    if final is None:  # resumed a finished run
+        final = evaluate(total_steps)
+    session.finish()
+    final_dir = save_final_model(model, tokenizer, session.run_dir / "final")
+    eval_metrics, scores = final
+    write_meta(final_dir, fmt, float(scores.mean()), float(scores.std()), held_out=eval_metrics)
+    if session.history:
+        plot_metrics(
+            session.history, [("loss",), ("eval/accuracy",)], session.run_dir / "plots.png", title="RM"
+        )
+    return RMResult(session.run_dir, final_dir, session.history, eval_metrics, scores)

@@ -1,0 +1,157 @@
+"""`aha rm` end to end on a tiny Llama: it learns a synthetic preference, resumes, and its saved model
+scores like the trainer's own evaluation through the `reward_model` reward."""
+
+import json
+import math
+import random
+
+import pytest
+import torch
+
+from aha.cli import main
+from aha.config import ConfigError, load_config
+from aha.models.reward_scorer import META_FILE, RewardScorer
+from aha.models.tiny import TinyModelSpec, create_tiny_model
+from aha.train.reward_model import RMRunConfig, run_rm
+
+
+def synthetic_pairs(n: int, seed: int) -> list[dict]:
+    """The preferred reply has more 'y' than 'n' among 7 letters; the prompt is an unrelated question.
+    Length carries no signal (both replies have 7 letters), so only content can be learned."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+
+        def reply(majority_y: bool) -> str:
+            ys = rng.randint(4, 7) if majority_y else rng.randint(0, 3)
+            letters = ["y"] * ys + ["n"] * (7 - ys)
+            rng.shuffle(letters)
+            return " " + "".join(letters)
+
+        rows.append({"prompt": f"q{i % 50}:", "chosen": reply(True), "rejected": reply(False)})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def tiny_path(tmp_path_factory):
+    spec = TinyModelSpec(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128)
+    return str(create_tiny_model(tmp_path_factory.mktemp("tiny"), spec))
+
+
+def make_cfg(tmp_path, tiny_path, *overrides):
+    data = tmp_path / "pairs.jsonl"
+    if not data.exists():
+        data.write_text("".join(json.dumps(r) + "\n" for r in synthetic_pairs(600, seed=1)))
+    base = [
+        f"model.path={tiny_path}",
+        "model.lean_activations=false",
+        f"data.train_file={data}",
+        "data.held_out_fraction=0.25",
+        f"run.output_dir={tmp_path / 'run'}",
+        "run.progress=false",
+        "train.steps=120",
+        "train.batch_size=16",
+        "optim.lr=3e-3",
+        "optim.schedule=constant",
+    ]
+    return load_config(RMRunConfig, None, [*base, *overrides])
+
+
+def test_learns_synthetic_preference_and_scores_like_the_trainer(tmp_path, tiny_path):
+    result = run_rm(make_cfg(tmp_path, tiny_path))
+    start = result.history[0]["eval/accuracy"]
+    end = result.final_eval["eval/accuracy"]
+    # 600 pairs, 25% of the 50 prompts held out (by prompt: q0..q49): ~150 held-out pairs
+    assert result.final_eval["eval/pairs"] >= 50
+    assert end >= 0.9, (start, end)
+    assert result.final_eval["eval/margin"] > 0
+    assert 0 <= result.final_eval["eval/ece"] <= 1
+    calib = [json.loads(line) for line in (result.run_dir / "calibration.jsonl").read_text().splitlines()]
+    assert [c["step"] for c in calib] == [0, 120]
+
+    # the saved model, through the reward, scores the held-out responses exactly as the trainer did
+    meta = json.loads((result.final_dir / META_FILE).read_text())
+    assert meta["held_out"]["eval/accuracy"] == end
+    from aha.data.preferences import load_pairs, split_by_prompt
+    from aha.rewards.base import make_reward_specs
+
+    _, held = split_by_prompt(load_pairs(tmp_path / "pairs.jsonl"), 0.25, seed=0)
+    prompts = [r.prompt for r in held for _ in r.responses]
+    replies = [x for r in held for x in r.responses]
+    scorer = RewardScorer(result.final_dir)
+    raw = scorer.raw(prompts, replies)
+    # mean/std stored by the trainer are those of exactly these scores (same order, same batching rules):
+    # float32 sums of ~300 O(1) values agree to ~1e-6
+    assert float(raw.mean()) == pytest.approx(meta["normalization"]["mean"], abs=1e-5)
+    assert float(raw.std()) == pytest.approx(meta["normalization"]["std"], abs=1e-5)
+    (spec,) = make_reward_specs(
+        [{"fn": "reward_model", "options": {"path": str(result.final_dir), "device": "cpu"}}]
+    )
+    rewards = spec.fn(prompts, replies)
+    expected = (raw - meta["normalization"]["mean"]) / meta["normalization"]["std"]
+    torch.testing.assert_close(torch.tensor(rewards), expected, atol=1e-6, rtol=0)
+    better = torch.tensor(rewards[0::2]) > torch.tensor(rewards[1::2])
+    assert float(better.float().mean()) == pytest.approx(end, abs=1e-9)
+
+
+def test_resume_continues_to_the_same_end(tmp_path, tiny_path):
+    cfg = make_cfg(tmp_path, tiny_path, "train.steps=8", "run.save_every=4", "eval.every=4")
+    straight = run_rm(cfg)
+    import shutil
+
+    ckpts = sorted((straight.run_dir / "checkpoints").iterdir())
+    shutil.rmtree(ckpts[-1])  # as if the run died after step 4
+    resumed = run_rm(cfg, resume=True)
+    assert [r["step"] for r in resumed.history] == [0, 1, 2, 3, 4, 5, 6, 7, 8]
+    a = straight.history[-1]
+    b = resumed.history[-1]
+    # same batches, same RNG state, same float32 ops: identical up to summation order (1e-5 slack)
+    assert b["loss"] == pytest.approx(a["loss"], abs=1e-5)
+    assert b["eval/accuracy"] == pytest.approx(a["eval/accuracy"], abs=1e-9)
+
+
+def test_cli_and_config_errors(tmp_path, tiny_path, capsys):
+    assert main(["rm", "--help"]) == 0
+    assert "data.format" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="held_out_fraction"):
+        make_cfg(tmp_path, tiny_path, "data.held_out_fraction=1.5")
+    with pytest.raises(ConfigError, match="lean_activations"):
+        make_cfg(tmp_path, tiny_path, "model.lean_activations=true")
+
+
+def test_rankings_and_margins_run_and_count_every_pair(tmp_path, tiny_path):
+    ranks = tmp_path / "ranks.jsonl"
+    rows = [{"prompt": f"q{i}:", "responses": [" yyy", " yyn", " nnn"], "ties": [0, 1, 1]} for i in range(12)]
+    ranks.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = make_cfg(
+        tmp_path,
+        tiny_path,
+        f"data.train_file={ranks}",
+        "data.format=rankings",
+        f"data.eval_file={ranks}",
+        "train.steps=2",
+        "train.center_coef=0.1",
+    )
+    result = run_rm(cfg)
+    assert result.final_eval["eval/pairs"] == 12 * 2  # (0,1) and (0,2); the tied (1,2) is no pair
+    assert all(math.isfinite(r["loss"]) for r in result.history if "loss" in r)
+    pairs = tmp_path / "margins.jsonl"
+    pairs.write_text(
+        "".join(
+            json.dumps({"prompt": "q:", "chosen": " y", "rejected": " n", "margin": 1.0}) + "\n"
+            for _ in range(8)
+        )
+    )
+    cfg = make_cfg(
+        tmp_path,
+        tiny_path,
+        f"data.train_file={pairs}",
+        f"data.eval_file={pairs}",
+        "train.steps=1",
+        "optim.lr=1e-9",
+        f"run.output_dir={tmp_path / 'm'}",
+    )
+    result = run_rm(cfg)
+    # lr ~0: the step-1 loss is BT with margin 1 at the initial scores: -log sigmoid(d0 - 1), d0 from step 0
+    d0 = result.history[0]["eval/margin"]
+    assert result.history[1]["loss"] == pytest.approx(math.log1p(math.exp(-(d0 - 1.0))), abs=1e-5)
