@@ -308,22 +308,3 @@ def test_unsupported_annotation_is_a_programming_error():
 
     with pytest.raises(TypeError, match="not supported"):
         load_config(Weird, overrides=["x=[1]"])
-
-
-def test_bare_dict_values_load_as_mappings():
-    # grpo's rewards.options is dict[str, dict]: per-reward options such as the reward_model's path
-    from aha.train.grpo import GRPORunConfig
-
-    cfg = load_config(
-        GRPORunConfig,
-        None,
-        [
-            "rewards.functions=[reward_model]",
-            "rewards.options={reward_model: {path: rm/final, batch_size: 8}}",
-        ],
-    )
-    assert cfg.rewards.options == {"reward_model": {"path": "rm/final", "batch_size": 8}}
-    with pytest.raises(ConfigError, match="rewards.options.reward_model"):
-        load_config(
-            GRPORunConfig, None, ["rewards.functions=[reward_model]", "rewards.options={reward_model: 3}"]
-        )

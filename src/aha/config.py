@@ -222,7 +222,7 @@ class _Builder:
             raise ConfigError(f"{key}: expected one of {', '.join(map(repr, args))}, got {_show(value)}")
         if origin in (list, tuple, Sequence):
             return self._coerce_sequence(value, tp, origin, args, key)
-        if origin is dict or tp is dict:  # bare `dict` (e.g. dict[str, dict]): any keys and values
+        if origin is dict:
             if not isinstance(value, dict):
                 raise self._type_error(key, tp, value)
             kt, vt = args or (Any, Any)
