@@ -146,16 +146,21 @@ def test_sft_nan_loss_stops_before_the_step_and_the_checkpoint(tiny_dir, tmp_pat
 def test_sft_nan_gradient_stops_naming_the_gradient_norm(tiny_dir, tmp_path, monkeypatch, sessions):
     original = Precision.backward
     calls = [0]
+    snapshots: list = []
 
     def backward(self, loss):
         original(self, loss)
         calls[0] += 1
         if calls[0] == 2:  # a finite loss whose gradient is not
+            snapshots.append(_snapshot(sessions[-1]))
             next(p for p in sessions[-1].model.parameters() if p.grad is not None).grad.fill_(math.inf)
 
     monkeypatch.setattr(Precision, "backward", backward)
     with pytest.raises(NonFiniteError, match=r"step 2: gradient norm is (inf|nan)"):
         run_sft(_sft(tiny_dir, tmp_path))
+    model_before, optim_before = snapshots[0]
+    _assert_same(model_before, sessions[-1].model.state_dict())
+    _assert_same(optim_before, sessions[-1].optimizer.state_dict())
     assert _checkpoints(tmp_path / "run") == ["step-00000001"]
 
 

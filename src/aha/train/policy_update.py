@@ -133,8 +133,8 @@ def policy_update(
     Groups are shuffled between passes (seeded) and never split, so every minibatch holds complete
     groups. Each minibatch is run `micro_batch_size` completions at a time (whole groups; 0 = all at
     once), its gradients accumulated with `micro_batch_weight` so the update is the same either way.
-    Metrics are averaged over all optimizer steps; entropy comes from the first pass. Gradients are
-    released after each optimizer step, so none are held between updates. Forwards run under
+    Metrics are averaged over the optimizer steps that produced them (entropy: the first pass's).
+    Gradients are released after each optimizer step, so none are held between updates. Forwards run under
     `precision` (fp16-mixed: loss-scaled, and a step whose gradients overflowed is skipped and counted
     in `amp/step_skipped`, averaged over the optimizer steps). `guard` (default: stop) checks each
     minibatch's loss and gradient norm before its optimizer step; a step it skips is counted in
