@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from aha.track import jsonl
 from aha.track.metrics import MetricsWriter, read_metrics
+from aha.track.plots import plot_metrics
 
 
 def test_round_trip(tmp_path):
@@ -78,3 +80,52 @@ def test_read_reports_file_and_line(tmp_path):
     path.write_text('{"a": 1}\n')
     with pytest.raises(ValueError, match="no 'step'"):
         read_metrics(path)
+
+
+TORN = '{"step": 3, "reward/me'  # a line cut short by a crash: the newline is written last, so none
+
+
+def test_a_torn_last_line_is_dropped_with_a_warning(tmp_path, caplog):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "a": 1}\n{"step": 2, "a": 2}\n' + TORN)
+    with caplog.at_level("WARNING"):
+        rows = read_metrics(path)
+    assert [r["step"] for r in rows] == [1, 2]
+    assert "metrics.jsonl:3: dropped a torn last line" in caplog.text
+    # plotting reads such a file too
+    png = plot_metrics(rows, ["a"], tmp_path / "plots.png")
+    assert png.stat().st_size > 0
+
+
+def test_a_malformed_line_before_the_last_is_still_an_error(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1}\n' + TORN + '\n{"step": 4}\n')
+    with pytest.raises(ValueError, match=r"metrics\.jsonl:2: invalid JSON"):
+        read_metrics(path)
+
+
+def test_appending_after_a_tear_cuts_the_torn_tail_first(tmp_path, caplog):
+    """Else the next record would be glued onto the half line, corrupting the middle of the file."""
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "a": 1}\n' + TORN)
+    with caplog.at_level("WARNING"), MetricsWriter(tmp_path) as w:
+        w.log(2, {"a": 2.0})
+    assert "dropped a torn last line" in caplog.text
+    assert path.read_text() == '{"step": 1, "a": 1}\n{"step": 2, "a": 2.0}\n'
+
+
+def test_appending_after_a_complete_unterminated_record_keeps_it(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "a": 1}')  # whole, only the newline missing (e.g. written by hand)
+    with MetricsWriter(tmp_path) as w:
+        w.log(2, {"a": 2.0})
+    assert [r["step"] for r in read_metrics(path)] == [1, 2]
+
+
+def test_a_tear_beyond_the_tail_window_is_found(tmp_path, monkeypatch):
+    monkeypatch.setattr(jsonl, "_TAIL_BYTES", 8)  # the torn line is longer than the window read
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1}\n' + TORN)
+    with MetricsWriter(tmp_path) as w:
+        w.log(2, {})
+    assert path.read_text() == '{"step": 1}\n{"step": 2}\n'

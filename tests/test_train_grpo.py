@@ -106,6 +106,21 @@ def test_resume_continues_exactly(tiny_dir, tmp_path):
     assert steps == [0, 1, 2, 3, 4]
 
 
+def test_resume_after_a_torn_metrics_line(tiny_dir, tmp_path):
+    """A crash mid-write leaves half a line at the end of metrics.jsonl: resume drops it and the
+    finished file is clean, one whole record per step."""
+    cfg = _config(tiny_dir, tmp_path / "run", "train.steps=3", "track.plot=true")
+    run_grpo(replace(cfg, train=replace(cfg.train, steps=2)))
+    path = tmp_path / "run" / "metrics.jsonl"
+    with path.open("a") as f:
+        f.write('{"step": 3, "reward/mean": 0.2')
+    run_grpo(cfg, resume=True)
+    lines = path.read_text().splitlines()
+    assert path.read_text().endswith("\n")
+    assert [json.loads(line)["step"] for line in lines] == [0, 1, 2, 3]
+    assert (tmp_path / "run" / "plots.png").stat().st_size > 0
+
+
 def test_an_engine_that_does_not_exist_is_refused_at_start_up(tiny_dir, tmp_path):
     """Before any model loads, with the reason; no vLLM engine is written yet."""
     with pytest.raises(ConfigError, match="rollout: engine='vllm': aha has no vLLM engine yet"):

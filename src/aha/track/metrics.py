@@ -51,11 +51,12 @@ class MetricsWriter:
 
 def read_metrics(path: Path | str) -> list[dict[str, Any]]:
     """Rows of a metrics.jsonl file (or of run_dir/metrics.jsonl when given a directory), in file
-    order; null values (non-finite when written) come back as NaN."""
+    order; null values (non-finite when written) come back as NaN. A torn last line (a crash cut the
+    write short) is dropped with a warning; a malformed line anywhere else is an error."""
     path = Path(path)
     if path.is_dir():
         path = path / METRICS_FILE
-    rows = read_jsonl(path)
+    rows = read_jsonl(path, torn_tail_ok=True)
     for lineno, row in enumerate(rows, start=1):
         if "step" not in row:
             raise ValueError(f"{path}: record {lineno} has no 'step' field")

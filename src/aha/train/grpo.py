@@ -34,6 +34,7 @@ from aha.track.samples import format_samples_table
 from aha.train.checkpoint import latest_checkpoint, load_checkpoint
 from aha.train.evaluate import EvalResult, evaluate
 from aha.train.grpo_config import GRPORunConfig
+from aha.train.nonfinite import NonFiniteGuard
 from aha.train.policy_update import PolicyLossSettings, UpdateBatch, completion_logprobs, policy_update
 from aha.train.reference import ReferencePolicy
 from aha.train.session import TrainingSession, load_prompt_sets
@@ -131,7 +132,12 @@ def run_grpo(cfg: GRPORunConfig, resume: bool = False) -> GRPOResult:
         t_gen = time.perf_counter()
 
         scored = compute_rewards(rewards, prompts, rollout.completions, fields, on_error=_on_error(cfg))
-        advantages = estimator(scored.total, G)
+        guard = NonFiniteGuard(cfg.train.on_nonfinite, step)
+        # Each function's NaN/inf is handled in compute_rewards; this catches an overflowing weighted sum.
+        bad_reward = not guard.ok(
+            "total reward", _worst(scored.total), "weighted sum of the reward functions"
+        )
+        advantages = estimator(scored.total.nan_to_num(0.0, 0.0, 0.0) if bad_reward else scored.total, G)
         dead_groups = zero_variance_groups(scored.total, G)
         t_reward = time.perf_counter()
 
@@ -144,7 +150,9 @@ def run_grpo(cfg: GRPORunConfig, resume: bool = False) -> GRPOResult:
         if cfg.algo.drop_zero_variance_groups:
             keep = (~dead_groups).repeat_interleave(G).nonzero().squeeze(1)
             batch = batch.select(keep.to(device))
-        metrics: dict[str, float] = {}
+        if bad_reward:  # train.on_nonfinite=skip: no update from this batch
+            batch = batch.select(torch.zeros(0, dtype=torch.long, device=device))
+        metrics: dict[str, float] = {"update/nonfinite_skipped": float(bad_reward)}
         if batch.input_ids.shape[0] > 0:
             if ref_model is not None:
                 batch.ref_logprobs = ref_model.logprobs(batch, cfg.rollout.temperature)
@@ -163,6 +171,7 @@ def run_grpo(cfg: GRPORunConfig, resume: bool = False) -> GRPOResult:
                 generator=torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + step),
                 micro_batch_size=cfg.train.micro_batch_size,
                 precision=precision,
+                guard=guard,
             )
         metrics["update/skipped"] = float(batch.input_ids.shape[0] == 0)
         session.scheduler.step()
@@ -244,6 +253,12 @@ def _resume_state(sampler: PromptSampler, ref_model: ReferencePolicy | None, cfg
     if ref_model is not None and cfg.algo.ref_sync_every:
         extra["ref_model"] = ref_model.state_dict()
     return extra
+
+
+def _worst(values: torch.Tensor) -> float:
+    """The first non-finite value of `values`, or 0.0 when all are finite."""
+    bad = values[~torch.isfinite(values)]
+    return float(bad[0]) if bad.numel() else 0.0
 
 
 def _on_error(cfg: GRPORunConfig) -> str | float:

@@ -9,6 +9,7 @@ from aha.algos.policy_loss import IMPORTANCE_RATIOS, LOSS_AGG_MODES
 from aha.config import ConfigError, option
 from aha.data.chat import CHAT_TEMPLATE_HELP, CHAT_TEMPLATE_MODES, SYSTEM_PROMPT_HELP
 from aha.train.common_config import ModelConfig, OptimConfig, RunConfig
+from aha.train.nonfinite import ON_NONFINITE, ON_NONFINITE_HELP
 
 
 @dataclass
@@ -157,6 +158,7 @@ class GRPOTrainConfig:
         "activation memory for about one more forward pass. The policy's scoring then runs every row's "
         "prompt (no shared-prompt pass) in the gradient pass.",
     )
+    on_nonfinite: str = option("stop", choices=ON_NONFINITE, help=ON_NONFINITE_HELP)
 
     def validate(self) -> None:
         if self.micro_batch_size < 0:

@@ -14,6 +14,7 @@ from aha.algos.kl import kl_penalty
 from aha.algos.masked import masked_mean
 from aha.algos.policy_loss import aggregate_loss, clipped_surrogate, micro_batch_weight
 from aha.models.forward import score_completions
+from aha.train.nonfinite import NonFiniteGuard
 from aha.train.precision import Precision
 from aha.train.scoring_budget import rows_per_pass, scoring_budget_bytes
 
@@ -125,21 +126,26 @@ def policy_update(
     generator: torch.Generator,
     micro_batch_size: int = 0,
     precision: Precision = FP32,
+    guard: NonFiniteGuard | None = None,
 ) -> dict[str, float]:
     """`passes` epochs over the batch, each split into `minibatches` optimizer steps of whole groups.
 
     Groups are shuffled between passes (seeded) and never split, so every minibatch holds complete
     groups. Each minibatch is run `micro_batch_size` completions at a time (whole groups; 0 = all at
     once), its gradients accumulated with `micro_batch_weight` so the update is the same either way.
-    Metrics are averaged over all optimizer steps; entropy comes from the first pass. Gradients are
-    released after each optimizer step, so none are held between updates. Forwards run under
+    Metrics are averaged over the optimizer steps that produced them (entropy: the first pass's).
+    Gradients are released after each optimizer step, so none are held between updates. Forwards run under
     `precision` (fp16-mixed: loss-scaled, and a step whose gradients overflowed is skipped and counted
-    in `amp/step_skipped`, averaged over the optimizer steps).
+    in `amp/step_skipped`, averaged over the optimizer steps). `guard` (default: stop) checks each
+    minibatch's loss and gradient norm before its optimizer step; a step it skips is counted in
+    `update/nonfinite_skipped` and adds nothing else to the metrics.
     """
+    guard = guard or NonFiniteGuard("stop")
     num_groups = batch.input_ids.shape[0] // group_size
     groups_per_pass = max(1, micro_batch_size // group_size) if micro_batch_size else num_groups
     totals: dict[str, float] = {}
-    steps = 0
+    counts: dict[str, int] = {}  # optimizer steps that contributed each metric
+    mb_index = 0
     model.train()
     for p in range(passes):
         order = torch.randperm(num_groups, generator=generator) if p > 0 else torch.arange(num_groups)
@@ -159,22 +165,28 @@ def policy_update(
                     micro_metrics,
                     token_share=micro_batch_weight(mb.completion_mask, full_mask, "token-mean"),
                 )
-            result = precision.step(optimizer, grad_clip if grad_clip > 0 else None)
-            if result.grad_norm is not None:
-                metrics["grad_norm"] = result.grad_norm
-            if precision.scaler is not None:
-                metrics["amp/step_skipped"] = float(result.skipped)
+            where = f"pass {p + 1}, optimizer step {mb_index + 1} of the update"
+            mb_index += 1
+            result = None
+            if guard.ok("loss", loss_total, where):
+                result = precision.step(optimizer, grad_clip if grad_clip > 0 else None, guard)
             # Released now, not at the next update: sampling and the reference pass in between would
             # otherwise hold a model-sized buffer of stale gradients (docs/ARCHITECTURE.md: what it cost).
             optimizer.zero_grad(set_to_none=True)
-            metrics["loss"] = loss_total
+            if result is None or result.nonfinite:
+                metrics = {"update/nonfinite_skipped": 1.0}  # the step's other numbers are not real
+            else:
+                if result.grad_norm is not None:
+                    metrics["grad_norm"] = result.grad_norm
+                if precision.scaler is not None:
+                    metrics["amp/step_skipped"] = float(result.skipped)
+                metrics["loss"] = loss_total
+                metrics["update/nonfinite_skipped"] = 0.0
             for k, v in metrics.items():
                 totals[k] = totals.get(k, 0.0) + v
-            steps += 1
-    out = {k: v / steps for k, v in totals.items()}
-    if "entropy" in out:  # only first-pass minibatches contributed
-        out["entropy"] = totals["entropy"] / min(minibatches, num_groups)
-    return out
+                counts[k] = counts.get(k, 0) + 1
+    # each metric is the mean over the steps that produced it (entropy: the first pass only)
+    return {k: v / counts[k] for k, v in totals.items()}
 
 
 def _rows(group_ids: torch.Tensor, group_size: int) -> torch.Tensor:

@@ -17,10 +17,14 @@ from __future__ import annotations
 import contextlib
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from aha.config import ConfigError
+
+if TYPE_CHECKING:
+    from aha.train.nonfinite import NonFiniteGuard
 
 PRECISIONS = ("auto", "fp32", "bf16-mixed", "fp16-mixed")
 COMPUTE_DTYPES = {"bf16-mixed": torch.bfloat16, "fp16-mixed": torch.float16}
@@ -46,6 +50,7 @@ def resolve_precision(name: str, device: str | torch.device) -> str:
 class StepResult:
     grad_norm: float | None  # before clipping; None when not clipped (max_norm None); inf/nan on overflow
     skipped: bool  # fp16-mixed: the gradients overflowed, the parameters were left as they were
+    nonfinite: bool = False  # fp32 / bf16-mixed: the guard found a NaN/inf gradient norm; no step taken
 
 
 class Precision:
@@ -72,14 +77,22 @@ class Precision:
         """`loss.backward()`, through the loss scaler under fp16-mixed."""
         (loss if self.scaler is None else self.scaler.scale(loss)).backward()
 
-    def step(self, optimizer: torch.optim.Optimizer, max_norm: float | None) -> StepResult:
+    def step(
+        self, optimizer: torch.optim.Optimizer, max_norm: float | None, guard: NonFiniteGuard | None = None
+    ) -> StepResult:
         """Unscale (fp16-mixed), clip the global gradient norm to `max_norm` (None: no clipping, inf:
-        measure only), then `optimizer.step()`, which fp16-mixed skips when a gradient is inf or NaN."""
+        measure only), then `optimizer.step()`, which fp16-mixed skips when a gradient is inf or NaN.
+        Without a loss scaler, `guard` sees the gradient norm first (measured even when not clipped);
+        a NaN/inf norm raises (stop) or leaves the optimizer untouched (skip, `nonfinite` set)."""
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         if self.scaler is not None:
             self.scaler.unscale_(optimizer)
         norm = None if max_norm is None else float(torch.nn.utils.clip_grad_norm_(params, max_norm))
         if self.scaler is None:
+            if guard is not None:
+                measured = norm if norm is not None else _total_norm(params)
+                if not guard.ok("gradient norm", measured):
+                    return StepResult(norm, skipped=False, nonfinite=True)
             optimizer.step()
             return StepResult(norm, skipped=False)
         scale = self.scaler.get_scale()
@@ -98,6 +111,11 @@ class Precision:
     def load_state_dict(self, state: dict | None) -> None:
         if self.scaler is not None and state and "grad_scaler" in state:
             self.scaler.load_state_dict(state["grad_scaler"])
+
+
+def _total_norm(params: list[torch.Tensor]) -> float:
+    """The global L2 norm of the gradients, read only (nothing is clipped)."""
+    return float(torch.nn.utils.get_total_norm([p.grad for p in params])) if params else 0.0
 
 
 def lean_activations_blocker(device: str | torch.device, precision: str, lora_enabled: bool) -> str | None:

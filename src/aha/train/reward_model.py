@@ -26,13 +26,13 @@ from aha.algos.ranking import bradley_terry_loss, centering_loss, kwise_ranking_
 from aha.config import ConfigError, option
 from aha.data.preferences import FORMATS, Ranking, load_preferences, split_by_prompt
 from aha.data.prompts import PromptExample
+from aha.models.loading import save_model_atomically
 from aha.models.reward_scorer import TextFormat, encode_texts, pad_id_of, pad_right, score_ids, write_meta
 from aha.models.scalar_head import load_scalar_model, sequence_scores
 from aha.track.plots import plot_metrics
 from aha.train.checkpoint import latest_checkpoint, load_checkpoint
 from aha.train.common_config import ModelConfig, OptimConfig, RunConfig
 from aha.train.session import TrainingSession
-from aha.train.sft import save_final_model
 
 
 @dataclass
@@ -267,7 +267,7 @@ def run_rm(cfg: RMRunConfig, resume: bool = False) -> RMResult:
     if final is None:  # resumed a finished run
         final = evaluate(total_steps)
     session.finish()
-    final_dir = save_final_model(model, tokenizer, session.run_dir / "final")
+    final_dir = save_model_atomically(model, tokenizer, session.run_dir / "final")
     eval_metrics, scores = final
     write_meta(final_dir, fmt, float(scores.mean()), float(scores.std()), held_out=eval_metrics)
     if session.history:

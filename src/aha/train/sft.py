@@ -32,6 +32,7 @@ from aha.track.memory import peak_memory_metrics, reset_peak_memory
 from aha.track.plots import plot_metrics
 from aha.train.checkpoint import latest_checkpoint, load_checkpoint
 from aha.train.common_config import ModelConfig, OptimConfig, RunConfig
+from aha.train.nonfinite import ON_NONFINITE, ON_NONFINITE_HELP, NonFiniteGuard
 from aha.train.session import TrainingSession
 
 FINAL_DIR = "final"
@@ -63,6 +64,7 @@ class SFTTrainConfig:
         help="Keep only each decoder layer's input for backward and recompute the layer there: far less "
         "activation memory for about one more forward pass.",
     )
+    on_nonfinite: str = option("stop", choices=ON_NONFINITE, help=ON_NONFINITE_HELP)
 
     def validate(self) -> None:
         if self.steps < 0 or self.batch_size < 1:
@@ -258,25 +260,30 @@ def run_sft(cfg: SFTRunConfig, resume: bool = False) -> SFTResult:
         with precision.autocast():
             loss = completion_nll(model, batch)
         session.optimizer.zero_grad(set_to_none=True)
-        precision.backward(loss)
-        clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf  # inf: measure, don't clip
-        result = precision.step(session.optimizer, clip)
+        guard = NonFiniteGuard(cfg.train.on_nonfinite, step)
+        result = None
+        if guard.ok("loss", loss.item()):
+            precision.backward(loss)
+            clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf  # inf: measure, don't clip
+            result = precision.step(session.optimizer, clip, guard)
+        session.optimizer.zero_grad(set_to_none=True)  # a skipped step's gradients are dropped
         session.scheduler.step()
         metrics = {
-            "loss": loss.item(),
-            "grad_norm": result.grad_norm,
             "lr": session.scheduler.get_last_lr()[0],
             "tokens/completion": float(batch.loss_mask.sum()),
+            "update/nonfinite_skipped": float(result is None or result.nonfinite),
             "time/step_s": time.perf_counter() - t0,
             **precision.metrics(),
         }
-        if precision.scaler is not None:
-            metrics["amp/step_skipped"] = float(result.skipped)
+        if result is not None and not result.nonfinite:  # a skipped step's loss / norm are not logged
+            metrics.update({"loss": loss.item(), "grad_norm": result.grad_norm})
+            if precision.scaler is not None:
+                metrics["amp/step_skipped"] = float(result.skipped)
         if eval_set and ((cfg.eval.every and step % cfg.eval.every == 0) or step == total_steps):
             metrics["eval/loss"] = final_eval = eval_loss()
         metrics.update(peak_memory_metrics(device))
         session.log(step, metrics)
-        session.progress.update(step, loss=metrics["loss"])
+        session.progress.update(step, loss=metrics.get("loss", math.nan))
         session.save_if_due(step, "sft", lambda: {"sampler": sampler.state_dict()})
 
     if eval_set and final_eval is None:  # resumed a finished run
