@@ -14,11 +14,11 @@ from aha.models.forward import score_completions
 from aha.models.lean_activations import use_lean_activations
 from aha.models.loading import load_model, load_tokenizer
 from aha.models.lora import adapters_disabled, apply_lora, export_merged, is_lora_model
+from aha.models.lora_config import LoRAConfig
 from aha.rollout.base import SamplingParams
 from aha.rollout.completions import tokenize_prompts
 from aha.rollout.llama_decode import decode_step_for
 from aha.rollout.native import NativeSampler
-from aha.train.common_config import LoRAConfig
 from aha.train.policy_update import PolicyLossSettings, UpdateBatch, policy_update
 
 pytest.importorskip("peft", reason="LoRA needs the optional peft extra (pip install 'aha[lora]')")

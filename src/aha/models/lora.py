@@ -17,7 +17,7 @@ import torch
 from transformers import PreTrainedModel
 
 from aha.config import ConfigError, option
-from aha.train.common_config import PEFT_MISSING, LoRAConfig
+from aha.models.lora_config import PEFT_MISSING, LoRAConfig
 
 ADAPTER_CONFIG = "adapter_config.json"
 
