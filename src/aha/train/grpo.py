@@ -31,7 +31,7 @@ from aha.rollout.base import SamplingParams
 from aha.track.memory import peak_memory_metrics, reset_peak_memory
 from aha.track.plots import plot_metrics
 from aha.track.samples import format_samples_table
-from aha.train.checkpoint import latest_checkpoint, load_checkpoint
+from aha.train.checkpoint import latest_checkpoint
 from aha.train.evaluate import EvalResult, evaluate
 from aha.train.grpo_config import GRPORunConfig
 from aha.train.nonfinite import NonFiniteGuard
@@ -91,15 +91,9 @@ def run_grpo(cfg: GRPORunConfig, resume: bool = False) -> GRPOResult:
                 engine, eval_examples, rewards, eval_params, success_threshold=cfg.eval.success_threshold
             )
 
-    start_step = 0
-    if resume and (ckpt := latest_checkpoint(session.run_dir)) is not None:
-        state = load_checkpoint(ckpt, model, session.optimizer, session.scheduler)
-        start_step = state["step"]
-        sampler.load_state_dict(state["extra"]["sampler"])
-        precision.load_state_dict(state["extra"])
-        if ref_model is not None and "ref_model" in state["extra"]:
-            ref_model.load_state_dict(state["extra"]["ref_model"])
-        session.progress_from(start_step)
+    start_step, extra = session.restore_latest(sampler) if resume else (0, {})
+    if ref_model is not None and "ref_model" in extra:
+        ref_model.load_state_dict(extra["ref_model"])
     if start_step == 0:
         first = run_eval()
         session.log(

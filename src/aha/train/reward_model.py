@@ -30,7 +30,6 @@ from aha.models.loading import save_model_atomically
 from aha.models.reward_scorer import TextFormat, encode_texts, pad_id_of, pad_right, score_ids, write_meta
 from aha.models.scalar_head import load_scalar_model, sequence_scores
 from aha.track.plots import plot_metrics
-from aha.train.checkpoint import latest_checkpoint, load_checkpoint
 from aha.train.common_config import ModelConfig, OptimConfig, RunConfig
 from aha.train.session import TrainingSession
 
@@ -218,13 +217,8 @@ def run_rm(cfg: RMRunConfig, resume: bool = False) -> RMResult:
             f.write(json.dumps({"step": step, "bins": calib}) + "\n")
         return metrics, scores
 
-    start_step = 0
-    if resume and (ckpt := latest_checkpoint(session.run_dir)) is not None:
-        state = load_checkpoint(ckpt, model, session.optimizer, session.scheduler)
-        start_step = state["step"]
-        sampler.load_state_dict(state["extra"]["sampler"])
-        precision.load_state_dict(state["extra"])
-        session.progress_from(start_step)
+    start_step = session.restore_latest(sampler)[0] if resume else 0
+    if start_step:
         if calib_path.exists():  # evaluations after the checkpoint are redone
             kept = [
                 line for line in calib_path.read_text().splitlines() if json.loads(line)["step"] <= start_step

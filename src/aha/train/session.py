@@ -29,7 +29,7 @@ from aha.track.jsonl import to_json_value
 from aha.track.metrics import MetricsWriter, read_metrics
 from aha.track.progress import Progress
 from aha.track.samples import SampleWriter
-from aha.train.checkpoint import save_checkpoint
+from aha.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from aha.train.common_config import resolve_device
 from aha.train.optim import build_optimizer, build_scheduler
 from aha.train.precision import Precision, lean_activations_blocker
@@ -119,6 +119,19 @@ class TrainingSession:
         self.progress = Progress(
             self.total_steps, desc=self.run_dir.name, initial=step, enabled=self.cfg.run.progress
         )
+
+    def restore_latest(self, sampler: PromptSampler) -> tuple[int, dict]:
+        """Continue from the run directory's latest checkpoint: model, optimizer, scheduler, `sampler` and
+        precision state restored (the counterpart of `save_if_due`), metrics cut back to its step.
+        Returns (its step, its extra state for what the stage keeps itself); (0, {}) without one."""
+        ckpt = latest_checkpoint(self.run_dir)
+        if ckpt is None:
+            return 0, {}
+        state = load_checkpoint(ckpt, self.model, self.optimizer, self.scheduler)
+        sampler.load_state_dict(state["extra"]["sampler"])
+        self.precision.load_state_dict(state["extra"])
+        self.progress_from(state["step"])
+        return state["step"], state["extra"]
 
     def prompt_sampler(self, examples: list[PromptExample], batch_size: int) -> PromptSampler:
         return PromptSampler(examples, batch_size, seed=self.cfg.run.seed)

@@ -30,7 +30,6 @@ from aha.models.loading import save_model_atomically
 from aha.models.lora import export_merged
 from aha.track.memory import peak_memory_metrics, reset_peak_memory
 from aha.track.plots import plot_metrics
-from aha.train.checkpoint import latest_checkpoint, load_checkpoint
 from aha.train.common_config import ModelConfig, OptimConfig, RunConfig
 from aha.train.nonfinite import ON_NONFINITE, ON_NONFINITE_HELP, NonFiniteGuard
 from aha.train.session import TrainingSession
@@ -241,14 +240,8 @@ def run_sft(cfg: SFTRunConfig, resume: bool = False) -> SFTResult:
         with precision.autocast():
             return heldout_loss(model, encoded_eval, pad_id, cfg.eval.batch_size, device)
 
-    start_step = 0
-    if resume and (ckpt := latest_checkpoint(session.run_dir)) is not None:
-        state = load_checkpoint(ckpt, model, session.optimizer, session.scheduler)
-        start_step = state["step"]
-        sampler.load_state_dict(state["extra"]["sampler"])
-        precision.load_state_dict(state["extra"])
-        session.progress_from(start_step)
-    elif eval_set:
+    start_step = session.restore_latest(sampler)[0] if resume else 0
+    if start_step == 0 and eval_set:
         session.log(0, {"eval/loss": eval_loss()})
 
     model.train()
