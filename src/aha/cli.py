@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import json
 import sys
 import textwrap
 from collections.abc import Mapping
@@ -53,6 +54,11 @@ COMMANDS: CommandTable = {
         "aha.models.gguf:ConvertGGUFCommand",
         "aha.models.gguf:run_convert_gguf",
         "Convert a GGUF checkpoint (e.g. from llama.cpp) into a Hugging Face directory aha can train.",
+    ),
+    "report": (
+        "aha.track.report:ReportCommand",
+        "aha.track.report:run_report",
+        "Write a run's self-contained HTML report: curves, evaluation, samples, timing, memory, config.",
     ),
     "demo": (
         "aha.demo:DemoConfig",
@@ -102,6 +108,7 @@ def _dispatch(argv: list[str], commands: CommandTable) -> int:
     config_spec, run_spec, description = commands[name]
     args = _parse_command_args(name, rest)
     config_cls = _import(config_spec)
+    args["overrides"] = _positional(config_cls, args["overrides"])
     if args["help"]:
         run = _import(run_spec)
         print(_command_help(name, description, config_cls, _accepts_resume(run)))
@@ -153,6 +160,17 @@ def _parse_command_args(name: str, rest: list[str]) -> dict[str, Any]:
     return args
 
 
+def _positional(config_cls: type, overrides: list[str]) -> list[str]:
+    """A config class with `positional = "name"` takes its first bare argument (no '=') as that option,
+    so `aha report runs/grpo` means `aha report run_dir=runs/grpo`."""
+    name = getattr(config_cls, "positional", None)
+    bare = [i for i, arg in enumerate(overrides) if "=" not in arg]
+    if name is None or not bare:
+        return overrides
+    i = bare[0]
+    return [*overrides[:i], f"{name}={json.dumps(overrides[i])}", *overrides[i + 1 :]]
+
+
 def _import(spec: str) -> Any:
     module_name, _, attr = spec.partition(":")
     try:
@@ -181,8 +199,10 @@ def _main_help(commands: CommandTable) -> str:
 
 def _command_help(name: str, description: str, config_cls: type, resumable: bool) -> str:
     resume = " [--resume]" if resumable else ""
+    positional = getattr(config_cls, "positional", None)
+    first = f" {positional.upper()}" if positional else ""
     lines = [
-        f"usage: aha {name} [--config FILE.yaml]{resume} [--print-config] [key=value ...]",
+        f"usage: aha {name}{first} [--config FILE.yaml]{resume} [--print-config] [key=value ...]",
         "",
         description,
         "",

@@ -6,8 +6,9 @@ a broken chat template, so the trainer logs a handful of (prompt, completion, re
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from aha.track.jsonl import JsonlAppender, read_jsonl, to_json_value
 
@@ -15,13 +16,19 @@ SAMPLES_FILE = "samples.jsonl"
 TABLE_COLUMNS = ("prompt", "completion", "reward")
 
 
-class SampleWriter:
-    """Appends one `{"step": step, **row}` JSON line per row to run_dir/samples.jsonl. Row values may
-    be strings, numbers, tensors or lists; non-finite floats are written as null."""
+class SampleSink(Protocol):
+    def log_samples(self, step: int, rows: list[dict[str, Any]]) -> None: ...
 
-    def __init__(self, run_dir: Path | str):
+
+class SampleWriter:
+    """Appends one `{"step": step, **row}` JSON line per row to run_dir/samples.jsonl, then hands the
+    rows to each of `sinks` (the run's TensorBoard / W&B trackers). Row values may be strings, numbers,
+    tensors or lists; non-finite floats are written as null."""
+
+    def __init__(self, run_dir: Path | str, sinks: Sequence[SampleSink] = ()):
         self.path = Path(run_dir) / SAMPLES_FILE
         self._out = JsonlAppender(self.path)
+        self._sinks = list(sinks)
 
     def log(self, step: int, rows: list[dict[str, Any]]) -> None:
         for row in rows:
@@ -30,6 +37,8 @@ class SampleWriter:
                     "sample rows must not contain a 'step' key; pass the step as the first argument"
                 )
             self._out.write({"step": int(step), **to_json_value(row)})
+        for sink in self._sinks:
+            sink.log_samples(step, rows)
 
     def close(self) -> None:
         self._out.close()

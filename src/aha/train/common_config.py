@@ -7,6 +7,7 @@ from typing import ClassVar
 
 from aha.config import ConfigError, option
 from aha.models.lora_config import LoRAConfig
+from aha.track.trackers import REPORT_TO, report_to_problem
 
 
 @dataclass
@@ -69,6 +70,25 @@ class RunConfig:
     keep_checkpoints: int = option(2, help="How many checkpoints to keep in output_dir/checkpoints.")
     progress: bool = option(True, help="Show a live progress bar.")
     threads: int = option(0, help="torch CPU threads (0 = torch's default).")
+
+
+@dataclass
+class TrackingConfig:
+    report_to: list[str] = option(
+        ["jsonl"],
+        choices=REPORT_TO,
+        help="Where scalars, the config and sample completions go. metrics.jsonl and samples.jsonl are "
+        "always written; tensorboard adds run_dir/tensorboard (pip install 'aha[tensorboard]'; view with "
+        "`tensorboard --logdir RUN_DIR`); wandb logs to Weights & Biases (pip install 'aha[wandb]'; "
+        "WANDB_MODE=offline keeps it in run_dir/wandb without an account). Example: "
+        "track.report_to=[jsonl,tensorboard].",
+    )
+    wandb_project: str = option("aha", help="W&B project the run is logged to (with wandb in report_to).")
+
+    def validate(self) -> None:
+        problem = report_to_problem(self.report_to)
+        if problem is not None:
+            raise ConfigError(f"report_to: {problem}")
 
 
 def resolve_device(name: str) -> str:

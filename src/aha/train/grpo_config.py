@@ -8,7 +8,7 @@ from aha.algos.kl import KL_ESTIMATORS
 from aha.algos.policy_loss import IMPORTANCE_RATIOS, LOSS_AGG_MODES
 from aha.config import ConfigError, option
 from aha.data.chat import CHAT_TEMPLATE_HELP, CHAT_TEMPLATE_MODES, SYSTEM_PROMPT_HELP
-from aha.train.common_config import ModelConfig, OptimConfig, RunConfig
+from aha.train.common_config import ModelConfig, OptimConfig, RunConfig, TrackingConfig
 from aha.train.nonfinite import ON_NONFINITE, ON_NONFINITE_HELP
 
 
@@ -176,7 +176,7 @@ class EvalConfig:
 
 
 @dataclass
-class TrackConfig:
+class TrackConfig(TrackingConfig):
     sample_every: int = option(10, help="Write sample completions every N steps (0 = never).")
     samples_shown: int = option(4, help="Sample completions printed to the terminal each time.")
     plot: bool = option(True, help="Write plots.png with the training curves at the end.")
@@ -194,7 +194,7 @@ class GRPORunConfig:
     train: GRPOTrainConfig = option(default_factory=GRPOTrainConfig, help="Steps and batch size.")
     optim: OptimConfig = option(default_factory=OptimConfig, help="AdamW and the learning-rate schedule.")
     eval: EvalConfig = option(default_factory=EvalConfig, help="Held-out evaluation.")
-    track: TrackConfig = option(default_factory=TrackConfig, help="Samples and plots.")
+    track: TrackConfig = option(default_factory=TrackConfig, help="Samples, plots, TensorBoard and W&B.")
     run: RunConfig = option(
         default_factory=lambda: RunConfig(output_dir="runs/grpo"), help="Run directory, seed, checkpoints."
     )

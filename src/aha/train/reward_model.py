@@ -30,7 +30,7 @@ from aha.models.loading import save_model_atomically
 from aha.models.reward_scorer import TextFormat, encode_texts, pad_id_of, pad_right, score_ids, write_meta
 from aha.models.scalar_head import load_scalar_model, sequence_scores
 from aha.track.plots import plot_metrics
-from aha.train.common_config import ModelConfig, OptimConfig, RunConfig
+from aha.train.common_config import ModelConfig, OptimConfig, RunConfig, TrackingConfig
 from aha.train.session import TrainingSession
 
 
@@ -93,6 +93,9 @@ class RMRunConfig:
         help="AdamW and the learning-rate schedule.",
     )
     eval: RMEvalConfig = option(default_factory=RMEvalConfig, help="Held-out accuracy and calibration.")
+    track: TrackingConfig = option(
+        default_factory=TrackingConfig, help="TensorBoard and W&B next to metrics.jsonl."
+    )
     run: RunConfig = option(
         default_factory=lambda: RunConfig(output_dir="runs/rm"), help="Run directory, seed, checkpoints."
     )

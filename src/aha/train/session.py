@@ -1,4 +1,5 @@
-"""What every training stage sets up the same way: run directory, seeds, model, optimizer, writers.
+"""What every training stage sets up the same way: run directory, seeds, model, optimizer, writers
+(metrics.jsonl, samples.jsonl and the `track.report_to` trackers behind them).
 
 A stage's recipe (grpo.py, sft.py, ...) keeps only its own loop; everything here is shared so a new
 stage does not copy it.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import json
 import random
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +19,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from aha.config import save_config
+from aha.config import config_to_dict, config_to_yaml, save_config
 from aha.data.arithmetic import split_train_eval
 from aha.data.prompts import PromptExample, PromptSampler, load_prompt_file
 from aha.models.checkpointing import enable_gradient_checkpointing
@@ -25,12 +27,14 @@ from aha.models.lean_activations import use_lean_activations
 from aha.models.loading import load_model, load_tokenizer
 from aha.models.lora import apply_lora
 from aha.rewards.base import RewardSpec, make_reward_specs
-from aha.track.jsonl import to_json_value
+from aha.track.jsonl import JsonlAppender, to_json_value
+from aha.track.memory import process_peak_rss_gb
 from aha.track.metrics import MetricsWriter, read_metrics
 from aha.track.progress import Progress
 from aha.track.samples import SampleWriter
+from aha.track.trackers import Trackers, open_trackers
 from aha.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from aha.train.common_config import resolve_device
+from aha.train.common_config import TrackingConfig, resolve_device
 from aha.train.optim import build_optimizer, build_scheduler
 from aha.train.precision import Precision, lean_activations_blocker
 
@@ -54,6 +58,8 @@ class TrainingSession:
     total_steps: int
     precision: Precision
     history: list[dict] = field(default_factory=list)
+    trackers: Trackers = field(default_factory=lambda: Trackers([]))  # track.report_to beyond jsonl
+    started: float = field(default_factory=time.perf_counter)  # for resources.jsonl's wall_s
 
     @classmethod
     def start(
@@ -62,6 +68,7 @@ class TrainingSession:
         """Prepare the run directory and everything a stage trains with. `cfg` has model/optim/run sections.
         `load(path, dtype, device, trust_remote_code=...)` builds the model: a causal LM by default, a
         scalar-head model (aha.models.scalar_head.load_scalar_model) for reward models."""
+        started = time.perf_counter()
         run_dir = Path(cfg.run.output_dir)
         if (run_dir / "metrics.jsonl").exists() and not resume:
             raise RunDirectoryError(
@@ -89,6 +96,10 @@ class TrainingSession:
         optimizer = build_optimizer(model, cfg.optim.lr, cfg.optim.weight_decay)
         scheduler = build_scheduler(optimizer, cfg.optim.warmup_steps, total_steps, kind=cfg.optim.schedule)
         save_config(cfg, run_dir / "config.yaml")
+        track = getattr(cfg, "track", None) or TrackingConfig()
+        trackers = open_trackers(
+            track.report_to, run_dir, config_to_dict(cfg), config_to_yaml(cfg), track.wandb_project
+        )
         return cls(
             cfg=cfg,
             run_dir=run_dir,
@@ -98,10 +109,12 @@ class TrainingSession:
             optimizer=optimizer,
             scheduler=scheduler,
             metrics=MetricsWriter(run_dir),
-            samples=SampleWriter(run_dir),
+            samples=SampleWriter(run_dir, sinks=[trackers]),
             progress=Progress(total_steps, desc=run_dir.name, enabled=cfg.run.progress),
             total_steps=total_steps,
             precision=precision,
+            trackers=trackers,
+            started=started,
         )
 
     def progress_from(self, step: int) -> None:
@@ -119,6 +132,9 @@ class TrainingSession:
         self.progress = Progress(
             self.total_steps, desc=self.run_dir.name, initial=step, enabled=self.cfg.run.progress
         )
+        for row in self.history:
+            self.progress.observe(row)
+        self.trackers.restart_at(step)
 
     def restore_latest(self, sampler: PromptSampler) -> tuple[int, dict]:
         """Continue from the run directory's latest checkpoint: model, optimizer, scheduler, `sampler` and
@@ -145,6 +161,8 @@ class TrainingSession:
     def log(self, step: int, metrics: dict[str, float]) -> None:
         self.history.append({"step": step, **metrics})
         self.metrics.log(step, metrics)
+        self.trackers.log_scalars(step, metrics)
+        self.progress.observe(metrics)
 
     def save_if_due(self, step: int, stage: str, extra_state: Callable[[], dict]) -> None:
         """Checkpoint every `run.save_every` steps and always at the last step. `extra_state` is called
@@ -167,6 +185,18 @@ class TrainingSession:
     def finish(self) -> None:
         self.progress.close()
         self.metrics.close()
+        self.trackers.close()
+        resources = JsonlAppender(
+            self.run_dir / "resources.jsonl"
+        )  # one line per process; the report reads it
+        resources.write(
+            {
+                "last_step": self.history[-1]["step"] if self.history else None,
+                "wall_s": time.perf_counter() - self.started,
+                "peak_rss_gb": process_peak_rss_gb(),
+            }
+        )
+        resources.close()
 
 
 def seed_everything(seed: int) -> None:

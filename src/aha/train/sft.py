@@ -30,7 +30,7 @@ from aha.models.loading import save_model_atomically
 from aha.models.lora import export_merged
 from aha.track.memory import peak_memory_metrics, reset_peak_memory
 from aha.track.plots import plot_metrics
-from aha.train.common_config import ModelConfig, OptimConfig, RunConfig
+from aha.train.common_config import ModelConfig, OptimConfig, RunConfig, TrackingConfig
 from aha.train.nonfinite import ON_NONFINITE, ON_NONFINITE_HELP, NonFiniteGuard
 from aha.train.session import TrainingSession
 
@@ -92,6 +92,9 @@ class SFTRunConfig:
         help="AdamW and the learning-rate schedule.",
     )
     eval: SFTEvalConfig = option(default_factory=SFTEvalConfig, help="Held-out loss.")
+    track: TrackingConfig = option(
+        default_factory=TrackingConfig, help="TensorBoard and W&B next to metrics.jsonl."
+    )
     run: RunConfig = option(
         default_factory=lambda: RunConfig(output_dir="runs/sft"), help="Run directory, seed, checkpoints."
     )
