@@ -39,7 +39,15 @@ def test_rl_beats_sft_on_heldout_problems(quick_demo):
 
 def test_run_directory_holds_the_report(quick_demo):
     run_dir = quick_demo.run_dir
-    for name in ("report.md", "demo.png", "scores.json", "data/heldout.jsonl", "sft/final/config.json"):
+    for name in (
+        "report.md",
+        "demo.png",
+        "scores.json",
+        "data/heldout.jsonl",
+        "sft/final/config.json",
+        "sft/report.html",
+        "grpo/report.html",
+    ):
         assert (run_dir / name).exists(), name
     report = (run_dir / "report.md").read_text()
     assert "| teacher (writes the demonstrations) |" in report and "after SFT" in report

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from aha.track.progress import Progress, format_number
+from aha.track.progress import Progress, format_duration, format_number
 
 
 def test_disabled_prints_nothing(capsys):
@@ -53,3 +53,40 @@ def test_update_is_absolute_and_never_moves_back(capsys):
 )
 def test_format_number(value, text):
     assert format_number(value) == text
+
+
+def test_eta_is_the_mean_pace_since_the_first_update(capsys):
+    """Steps 3 -> 5 took 10 s and 30 s (a slow evaluation step): 20 s a step, 5 steps left = 100 s.
+    tqdm's smoothed rate would weigh the slow step far more; the mean keeps it in proportion."""
+    now = [100.0]
+    with Progress(total=10, desc="grpo", initial=2, clock=lambda: now[0]) as p:
+        p.update(3, reward=0.5)
+        assert p.eta_seconds(3) is None  # one step seen: no pace yet
+        assert "eta=" not in capsys.readouterr().err
+        now[0] = 110.0
+        p.update(4)
+        now[0] = 140.0
+        p.update(5, reward=0.5)
+        assert p.eta_seconds(5) == pytest.approx(100.0)
+        assert "reward=0.5 eta=1m40s" in capsys.readouterr().err
+
+
+def test_last_held_out_result_is_shown_until_the_next_one(capsys):
+    with Progress(total=10, desc="sft") as p:
+        p.observe({"eval/loss": 1.25, "loss": 2.0})
+        p.update(1, loss=2.0)
+        assert "loss=2 heldout_loss=1.25" in capsys.readouterr().err
+        p.observe({"loss": 1.5})  # no evaluation this step: the last one stays
+        p.update(2, loss=1.5)
+        assert "heldout_loss=1.25" in capsys.readouterr().err
+        p.observe({"eval/accuracy": 0.375, "eval/loss": float("nan")})  # NaN is not a result to show
+        p.update(3)
+        assert "heldout_loss=1.25 heldout_acc=0.375" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(0.4, "0s"), (45, "45s"), (252, "4m12s"), (3780, "1h03m"), (187_200, "2d04h")],
+)
+def test_format_duration(seconds, text):
+    assert format_duration(seconds) == text

@@ -10,6 +10,7 @@ Run directory (default runs/demo-<scenario>):
   sft/         the SFT run (final/ is the model GRPO starts from and keeps as KL reference)
   grpo/        the GRPO run (metrics.jsonl, samples.jsonl, checkpoints/)
   report.md    accuracy table and samples     demo.png   reward, held-out accuracy, KL, length
+  sft/report.html, grpo/report.html   each stage's run report (`aha report`): curves, samples, timing
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from aha.demo.scenarios import SCENARIOS, Budget, Scenario, write_task_files
 from aha.models.loading import load_model
 from aha.models.tiny import TinyModelSpec, create_tiny_model
 from aha.rewards.base import make_reward_specs
+from aha.track.report import write_html_report
 from aha.train.checkpoint import latest_checkpoint
 from aha.train.grpo import GRPORunConfig, run_grpo
 from aha.train.sft import SFTRunConfig, run_sft
@@ -135,7 +137,9 @@ def run_demo(cfg: DemoConfig, resume: bool = False) -> DemoResult:
         run_dir, teacher_accuracy, scores[0], scores[1], grpo.history, time.perf_counter() - t0
     )
     report = write_report(result, scenario, heldout, cfg)
+    pages = [write_html_report(stage.run_dir) for stage in (sft, grpo)]  # what `aha report` writes
     print("\n" + report)
+    print("\nRun reports (open in a browser): " + "  ".join(str(page) for page in pages))
     return result
 
 
@@ -253,7 +257,8 @@ def _grpo_config(
             f"optim.warmup_steps={min(5, steps)}",
             f"eval.every={budget.grpo_eval_every}",
             f"eval.num_prompts={budget.grpo_eval_size}",
-            "track.sample_every=0",
+            f"track.sample_every={budget.grpo_eval_every}",  # completions for grpo/report.html
+            "track.samples_shown=2",
             "track.plot=false",
             f"run.output_dir={out}",
             f"run.seed={cfg.seed}",

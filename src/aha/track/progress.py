@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from tqdm import tqdm
@@ -53,7 +54,15 @@ class Progress:
     values after the bar, then the last held-out result passed to `observe` and the ETA. With
     enabled=False nothing is printed at all (tests, quiet runs)."""
 
-    def __init__(self, total: int, desc: str, initial: int = 0, enabled: bool = True):
+    def __init__(
+        self,
+        total: int,
+        desc: str,
+        initial: int = 0,
+        enabled: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self._clock = clock
         self.enabled = enabled
         self._bar = tqdm(
             total=total,
@@ -79,7 +88,7 @@ class Progress:
 
     def eta_seconds(self, step: int, now: float | None = None) -> float | None:
         """Seconds left at the mean pace since the first update; None before a second step is seen."""
-        now = time.monotonic() if now is None else now
+        now = self._clock() if now is None else now
         if self._first is None or step <= self._first[0]:
             return None
         per_step = (now - self._first[1]) / (step - self._first[0])
@@ -90,7 +99,7 @@ class Progress:
         if not self.enabled:
             return
         if self._first is None:
-            self._first = (step, time.monotonic())
+            self._first = (step, self._clock())
         if step > self._step:
             self._bar.update(step - self._step)
             self._step = step

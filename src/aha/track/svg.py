@@ -50,7 +50,7 @@ def line_chart(series: Sequence[Series], title: str, width: int = 440, height: i
     y_lo, y_hi = min(y for _, y in finite), max(y for _, y in finite)
     if x_hi == x_lo:
         x_lo, x_hi = x_lo - 1, x_hi + 1
-    pad = (y_hi - y_lo) * 0.05 or max(abs(y_hi) * 0.1, 1e-9)
+    pad = (y_hi - y_lo) * 0.05 or (abs(y_hi) * 0.1 if y_hi else 0.5)  # a flat line sits mid-chart
     y_lo, y_hi = y_lo - pad, y_hi + pad
     left, right, top, bottom = 56, 10, 24, 30
     plot_w, plot_h = width - left - right, height - top - bottom
