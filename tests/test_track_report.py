@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -192,3 +194,17 @@ def test_a_nan_breaks_the_line():
     assert [len(e[1]["points"].split()) for e in lines] == [2, 2]
     with pytest.raises(ValueError, match="no finite value"):
         line_chart([("loss", [1], [math.nan])], "loss")
+
+
+def test_report_does_not_import_torch(run_dir, tmp_path):
+    """`aha report` reads files only: it starts in a fraction of a second, on a machine without torch too."""
+    out = tmp_path / "page.html"
+    code = (
+        "import sys; from aha.cli import main; rc = main(['report', sys.argv[1], 'output=' + sys.argv[2]]); "
+        "assert 'torch' not in sys.modules, 'torch imported'; sys.exit(rc)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(run_dir), str(out)], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert out.exists()
