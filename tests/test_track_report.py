@@ -208,3 +208,21 @@ def test_report_does_not_import_torch(run_dir, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert out.exists()
+
+
+def test_memory_shows_the_largest_cuda_peak_and_its_step(tmp_path):
+    """CUDA runs log memory/cuda_*_peak_gb every step (aha.track.memory); the page shows the largest."""
+    peaks = [(1, 3.5, 4.0), (2, 6.25, 8.0), (3, 5.0, 8.0)]
+    (tmp_path / "metrics.jsonl").write_text(
+        "".join(
+            json.dumps({"step": s, "memory/cuda_allocated_peak_gb": a, "memory/cuda_reserved_peak_gb": r})
+            + "\n"
+            for s, a, r in peaks
+        )
+    )
+    page = Page(render_report(tmp_path))
+    (memory,) = [rows for section, rows in page.tables if section == "memory"]
+    assert memory[1:] == [
+        ["memory/cuda_allocated_peak_gb", "6.25 GB", "step 2"],
+        ["memory/cuda_reserved_peak_gb", "8 GB", "step 2"],  # the first step that reached the peak
+    ]

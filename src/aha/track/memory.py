@@ -11,10 +11,14 @@ to resources.jsonl when a run ends (aha.train.session).
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import torch
 
+from aha.track.jsonl import JsonlAppender
+
 GB = 1e9
+RESOURCES_FILE = "resources.jsonl"
 
 
 def _is_cuda(device: str | torch.device) -> bool:
@@ -45,3 +49,10 @@ def process_peak_rss_gb() -> float | None:
         return None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return peak * (1 if sys.platform == "darwin" else 1024) / GB
+
+
+def record_resources(run_dir: Path, last_step: int | None, wall_s: float) -> None:
+    """Append this process's line to run_dir/resources.jsonl (one per process: a --resume adds one)."""
+    out = JsonlAppender(Path(run_dir) / RESOURCES_FILE)
+    out.write({"last_step": last_step, "wall_s": wall_s, "peak_rss_gb": process_peak_rss_gb()})
+    out.close()

@@ -2,8 +2,8 @@
 
     {"step": 10, "reward/mean": 0.53, "kl": 0.012, "loss": null}
 
-JSONL is the one sink that always exists (TensorBoard / W&B can be added next to it) because it needs
-no dependency, survives crashes line by line and is read by pandas, jq and `read_metrics`.
+JSONL is the one sink that always exists (TensorBoard / W&B are added next to it: aha.track.trackers)
+as it needs no dependency, survives crashes line by line and is read by pandas, jq and `read_metrics`.
 NaN and +-inf are written as null (strict JSON has no such numbers) and read back as NaN, so a
 diverged run stays visible in the file and plots skip those points.
 """

@@ -24,7 +24,7 @@ from aha.track.svg import line_chart
 from aha.track.trackers import sample_columns
 
 REPORT_FILE = "report.html"
-RESOURCES_FILE = "resources.jsonl"
+RESOURCES_FILE = "resources.jsonl"  # written by aha.track.memory.record_resources
 # The curves shown first, when the run logged them (one chart per entry; a tuple shares one chart).
 HEADLINE = (
     ("reward/mean", "eval/accuracy"),

@@ -27,8 +27,8 @@ from aha.models.lean_activations import use_lean_activations
 from aha.models.loading import load_model, load_tokenizer
 from aha.models.lora import apply_lora
 from aha.rewards.base import RewardSpec, make_reward_specs
-from aha.track.jsonl import JsonlAppender, to_json_value
-from aha.track.memory import process_peak_rss_gb
+from aha.track.jsonl import to_json_value
+from aha.track.memory import record_resources
 from aha.track.metrics import MetricsWriter, read_metrics
 from aha.track.progress import Progress
 from aha.track.samples import SampleWriter
@@ -186,17 +186,8 @@ class TrainingSession:
         self.progress.close()
         self.metrics.close()
         self.trackers.close()
-        resources = JsonlAppender(
-            self.run_dir / "resources.jsonl"
-        )  # one line per process; the report reads it
-        resources.write(
-            {
-                "last_step": self.history[-1]["step"] if self.history else None,
-                "wall_s": time.perf_counter() - self.started,
-                "peak_rss_gb": process_peak_rss_gb(),
-            }
-        )
-        resources.close()
+        last_step = self.history[-1]["step"] if self.history else None
+        record_resources(self.run_dir, last_step, time.perf_counter() - self.started)
 
 
 def seed_everything(seed: int) -> None:
