@@ -49,7 +49,11 @@ def save_model_atomically(model: PreTrainedModel, tokenizer: PreTrainedTokenizer
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(f".tmp-{out_dir.name}-{os.getpid()}")
     replaced = out_dir.with_name(f".replaced-{out_dir.name}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    for stale in [
+        *out_dir.parent.glob(f".tmp-{out_dir.name}-*"),
+        *out_dir.parent.glob(f".replaced-{out_dir.name}-*"),
+    ]:
+        shutil.rmtree(stale, ignore_errors=True)  # left by a killed save (this one's pid or another's)
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
