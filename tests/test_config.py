@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -135,7 +136,7 @@ def test_int_accepted_for_float_but_not_bool_for_int():
 def test_wrong_type_names_key_value_and_type():
     with pytest.raises(ConfigError) as e:
         load_config(RunConfig, overrides=["train.lr=abc"])
-    assert str(e.value) == "train.lr: expected float, got 'abc' (str)"
+    assert str(e.value) == "train.lr: expected float, got 'abc' (str) (from the command line)"
 
 
 def test_optional_type_error_mentions_null():
@@ -231,7 +232,7 @@ def test_bare_dict_and_list_values_hold_any_yaml():
 def test_validate_runs_with_section_prefix():
     with pytest.raises(ConfigError) as e:
         load_config(RunConfig, overrides=["train.warmup_steps=20"])
-    assert str(e.value) == "train: warmup_steps (20) must be <= steps (10)"
+    assert str(e.value) == "train: warmup_steps (20) must be <= steps (10) (from the command line)"
 
 
 def test_partial_section_merges_over_the_fields_default_instance():
@@ -308,3 +309,20 @@ def test_unsupported_annotation_is_a_programming_error():
 
     with pytest.raises(TypeError, match="not supported"):
         load_config(Weird, overrides=["x=[1]"])
+
+
+def test_a_bad_value_in_a_file_is_named_with_its_file_and_line(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("model:\n  path: gpt2\ntrain:\n  steps: 5\n  lr: abc\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(RunConfig, path)
+    assert str(e.value) == f"{path}: line 5: train.lr: expected float, got 'abc' (str)"
+    path.write_text("train:\n  steps: 5\n  warmup_steps: 20\n")  # a section's check names the section's line
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: line 1: train: warmup_steps \(20\)"):
+        load_config(RunConfig, path)
+
+
+@pytest.mark.parametrize("text", [".nan", ".inf", "-.inf"])
+def test_non_finite_numbers_are_refused(tmp_path, text):
+    with pytest.raises(ConfigError, match="train.lr: expected a finite number"):
+        load_config(RunConfig, overrides=[f"train.lr={text}"])

@@ -3,6 +3,7 @@ in the time-limited child process."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -67,10 +68,10 @@ def test_different_values_are_wrong(gold, answer):
 
 
 def test_plain_numbers_compare_exactly_without_the_child(monkeypatch):
-    def no_child():
-        raise AssertionError("plain numbers must not need the math-verify process")
+    def no_child(*args):
+        raise AssertionError("plain numbers must not need the math-verify processes")
 
-    monkeypatch.setattr(eq, "shared_worker", no_child)
+    monkeypatch.setattr(eq, "shared_pool", no_child)
     assert eq.check_equivalence("18", "18.00") == eq.CORRECT
     assert eq.check_equivalence("-0.5", "-.5") == eq.CORRECT
     assert eq.check_equivalence("18", "17.9999999") == eq.WRONG  # exact: no rounding for plain decimals
@@ -101,3 +102,16 @@ def test_the_time_limit_holds_off_the_main_thread():
     thread.start()
     thread.join(timeout=60)
     assert verdicts == [eq.TIMEOUT]
+
+
+def test_checking_many_in_parallel_gives_the_one_at_a_time_verdicts(math500_test):
+    """The pool changes when checks run, never their verdicts: MATH-500 golds against themselves, a
+    perturbed value, an unparsable answer and plain numbers, in one batch."""
+    rows = [json.loads(line) for line in math500_test.open()][:12]
+    golds = [normalize_answer(row["answer"]) for row in rows]
+    pairs = (
+        [(g, g) for g in golds] + [(g, "\\frac{7}{13}") for g in golds] + [(golds[0], "}{"), ("18", "18.0")]
+    )
+    one_at_a_time = [eq.check_equivalence(g, a) for g, a in pairs]
+    assert eq.check_many(pairs, workers=3) == one_at_a_time
+    assert one_at_a_time[:12] == [eq.CORRECT] * 12 and eq.BAD_ANSWER in one_at_a_time

@@ -15,6 +15,7 @@ import pytest
 
 from aha.rewards.time_limit import (
     GRACE_S,
+    TimeLimitedPool,
     TimeLimitedWorker,
     TimeLimitExceeded,
     WorkerCallError,
@@ -143,3 +144,56 @@ def test_a_failing_startup_is_reported():
 def test_timeout_must_be_positive(worker):
     with pytest.raises(ValueError, match="timeout_s must be > 0"):
         worker.call(f"{__name__}:add", (1, 2), timeout_s=0)
+
+
+def arrive_and_wait(directory, expected, wait_s):
+    """Returns only once `expected` calls have arrived: proof that they ran at the same time."""
+    open(os.path.join(directory, str(os.getpid())), "w").close()
+    deadline = time.monotonic() + wait_s
+    while len(os.listdir(directory)) < expected:
+        if time.monotonic() > deadline:
+            return "alone"
+        time.sleep(0.01)
+    return "together"
+
+
+def test_a_pool_runs_its_calls_at_the_same_time(tmp_path):
+    pool = TimeLimitedPool(3, memory_limit_mb=1024)
+    try:
+        # Each call waits for all three to arrive; run one after another, each would say "alone".
+        outcomes = pool.map(f"{__name__}:arrive_and_wait", [(str(tmp_path), 3, 30.0)] * 3, timeout_s=60.0)
+    finally:
+        pool.close()
+    assert outcomes == ["together"] * 3
+    assert len(os.listdir(tmp_path)) == 3  # three different processes
+
+
+def test_a_hanging_call_in_a_pool_spoils_none_of_the_others():
+    pool = TimeLimitedPool(2, memory_limit_mb=1024)
+    try:
+        outcomes = (
+            pool.map(f"{__name__}:add", [(1, 2), (3, 4), (5, 6)], timeout_s=SLACK_S)
+            + pool.map(f"{__name__}:spin_with_alarm_blocked", [()], timeout_s=0.5)
+            + pool.map(f"{__name__}:add", [(7, 8)])
+        )
+    finally:
+        pool.close()
+    assert outcomes[:3] == [3, 7, 11]
+    assert isinstance(outcomes[3], TimeLimitExceeded)
+    assert outcomes[4] == 15  # the killed worker was replaced
+    assert pool.restarts == 1
+
+
+def test_a_pool_returns_exceptions_in_place():
+    pool = TimeLimitedPool(2, memory_limit_mb=1024)
+    try:
+        outcomes = pool.map(f"{__name__}:fail", [()]) + pool.map(f"{__name__}:die", [()])
+    finally:
+        pool.close()
+    assert isinstance(outcomes[0], WorkerCallError) and "bad input 42" in str(outcomes[0])
+    assert isinstance(outcomes[1], WorkerCrashed)
+
+
+def test_a_pool_needs_a_worker():
+    with pytest.raises(ValueError, match="at least one worker"):
+        TimeLimitedPool(0)

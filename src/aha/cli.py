@@ -20,6 +20,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from aha.config import ConfigError, config_to_yaml, describe_options, describe_sections, load_config
+from aha.train.interrupt import RunInterrupted
+from aha.write_errors import WriteFailed
 
 # name -> ("module:ConfigClass", "module:run_function", one-line description)
 CommandTable = Mapping[str, tuple[str, str, str]]
@@ -83,6 +85,12 @@ def main(argv: list[str] | None = None, commands: CommandTable | None = None) ->
     except (ConfigError, UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except WriteFailed as e:  # a full disk or an I/O error in the run directory: say what was kept
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except RunInterrupted as e:  # SIGTERM / Ctrl-C at a step boundary: the step was checkpointed
+        print(e, file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

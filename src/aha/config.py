@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -83,20 +84,37 @@ def _parse_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # _Loader subclasses SafeLoader: no arbitrary objects
 
 
-def _read_yaml_file(path: Path) -> dict:
+def _read_yaml_file(path: Path) -> tuple[dict, dict[str, int]]:
+    """The file's mapping, and the line (1-based) of each dotted key in it, for error messages."""
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except (UnicodeDecodeError, IsADirectoryError) as e:
+        raise ConfigError(f"{path}: not a UTF-8 YAML file: {e}") from None
     try:
         data = _parse_yaml(text)
+        lines = _key_lines(yaml.compose(text, Loader=_Loader))
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid YAML: nested too deeply") from None
     if data is None:
-        return {}
+        return {}, {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of option names to values, got {type(data).__name__}")
-    return data
+    return data, lines
+
+
+def _key_lines(node: yaml.Node | None, prefix: str = "") -> dict[str, int]:
+    lines: dict[str, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = f"{prefix}{key_node.value}" if isinstance(key_node, yaml.ScalarNode) else None
+            if key is not None:
+                lines[key] = key_node.start_mark.line + 1
+                lines.update(_key_lines(value_node, f"{key}."))
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -108,15 +126,39 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
     if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
         raise TypeError(f"load_config needs a dataclass type, got {cls!r}")
     file_source = str(path) if path is not None else COMMAND_LINE
-    tree = _read_yaml_file(Path(path)) if path is not None else {}
+    tree, lines = _read_yaml_file(Path(path)) if path is not None else ({}, {})
     loader = _Builder(file_source)
     for item in overrides:
         key, raw, value = _parse_override(item)
         _set_dotted(tree, key, value)
         loader.cli_raw[key] = raw
-    cfg = loader.build(cls, tree, prefix="")
-    _validate_tree(cfg, "")
+    try:
+        cfg = loader.build(cls, tree, prefix="")
+        _validate_tree(cfg, "")
+    except ConfigError as e:
+        raise ConfigError(_located(str(e), loader, lines)) from None
     return cfg
+
+
+def _located(message: str, loader: _Builder, lines: dict[str, int]) -> str:
+    """`message` ("key: what is wrong") prefixed with where its key was set: "FILE: line N: " for a value
+    from the YAML file, " (from the command line)" appended for an override; unchanged when it names no
+    key or says where already."""
+    match = _MESSAGE_KEY.match(message)
+    if match is None or "(from " in message:
+        return message
+    parts = match.group(1).split(".")
+    for n in range(len(parts), 0, -1):  # the key itself, else the section that holds it
+        key = ".".join(parts[:n])
+        if any(given == key or given.startswith(f"{key}.") for given in loader.cli_raw):
+            return f"{message} (from the command line)"
+        if key in lines:
+            return f"{loader.file_source}: line {lines[key]}: {message}"
+    return message
+
+
+_NAME = re.compile(r"[A-Za-z_]\w*")  # one part of a dotted option key
+_MESSAGE_KEY = re.compile(r"^([A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)*)(?:\[\d+\])*: ")
 
 
 def _parse_override(item: str) -> tuple[str, str, Any]:
@@ -124,7 +166,7 @@ def _parse_override(item: str) -> tuple[str, str, Any]:
     key = key.strip()
     if not sep:
         raise ConfigError(f"malformed override {item!r}: expected key=value, e.g. train.lr=1e-5")
-    if not key or any(not part.strip() for part in key.split(".")):
+    if not all(_NAME.fullmatch(part) for part in key.split(".")):
         raise ConfigError(f"malformed override {item!r}: the key before '=' must look like section.name")
     try:
         value = _parse_yaml(raw)
@@ -273,6 +315,8 @@ class _Builder:
                 return value
         elif tp is float:
             if isinstance(value, (int, float)) and not isinstance(value, bool):
+                if not math.isfinite(value):  # YAML's .nan / .inf: no option means anything by them
+                    raise ConfigError(f"{key}: expected a finite number, got {value!r}")
                 return float(value)
         elif tp is str:
             if isinstance(value, str):

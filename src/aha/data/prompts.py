@@ -12,6 +12,7 @@ import gzip
 import hashlib
 import json
 import random
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,12 +77,15 @@ def _jsonl_records(path: Path) -> Iterator[tuple[int, Any]]:
                 if not line.strip():
                     continue
                 try:
-                    yield line_number, json.loads(line)
+                    record = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise DataError(
                         f"{path}: line {line_number}: invalid JSON: {e.msg} (column {e.colno})"
                     ) from None
-    except (UnicodeDecodeError, gzip.BadGzipFile) as e:
+                except RecursionError:
+                    raise DataError(f"{path}: line {line_number}: invalid JSON: nested too deeply") from None
+                yield line_number, record
+    except (UnicodeDecodeError, gzip.BadGzipFile, EOFError, zlib.error) as e:  # EOFError: a cut gzip
         raise DataError(f"{path}: not UTF-8 JSONL text (after line {line_number}): {e}") from None
 
 
@@ -90,6 +94,11 @@ def _json_list_records(path: Path) -> Iterable[tuple[int, Any]]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: line {e.lineno}: invalid JSON: {e.msg} (column {e.colno})") from None
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[: e.start].count(b"\n") + 1
+        raise DataError(f"{path}: line {line}: not UTF-8 text: {e.reason} (byte {e.start})") from None
+    except RecursionError:
+        raise DataError(f"{path}: invalid JSON: nested too deeply") from None
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON list of objects, got {type(data).__name__}")
     return enumerate(data, start=1)
@@ -102,7 +111,11 @@ def _parquet_records(path: Path) -> Iterable[tuple[int, Any]]:
         raise DataError(
             f"{path}: reading Parquet needs pyarrow (pip install pyarrow), or convert to JSONL"
         ) from None
-    return enumerate(pq.read_table(path).to_pylist(), start=1)
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid / ArrowIOError subclass these
+        raise DataError(f"{path}: not a readable Parquet file: {e}") from None
+    return enumerate(rows, start=1)
 
 
 def _to_example(

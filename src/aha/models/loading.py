@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from aha.write_errors import write_failed
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -42,13 +44,25 @@ def load_model(
 
 
 def save_model_atomically(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: Path) -> Path:
-    """Write model + tokenizer to a temp dir beside `out_dir`, then rename: never a half-written model."""
+    """Write model + tokenizer to a temp dir beside `out_dir`, then rename: never a half-written model,
+    and a failed write (a full disk) leaves the model that was there before."""
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(f".tmp-{out_dir.name}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
+    replaced = out_dir.with_name(f".replaced-{out_dir.name}-{os.getpid()}")
+    for stale in [
+        *out_dir.parent.glob(f".tmp-{out_dir.name}-*"),
+        *out_dir.parent.glob(f".replaced-{out_dir.name}-*"),
+    ]:
+        shutil.rmtree(stale, ignore_errors=True)  # left by a killed save (this one's pid or another's)
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        kept = f"{out_dir} is as it was" if out_dir.exists() else f"{out_dir} was not written"
+        raise write_failed(out_dir, exc, kept) from exc
     if out_dir.exists():
-        shutil.rmtree(out_dir)
+        os.replace(out_dir, replaced)  # kept whole until the new one is in place
     os.replace(tmp, out_dir)
+    shutil.rmtree(replaced, ignore_errors=True)
     return out_dir

@@ -41,6 +41,7 @@ class MathAnswerReward:
     bad_gold: str = "raise"  # "raise" or "skip" (score None, counted in reward/<name>/bad_gold)
     timeout_s: float = 2.0  # per comparison; the hard limit is this plus time_limit.GRACE_S
     max_answer_chars: int = 256  # longer extracted answers are rejected (bad_answer) without parsing
+    check_workers: int = 0  # math-verify child processes checking in parallel; 0: min(4, CPU count)
 
     def __post_init__(self) -> None:
         if self.answer_tags is not None:
@@ -49,8 +50,8 @@ class MathAnswerReward:
             object.__setattr__(self, "answer_tags", tuple(self.answer_tags))  # YAML gives a list
         if self.bad_gold not in ("raise", "skip"):
             raise ValueError(f"bad_gold must be 'raise' or 'skip', got {self.bad_gold!r}")
-        if not self.timeout_s > 0 or self.max_answer_chars < 1:
-            raise ValueError("timeout_s must be > 0 and max_answer_chars >= 1")
+        if not self.timeout_s > 0 or self.max_answer_chars < 1 or self.check_workers < 0:
+            raise ValueError("timeout_s must be > 0, max_answer_chars >= 1 and check_workers >= 0")
 
     def with_options(self, **options: Any) -> MathAnswerReward:
         known = {f.name for f in fields(self)}
@@ -65,10 +66,22 @@ class MathAnswerReward:
                 f"fields given: {sorted(columns)}"
             )
         counts: Counter[str] = Counter()
-        verdicts: dict[tuple[str, str], str] = {}  # a group often repeats an answer: check it once
+        golds = self._gold_texts(columns[self.answer_field], counts)
+        answers = [
+            self._answer(i, c, g, counts) for i, (c, g) in enumerate(zip(completions, golds, strict=True))
+        ]
+        # A group often repeats an answer: each distinct (gold, answer) is checked once, all in parallel.
+        pairs = sorted(
+            {(g, a) for g, a in zip(golds, answers, strict=True) if g is not None and a is not None}
+        )
+        verdicts = dict(zip(pairs, eq.check_many(pairs, self.timeout_s, self.check_workers), strict=True))
         scores = [
-            self._score(i, completion, gold, counts, verdicts)
-            for i, (completion, gold) in enumerate(zip(completions, columns[self.answer_field], strict=True))
+            None
+            if gold is None
+            else 0.0
+            if answer is None
+            else self._score(i, answer, verdicts[gold, answer], counts)
+            for i, (gold, answer) in enumerate(zip(golds, answers, strict=True))
         ]
         metrics = {
             key: float(counts[key]) for key in ("no_answer", "bad_answer", "timeouts", "crashes", "bad_gold")
@@ -78,6 +91,11 @@ class MathAnswerReward:
 
     def gold_text(self, gold: Any) -> str:
         """The normalised gold answer; raises BadGoldAnswer if there is none to compare against."""
+        normalised = self._normalised_gold(gold)
+        self._raise_unless_parsed(gold, eq.check_gold(normalised, self.timeout_s))
+        return normalised
+
+    def _normalised_gold(self, gold: Any) -> str:
         if isinstance(gold, bool) or not isinstance(gold, (str, int, float)):
             raise BadGoldAnswer(f"gold answer must be a string or a number, got {gold!r}")
         text = str(gold)
@@ -86,21 +104,45 @@ class MathAnswerReward:
         normalised = normalize_answer(text)
         if not normalised:
             raise BadGoldAnswer(f"gold answer {gold!r} is empty")
-        verdict = eq.check_gold(normalised, self.timeout_s)
-        if verdict != eq.CORRECT:
-            raise BadGoldAnswer(f"gold answer {gold!r} cannot be parsed ({verdict})")
         return normalised
 
-    def _score(
-        self, i: int, completion: str, gold: Any, counts: Counter[str], verdicts: dict[tuple[str, str], str]
-    ) -> float | None:
-        try:
-            gold_text = self.gold_text(gold)
-        except BadGoldAnswer as exc:
-            if self.bad_gold == "raise":
-                raise BadGoldAnswer(f"sample {i}, field {self.answer_field!r}: {exc}") from None
-            counts["bad_gold"] += 1
-            logger.warning("skipped sample %d: %s", i, exc)
+    @staticmethod
+    def _raise_unless_parsed(gold: Any, verdict: str) -> None:
+        if verdict != eq.CORRECT:
+            raise BadGoldAnswer(f"gold answer {gold!r} cannot be parsed ({verdict})")
+
+    def _gold_texts(self, golds: list[Any], counts: Counter[str]) -> list[str | None]:
+        """Each sample's normalised gold, None where it is skipped (bad_gold="skip"); distinct golds are
+        parsed once, in parallel."""
+        normalised: dict[int, str] = {}
+        errors: dict[int, BadGoldAnswer] = {}
+        for i, gold in enumerate(golds):
+            try:
+                normalised[i] = self._normalised_gold(gold)
+            except BadGoldAnswer as exc:
+                errors[i] = exc
+        distinct = sorted(set(normalised.values()))
+        parsed = dict(
+            zip(distinct, eq.check_golds(distinct, self.timeout_s, self.check_workers), strict=True)
+        )
+        texts: list[str | None] = []
+        for i, gold in enumerate(golds):
+            if i in normalised:
+                try:
+                    self._raise_unless_parsed(gold, parsed[normalised[i]])
+                except BadGoldAnswer as exc:
+                    errors[i] = exc
+            if i in errors:
+                if self.bad_gold == "raise":
+                    raise BadGoldAnswer(f"sample {i}, field {self.answer_field!r}: {errors[i]}") from None
+                counts["bad_gold"] += 1
+                logger.warning("skipped sample %d: %s", i, errors[i])
+            texts.append(None if i in errors else normalised[i])
+        return texts
+
+    def _answer(self, i: int, completion: str, gold: str | None, counts: Counter[str]) -> str | None:
+        """The completion's normalised answer, or None (counted) when there is none worth checking."""
+        if gold is None:
             return None
         found = extract_answer(
             completion,
@@ -111,19 +153,20 @@ class MathAnswerReward:
         if found is None:
             counts["no_answer"] += 1
             logger.debug("no answer found in completion %d: %.200r", i, completion)
-            return 0.0
+            return None
         counts[found.method] += 1
         if len(found.text) > self.max_answer_chars:
             counts["bad_answer"] += 1
             logger.debug("answer of completion %d longer than %d chars", i, self.max_answer_chars)
-            return 0.0
+            return None
         answer = normalize_answer(found.text)
         if not answer:
             counts["no_answer"] += 1
-            return 0.0
-        if (gold_text, answer) not in verdicts:
-            verdicts[gold_text, answer] = eq.check_equivalence(gold_text, answer, self.timeout_s)
-        verdict = verdicts[gold_text, answer]
+            return None
+        return answer
+
+    @staticmethod
+    def _score(i: int, answer: str, verdict: str, counts: Counter[str]) -> float:
         if verdict == eq.CORRECT:
             return 1.0
         if verdict == eq.BAD_ANSWER:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import os
 import pickle
+import queue
 import select
 import signal
 import struct
@@ -25,6 +26,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 GRACE_S = 1.0  # the hard limit is the soft limit plus this: time for the soft timer to fire first
@@ -140,6 +142,49 @@ class TimeLimitedWorker:
                 pass
         self.restarts += 1
         return code
+
+
+class TimeLimitedPool:
+    """`size` TimeLimitedWorkers, so independent calls run in parallel, each under the same hard limit.
+
+    Why not a plain process pool: its workers cannot be killed one at a time at a deadline (a stuck
+    call would hold its worker for good); each worker here is killed and replaced on its own. A call
+    waits only for a free worker, never for another call's time limit.
+    """
+
+    def __init__(self, size: int, startup: Sequence[str] = (), memory_limit_mb: int | None = 4096) -> None:
+        if size < 1:
+            raise ValueError(f"a pool needs at least one worker, got size={size}")
+        self.size = size
+        self.workers = [TimeLimitedWorker(startup, memory_limit_mb) for _ in range(size)]
+        self._idle: queue.SimpleQueue[TimeLimitedWorker] = queue.SimpleQueue()
+        for worker in self.workers:
+            self._idle.put(worker)
+        self._threads = ThreadPoolExecutor(max_workers=size, thread_name_prefix="time-limited")
+
+    def map(self, function: str, args_list: Sequence[tuple], timeout_s: float = 2.0) -> list[Any]:
+        """`function(*args)` for each args, in order: the result, or the exception the call raised
+        (TimeLimitExceeded, WorkerCrashed, WorkerCallError) in its place, so one bad call spoils none
+        of the others."""
+        return list(self._threads.map(lambda args: self._call(function, args, timeout_s), args_list))
+
+    @property
+    def restarts(self) -> int:
+        return sum(worker.restarts for worker in self.workers)
+
+    def close(self) -> None:
+        self._threads.shutdown(wait=True)
+        for worker in self.workers:
+            worker.close()
+
+    def _call(self, function: str, args: tuple, timeout_s: float) -> Any:
+        worker = self._idle.get()
+        try:
+            return worker.call(function, args, timeout_s)
+        except (TimeLimitExceeded, WorkerCrashed, WorkerCallError) as exc:
+            return exc
+        finally:
+            self._idle.put(worker)
 
 
 def _write_frame(fd: int, obj: Any) -> None:

@@ -19,6 +19,8 @@ import math
 from pathlib import Path
 from typing import Any, TextIO
 
+from aha.write_errors import write_failed
+
 logger = logging.getLogger(__name__)
 _TAIL_BYTES = 1 << 20  # how much of a file's end is read to find its last line before appending
 
@@ -53,13 +55,29 @@ class JsonlAppender:
         if self._file is None:
             raise ValueError(f"{self.path}: writer is closed")
         line = json.dumps(record, ensure_ascii=False, allow_nan=False)
-        self._file.write(line + "\n")
-        self._file.flush()
+        try:
+            self._file.write(line + "\n")
+            self._file.flush()
+        except OSError as exc:
+            self._abandon()
+            raise write_failed(
+                self.path,
+                exc,
+                "the lines before this record are intact (a torn last line is dropped on resume)",
+            ) from exc
 
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+    def _abandon(self) -> None:
+        """Close after a failed write without flushing the rest of the failed line again."""
+        file, self._file = self._file, None
+        try:
+            file.close()
+        except OSError:
+            pass
 
 
 def read_jsonl(path: Path | str, torn_tail_ok: bool = False) -> list[dict[str, Any]]:

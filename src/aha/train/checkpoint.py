@@ -32,6 +32,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
+from aha.write_errors import write_failed
+
 CHECKPOINTS = "checkpoints"
 TMP_PREFIX = ".tmp-"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -82,8 +84,16 @@ def save_checkpoint(
         (tmp / "trainer_state.json").write_text(state_json)
         _fsync_tree(tmp)
         final = _commit(tmp, root / name)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            previous = latest_checkpoint(run_dir)
+            kept = (
+                f"the previous checkpoint {previous} is intact"
+                if previous
+                else "no earlier checkpoint exists"
+            )
+            raise write_failed(root / name, exc, kept) from exc
         raise
     if keep_last is not None:
         _prune(root, keep_last, keep=final)

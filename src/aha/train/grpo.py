@@ -230,6 +230,7 @@ def run_grpo(cfg: GRPORunConfig, resume: bool = False) -> GRPOResult:
             tok_s=metrics["throughput/tokens_per_s"],
         )
         session.save_if_due(step, "grpo", lambda: _resume_state(sampler, ref_model, cfg))
+        session.end_if_signalled(step)
 
     if start_step >= cfg.train.steps:  # resumed a finished run: report its final evaluation again
         final = run_eval()

@@ -161,6 +161,10 @@ class GRPOTrainConfig:
     on_nonfinite: str = option("stop", choices=ON_NONFINITE, help=ON_NONFINITE_HELP)
 
     def validate(self) -> None:
+        if self.steps < 1 or self.prompts_per_step < 1:
+            raise ConfigError(
+                f"need steps >= 1 and prompts_per_step >= 1, got {self.steps} and {self.prompts_per_step}"
+            )
         if self.micro_batch_size < 0:
             raise ConfigError("micro_batch_size must be >= 0 (0 = the whole minibatch in one pass)")
 

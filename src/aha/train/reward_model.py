@@ -261,6 +261,7 @@ def run_rm(cfg: RMRunConfig, resume: bool = False) -> RMResult:
         session.log(step, metrics)
         session.progress.update(step, loss=metrics["loss"])
         session.save_if_due(step, "rm", lambda: {"sampler": sampler.state_dict()})
+        session.end_if_signalled(step)
     if final is None:  # resumed a finished run
         final = evaluate(total_steps)
     session.finish()

@@ -27,14 +27,15 @@ from aha.models.lean_activations import use_lean_activations
 from aha.models.loading import load_model, load_tokenizer
 from aha.models.lora import apply_lora
 from aha.rewards.base import RewardSpec, make_reward_specs
-from aha.track.jsonl import to_json_value
+from aha.track.jsonl import read_jsonl, to_json_value
 from aha.track.memory import record_resources
-from aha.track.metrics import MetricsWriter, read_metrics
+from aha.track.metrics import METRICS_FILE, MetricsWriter, read_metrics
 from aha.track.progress import Progress
-from aha.track.samples import SampleWriter
+from aha.track.samples import SAMPLES_FILE, SampleWriter
 from aha.track.trackers import Trackers, open_trackers
 from aha.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from aha.train.common_config import TrackingConfig, resolve_device
+from aha.train.interrupt import RunInterrupted, StopSignals
 from aha.train.optim import build_optimizer, build_scheduler
 from aha.train.precision import Precision, lean_activations_blocker
 
@@ -60,6 +61,7 @@ class TrainingSession:
     history: list[dict] = field(default_factory=list)
     trackers: Trackers = field(default_factory=lambda: Trackers([]))  # track.report_to beyond jsonl
     started: float = field(default_factory=time.perf_counter)  # for resources.jsonl's wall_s
+    signals: StopSignals = field(default_factory=StopSignals)  # SIGTERM / Ctrl-C: stop at a step boundary
 
     @classmethod
     def start(
@@ -100,7 +102,7 @@ class TrainingSession:
         trackers = open_trackers(
             track.report_to, run_dir, config_to_dict(cfg), config_to_yaml(cfg), track.wandb_project
         )
-        return cls(
+        session = cls(
             cfg=cfg,
             run_dir=run_dir,
             device=device,
@@ -116,18 +118,18 @@ class TrainingSession:
             trackers=trackers,
             started=started,
         )
+        session.signals.install()
+        return session
 
     def progress_from(self, step: int) -> None:
-        """After a resume: keep only metrics up to the checkpoint's step (later rows are redone)."""
-        path = self.run_dir / "metrics.jsonl"
-        self.history = [row for row in read_metrics(path) if row["step"] <= step] if path.exists() else []
+        """After a resume: keep only the metrics and samples of steps up to the checkpoint's (later rows
+        are redone; -1 keeps none: a run killed before its first checkpoint starts over)."""
         self.metrics.close()
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(
-            "".join(json.dumps(to_json_value(row), allow_nan=False) + "\n" for row in self.history)
-        )
-        tmp.replace(path)
+        self.samples.close()
+        self.history = _cut_jsonl(self.run_dir / METRICS_FILE, step, read_metrics)
+        _cut_jsonl(self.run_dir / SAMPLES_FILE, step, lambda path: read_jsonl(path, torn_tail_ok=True))
         self.metrics = MetricsWriter(self.run_dir)
+        self.samples = SampleWriter(self.run_dir, sinks=[self.trackers])
         self.progress.close()
         self.progress = Progress(
             self.total_steps, desc=self.run_dir.name, initial=step, enabled=self.cfg.run.progress
@@ -142,6 +144,7 @@ class TrainingSession:
         Returns (its step, its extra state for what the stage keeps itself); (0, {}) without one."""
         ckpt = latest_checkpoint(self.run_dir)
         if ckpt is None:
+            self.progress_from(-1)
             return 0, {}
         state = load_checkpoint(ckpt, self.model, self.optimizer, self.scheduler)
         sampler.load_state_dict(state["extra"]["sampler"])
@@ -168,7 +171,7 @@ class TrainingSession:
         """Checkpoint every `run.save_every` steps and always at the last step. `extra_state` is called
         only when a checkpoint is written: gathering it (e.g. hashing the prompts) is not free."""
         every = self.cfg.run.save_every
-        if not ((every and step % every == 0) or step == self.total_steps):
+        if not ((every and step % every == 0) or step == self.total_steps or self.signals.received):
             return
         save_checkpoint(
             self.run_dir,
@@ -182,12 +185,30 @@ class TrainingSession:
             keep_last=self.cfg.run.keep_checkpoints,
         )
 
+    def end_if_signalled(self, step: int) -> None:
+        """Call after a step's `save_if_due`: on SIGTERM / Ctrl-C, close the writers and raise
+        RunInterrupted (the step's checkpoint is written)."""
+        if self.signals.received is not None:
+            self.finish()
+            raise RunInterrupted(self.signals.received, step, self.run_dir)
+
     def finish(self) -> None:
+        self.signals.uninstall()
         self.progress.close()
         self.metrics.close()
         self.trackers.close()
         last_step = self.history[-1]["step"] if self.history else None
         record_resources(self.run_dir, last_step, time.perf_counter() - self.started)
+
+
+def _cut_jsonl(path: Path, step: int, read: Callable[[Path], list[dict]]) -> list[dict]:
+    """Rewrite a JSON-lines run file (atomically) keeping only the rows of steps <= `step`; returns them
+    as `read` gives them."""
+    rows = [row for row in read(path) if row["step"] <= step] if path.exists() else []
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(to_json_value(row), allow_nan=False) + "\n" for row in rows))
+    tmp.replace(path)
+    return rows
 
 
 def seed_everything(seed: int) -> None:

@@ -281,6 +281,7 @@ def run_sft(cfg: SFTRunConfig, resume: bool = False) -> SFTResult:
         session.log(step, metrics)
         session.progress.update(step, loss=metrics.get("loss", math.nan))
         session.save_if_due(step, "sft", lambda: {"sampler": sampler.state_dict()})
+        session.end_if_signalled(step)
 
     if eval_set and final_eval is None:  # resumed a finished run
         final_eval = eval_loss()
