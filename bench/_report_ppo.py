@@ -1,0 +1,84 @@
+"""The docs/benchmarks.md section of bench/ppo_vs_grpo.py (rendered by bench/report.py)."""
+
+from __future__ import annotations
+
+TITLE = "## What the critic costs: PPO vs GRPO"
+
+
+def render_ppo_vs_grpo(data: dict | None) -> str:
+    if not data:
+        return f"{TITLE}\n\nNot run yet.\n"
+    s, runs = data["summary"], data["runs"]
+    g, p, r = s["grpo"], s["ppo"], s["ppo_over_grpo"]
+    m = data["machine"]
+    loads = [runs[a]["load_average_before"][0] for a in ("grpo", "ppo")]
+
+    def ratio(key: str) -> str:
+        return "-" if r.get(key) is None else f"{r[key]:.2f}x"
+
+    def reached(x: dict) -> str:
+        if x["steps_to_target"] is None:
+            return "not reached"
+        return f"step {x['steps_to_target']}, {x['time_to_target_s']:.0f} s"
+
+    rows = [
+        ("s/step (median)", f"{g['step_s_median']:.3f}", f"{p['step_s_median']:.3f}", ratio("step_s_median")),
+        ("  sampling", f"{g['generate_s_median']:.3f}", f"{p['generate_s_median']:.3f}", "-"),
+        (
+            "  rewards + advantage passes",
+            f"{g['advantage_s_median']:.3f}",
+            f"{p['advantage_s_median']:.3f}",
+            ratio("advantage_s_median"),
+        ),
+        ("  update", f"{g['update_s_median']:.3f}", f"{p['update_s_median']:.3f}", ratio("update_s_median")),
+        (
+            "peak RSS (MiB)",
+            f"{g['peak_rss_bytes'] / 2**20:.0f}",
+            f"{p['peak_rss_bytes'] / 2**20:.0f}",
+            ratio("peak_rss_bytes"),
+        ),
+        (
+            "trained state: weights + AdamW (MiB)",
+            f"{g['state_bytes'] / 2**20:.1f}",
+            f"{p['state_bytes'] / 2**20:.1f}",
+            ratio("state_bytes"),
+        ),
+        (
+            f"held-out greedy accuracy to {data['target_accuracy']:.0%}",
+            reached(g),
+            reached(p),
+            ratio("steps_to_target"),
+        ),
+        (
+            f"best held-out accuracy in {data['steps']} steps",
+            f"{g['best_accuracy']:.1%} (from {g['start_accuracy']:.1%})",
+            f"{p['best_accuracy']:.1%} (from {p['start_accuracy']:.1%})",
+            "-",
+        ),
+    ]
+    table = ["| | GRPO | PPO | PPO / GRPO |", "|---|---|---|---|"]
+    table += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    return "\n".join(
+        [
+            TITLE,
+            "",
+            "`python bench/ppo_vs_grpo.py`: both from the same SFT checkpoint of the `aha demo` task "
+            f"({data['checkpoint'].get('description', '')}), the demo's RL settings, the same seed (the same "
+            f"prompts in the same order, the same number of completions per step), {data['steps']} steps each, "
+            f"held-out greedy accuracy on 200 problems every {data['eval_every']} steps (evaluation time left "
+            "out), each in its own child process.",
+            "",
+            f"- Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs; measured under load (1-minute load "
+            f"average before each run: GRPO {loads[0]:.1f}, PPO {loads[1]:.1f}), so the times are indicative.",
+            "",
+            *table,
+            "",
+            "Where PPO's extra cost comes from (per step, the same batch): the advantage stage runs three "
+            "passes without gradients where GRPO at mu = 1 runs one (the reference's): the rollout policy's "
+            "log-probs (needed for the KL in the reward even at mu = 1), the reference's, and the critic's "
+            "values; the update adds the critic's forward and backward to the policy's. The extra states are "
+            "the critic's weights (the policy's backbone and a scalar head instead of the LM head) and its "
+            "two AdamW moments, about as large again as the policy's weights and moments.",
+            "",
+        ]
+    )
