@@ -35,7 +35,7 @@ TARGET = 0.95  # held-out greedy accuracy the issue times
 
 
 def rl_overrides(
-    model_dir: str, train_file: Path, eval_file: Path, steps: int, eval_every: int
+    model_dir: str, train_file: Path, eval_file: Path, steps: int, eval_every: int, eval_prompts: int = 200
 ) -> tuple[list[str], float]:
     """The settings both algorithms get (the demo's RL stage, aha.demo.pipeline) and GRPO's beta."""
     from _demo_checkpoint import REWARD, demo_grpo_settings
@@ -56,7 +56,7 @@ def rl_overrides(
         f"optim.lr={s.lr}",
         f"optim.warmup_steps={s.warmup_steps}",
         f"eval.every={eval_every}",
-        "eval.num_prompts=200",
+        f"eval.num_prompts={eval_prompts}",
         "track.sample_every=0",
         "track.plot=false",
         "run.progress=false",
@@ -188,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ppo_vs_grpo-"))
     ckpt = demo_sft_checkpoint(workdir, quick=args.quick, given=args.checkpoint)
     train_file, eval_file = workdir / "data" / "grpo_train.jsonl", workdir / "data" / "heldout.jsonl"
-    overrides, beta = rl_overrides(str(ckpt.path), train_file, eval_file, steps, eval_every)
+    eval_prompts = 16 if args.quick else 200
+    overrides, beta = rl_overrides(str(ckpt.path), train_file, eval_file, steps, eval_every, eval_prompts)
     runs = {}
     for algo in ALGOS:
         settings = {"overrides": [*overrides, f"run.output_dir={workdir / algo / 'run'}"], "beta": beta}
