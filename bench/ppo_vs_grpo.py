@@ -10,6 +10,8 @@ problems; evaluation time is left out of the training time.
     python bench/ppo_vs_grpo.py                 # SFT, then both; writes bench/results/ppo_vs_grpo.json
                                                 # and regenerates docs/benchmarks.md
     python bench/ppo_vs_grpo.py --checkpoint DIR   # start from an SFT model directory already trained
+    python bench/ppo_vs_grpo.py --checkpoint DIR --data DIR   # ... and the task files it was trained
+                                       # with (an `aha demo` run's sft/final and data/; its held-out split)
     python bench/ppo_vs_grpo.py --quick         # a few steps end to end (the test); writes nothing in the repo
 """
 
@@ -121,7 +123,14 @@ def run_child(algo: str, settings: dict, workdir: Path, threads: int) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     settings_path, out_path = workdir / "settings.json", workdir / "record.json"
     settings_path.write_text(json.dumps(settings))
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    # Idle OpenMP threads sleep instead of spinning (as tests/conftest.py): on a shared machine spinning
+    # threads fight over the cores and make these small models several times slower.
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
+    }
     load_before = load_average()
     proc = subprocess.run(
         [sys.executable, __file__, "--child", algo, str(settings_path), str(out_path)],
@@ -173,6 +182,12 @@ def main(argv: list[str] | None = None) -> int:
         "--quick", action="store_true", help="a few steps end to end; writes nothing in the repo"
     )
     parser.add_argument("--checkpoint", type=Path, help="an SFT model directory of the demo task (skip SFT)")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        help="with --checkpoint: the directory of the task files it was trained with (grpo_train.jsonl, "
+        "heldout.jsonl; an `aha demo` run's data/), instead of writing the full preset's",
+    )
     parser.add_argument("--steps", type=int, default=100, help="RL steps per algorithm (the fixed budget)")
     parser.add_argument("--eval-every", type=int, default=5, help="held-out evaluation every N steps")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of each child")
@@ -186,17 +201,22 @@ def main(argv: list[str] | None = None) -> int:
 
     steps, eval_every = (2, 1) if args.quick else (args.steps, args.eval_every)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ppo_vs_grpo-"))
+    if args.data is not None and args.checkpoint is None:
+        parser.error("--data goes with --checkpoint (the model trained on those files)")
     ckpt = demo_sft_checkpoint(workdir, quick=args.quick, given=args.checkpoint)
-    train_file, eval_file = workdir / "data" / "grpo_train.jsonl", workdir / "data" / "heldout.jsonl"
+    model_dir, data_dir, info = ckpt.path, args.data or workdir / "data", ckpt.info
+    if args.data is not None:
+        info["data"] = str(args.data)
+    train_file, eval_file = data_dir / "grpo_train.jsonl", data_dir / "heldout.jsonl"
     eval_prompts = 16 if args.quick else 200
-    overrides, beta = rl_overrides(str(ckpt.path), train_file, eval_file, steps, eval_every, eval_prompts)
+    overrides, beta = rl_overrides(str(model_dir), train_file, eval_file, steps, eval_every, eval_prompts)
     runs = {}
     for algo in ALGOS:
         settings = {"overrides": [*overrides, f"run.output_dir={workdir / algo / 'run'}"], "beta": beta}
         runs[algo] = run_child(algo, settings, workdir / algo, args.threads)
         print(f"{algo}: median {statistics.median(runs[algo]['step_s']):.3f} s/step", file=sys.stderr)
     results = {
-        "checkpoint": ckpt.info,
+        "checkpoint": info,
         "steps": steps,
         "eval_every": eval_every,
         "target_accuracy": TARGET,
