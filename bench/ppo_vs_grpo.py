@@ -156,6 +156,10 @@ def summarize(runs: dict[str, dict]) -> dict:
             "generate_s_median": statistics.median(r["generate_s"]),
             "advantage_s_median": statistics.median(r["advantage_s"]),
             "update_s_median": statistics.median(r["update_s"]),
+            # everything but sampling and rewards' own time: the passes and updates that learn
+            "learn_s_median": statistics.median(
+                a + u for a, u in zip(r["advantage_s"], r["update_s"], strict=True)
+            ),
             "peak_rss_bytes": r["peak_rss_bytes"],
             "state_bytes": sum(r["state_bytes"].values()),
             "start_accuracy": r["evals"][0]["accuracy"],
@@ -165,7 +169,7 @@ def summarize(runs: dict[str, dict]) -> dict:
         }
     g, p = out["grpo"], out["ppo"]
     ratios = {}
-    for key in ("step_s_median", "advantage_s_median", "update_s_median", "peak_rss_bytes", "state_bytes"):
+    for key in ("step_s_median", "learn_s_median", "update_s_median", "peak_rss_bytes", "state_bytes"):
         ratios[key] = p[key] / g[key] if g[key] else None
     for key in ("steps_to_target", "time_to_target_s"):
         ratios[key] = p[key] / g[key] if p[key] is not None and g[key] else None
