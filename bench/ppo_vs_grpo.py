@@ -24,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -69,22 +70,42 @@ def rl_overrides(
 def child(algo: str, settings_path: Path, out_path: Path) -> None:
     """One algorithm's run in this process; writes its record (times, evaluations, peak RSS)."""
     from aha.config import load_config
+    from aha.train.rl_loop import run_rl
 
     settings = json.loads(settings_path.read_text())
     overrides, beta = settings["overrides"], settings["beta"]
+    cpu_at_log: dict[int, float] = {}
+
+    def record_cpu(session) -> None:
+        """CPU seconds of this process (all its threads) at each step's log: what a step computed,
+        which other processes' load changes far less than its wall time."""
+        log = session.log
+
+        def log_with_cpu(step: int, metrics: dict) -> None:
+            cpu_at_log[step] = time.process_time()
+            log(step, metrics)
+
+        session.log = log_with_cpu
+
     if algo == "grpo":
-        from aha.train.grpo import GRPORunConfig, run_grpo
+        from aha.train.grpo import GRPO, PLOT_KEYS, GRPORunConfig
 
         cfg = load_config(GRPORunConfig, overrides=[*overrides, f"algo.beta={beta}"])
-        history = run_grpo(cfg).history
+        history = run_rl(cfg, GRPO, plot_keys=PLOT_KEYS, on_session=record_cpu).history
     else:
         from aha.demo.pipeline import DemoConfig
-        from aha.train.ppo import PPORunConfig, run_ppo
+        from aha.train.ppo import PLOT_KEYS, PPO, PPORunConfig
 
         demo = DemoConfig().ppo  # the knobs `aha demo algo=ppo` uses
         extra = [f"algo.kl_coef={demo.kl_coef}", f"critic.lr={demo.critic_lr}"]
         cfg = load_config(PPORunConfig, overrides=[*overrides, *extra])
-        history = run_ppo(cfg).history
+        history = run_rl(cfg, PPO, plot_keys=PLOT_KEYS, on_session=record_cpu).history
+    # steps without an evaluation: their CPU time is the step's own (logging aside)
+    cpu_s = [
+        cpu_at_log[row["step"]] - cpu_at_log[row["step"] - 1]
+        for row in history
+        if row["step"] > 0 and "eval/accuracy" not in row
+    ]
     steps = [row for row in history if row["step"] > 0]
     elapsed, evals = 0.0, []
     for row in history:
@@ -95,6 +116,7 @@ def child(algo: str, settings_path: Path, out_path: Path) -> None:
     record = {
         "algo": algo,
         "step_s": [r["time/step_s"] for r in steps],
+        "cpu_s": cpu_s,
         "generate_s": [r["time/generate_s"] for r in steps],
         "advantage_s": [r["time/reward_s"] for r in steps],  # rewards + the advantage stage's passes
         "update_s": [r["time/update_s"] for r in steps],
@@ -153,6 +175,7 @@ def summarize(runs: dict[str, dict]) -> dict:
         reached = next((e for e in r["evals"] if e["accuracy"] >= TARGET), None)
         out[algo] = {
             "step_s_median": statistics.median(r["step_s"]),
+            "cpu_s_median": statistics.median(r["cpu_s"]),
             "generate_s_median": statistics.median(r["generate_s"]),
             "advantage_s_median": statistics.median(r["advantage_s"]),
             "update_s_median": statistics.median(r["update_s"]),
@@ -169,7 +192,14 @@ def summarize(runs: dict[str, dict]) -> dict:
         }
     g, p = out["grpo"], out["ppo"]
     ratios = {}
-    for key in ("step_s_median", "learn_s_median", "update_s_median", "peak_rss_bytes", "state_bytes"):
+    for key in (
+        "step_s_median",
+        "cpu_s_median",
+        "learn_s_median",
+        "update_s_median",
+        "peak_rss_bytes",
+        "state_bytes",
+    ):
         ratios[key] = p[key] / g[key] if g[key] else None
     for key in ("steps_to_target", "time_to_target_s"):
         ratios[key] = p[key] / g[key] if p[key] is not None and g[key] else None

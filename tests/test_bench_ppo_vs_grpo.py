@@ -21,6 +21,7 @@ def _run(step_s: float, rss: int, evals: list[tuple[int, float, float]], critic:
         states.update({"critic_weights": 90, "critic_optimizer": 180})
     return {
         "step_s": [step_s, step_s * 3, step_s],
+        "cpu_s": [step_s / 2] * 3,
         "generate_s": [0.1] * 3,
         "advantage_s": [0.2] * 3,
         "update_s": [0.5] * 3,
@@ -54,7 +55,8 @@ def test_summary_ratios():
             "target_accuracy": 0.95,
         }
     )
-    assert "| s/step (median) | 1.000 | 2.000 | 2.00x |" in page
+    assert "| wall s/step (median) | 1.000 | 2.000 | 2.00x |" in page
+    assert r["cpu_s_median"] == 2.0 and "for compute, CPU seconds per step, it holds (2.00x" in page
 
 
 @pytest.mark.filterwarnings("ignore")

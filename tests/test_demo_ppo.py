@@ -11,7 +11,7 @@ import pytest
 from aha.config import load_config
 from aha.demo import DemoConfig, run_demo
 
-# Measured on the quick preset, seed 0 (2-core Xeon, shared with other jobs): held-out greedy accuracy
+# Measured on the quick preset, seed 0 (2-CPU AMD EPYC, shared with other jobs): held-out greedy accuracy
 # 52.0% after SFT -> 76.5% after 80 PPO steps (+24.5 points; GRPO from the same SFT model in
 # tests/test_demo_pipeline.py: 76.0%). The bar is 20 points, above the GRPO test's 14 (80% of GRPO's
 # smallest gain over three seeds): PPO was measured on one seed only, so this margin is thinner.
