@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from _demo_checkpoint import demo_sft_checkpoint
 
-    steps, eval_every = (2, 1) if args.quick else (args.steps, args.eval_every)
+    steps, eval_every = (3, 2) if args.quick else (args.steps, args.eval_every)  # quick: step 1 has no eval
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ppo_vs_grpo-"))
     if args.data is not None and args.checkpoint is None:
         parser.error("--data goes with --checkpoint (the model trained on those files)")

@@ -1,4 +1,4 @@
-"""bench/ppo_vs_grpo.py runs end to end (a 2-step SFT, 2 steps of each algorithm), its summary's ratios
+"""bench/ppo_vs_grpo.py runs end to end (a 2-step SFT, 3 steps of each algorithm), its summary's ratios
 are right, and its docs section renders. Benchmarks are not tests: nothing here checks speed."""
 
 from __future__ import annotations
