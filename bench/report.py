@@ -14,6 +14,10 @@ import sys
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH_DIR))
+
+from _report_ppo import render_ppo_vs_grpo  # noqa: E402
+
 ROOT = BENCH_DIR.parent
 RESULTS_DIR = BENCH_DIR / "results"
 DOCS_PAGE = ROOT / "docs" / "benchmarks.md"
@@ -53,6 +57,7 @@ def write_report(results_dir: Path = RESULTS_DIR, page: Path = DOCS_PAGE) -> Pat
         sections.append(render_time_to_accuracy(tta, TTA_PLOT))
     else:
         sections.append("## Time to accuracy: aha vs TRL\n\nNot run yet.\n")
+    sections.append(render_ppo_vs_grpo(_load(results_dir / "ppo_vs_grpo.json")))
     page.parent.mkdir(parents=True, exist_ok=True)
     page.write_text("\n".join(sections))
     return page

@@ -32,6 +32,11 @@ COMMANDS: CommandTable = {
         "aha.train.grpo:run_grpo",
         "Train a policy with GRPO on prompts scored by verifiable rewards.",
     ),
+    "ppo": (
+        "aha.train.ppo:PPORunConfig",
+        "aha.train.ppo:run_ppo",
+        "Train a policy with PPO: a critic, GAE advantages, KL in the reward or the loss.",
+    ),
     "sft": (
         "aha.train.sft:SFTRunConfig",
         "aha.train.sft:run_sft",
@@ -65,7 +70,8 @@ COMMANDS: CommandTable = {
     "demo": (
         "aha.demo:DemoConfig",
         "aha.demo:run_demo",
-        "RL surpasses its teacher (scenario=carry) and chain of thought grows (scenario=cot), on a laptop CPU.",
+        "RL surpasses its teacher (scenario=carry) and chain of thought grows (scenario=cot), on a laptop CPU "
+        "(algo=ppo: PPO in place of GRPO).",
     ),
 }
 

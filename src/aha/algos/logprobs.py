@@ -133,3 +133,11 @@ def token_entropy(
         # xlogy(0, 0) = 0, so vocabulary entries masked to -inf do not turn the sum into NaN.
         out[rows, cols] = -torch.special.xlogy(probs, probs).sum(dim=-1)
     return out
+
+
+def token_entropy_with_grad(logits: torch.Tensor, temperature: float | None = 1.0) -> torch.Tensor:
+    """Entropy of softmax(logits / temperature) per position, [N, T] float32, its graph kept (an
+    entropy bonus needs the gradient); unchunked, so it holds [N, T, V] float32 for backward."""
+    _check_shapes(logits)
+    logp = torch.log_softmax(logits.float() / effective_temperature(temperature), dim=-1)
+    return -(logp.exp() * logp).sum(-1)

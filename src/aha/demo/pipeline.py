@@ -8,7 +8,7 @@ measures the result on problems no stage ever trained on.
 Run directory (default runs/demo-<scenario>):
   data/        sft.jsonl, grpo_train.jsonl, heldout.jsonl      tiny-model/  the untrained model
   sft/         the SFT run (final/ is the model GRPO starts from and keeps as KL reference)
-  grpo/        the GRPO run (metrics.jsonl, samples.jsonl, checkpoints/)
+  grpo/        the GRPO run (metrics.jsonl, samples.jsonl, checkpoints/); ppo/ with algo=ppo
   report.md    accuracy table and samples     demo.png   reward, held-out accuracy, KL, length
   sft/report.html, grpo/report.html   each stage's run report (`aha report`): curves, samples, timing
 """
@@ -33,6 +33,8 @@ from aha.rewards.base import make_reward_specs
 from aha.track.report import write_html_report
 from aha.train.checkpoint import latest_checkpoint
 from aha.train.grpo import GRPORunConfig, run_grpo
+from aha.train.ppo import run_ppo
+from aha.train.ppo_config import PPORunConfig
 from aha.train.sft import SFTRunConfig, run_sft
 
 REWARD = "aha.demo.tasks:gold_answer"
@@ -67,6 +69,15 @@ class DemoGRPOConfig:
 
 
 @dataclass
+class DemoPPOConfig:
+    kl_coef: float = option(
+        0.04, help="KL weight in the reward (k1, InstructGPT); GRPO's beta by default, for comparison."
+    )
+    critic_lr: float = option(1e-3, help="The critic's learning rate (a fresh value head on the SFT model).")
+    critic_warmup_steps: int = option(0, help="Steps where the critic trains and the policy waits.")
+
+
+@dataclass
 class DemoConfig:
     scenario: str = option(
         "carry",
@@ -91,7 +102,13 @@ class DemoConfig:
         default_factory=DemoModelConfig, help="The tiny model trained from scratch."
     )
     sft: DemoSFTConfig = option(default_factory=DemoSFTConfig, help="Imitating the teacher.")
+    algo: str = option(
+        "grpo",
+        choices=("grpo", "ppo"),
+        help="The RL stage: grpo, or ppo (a critic, GAE; steps, batch and lr from the grpo section).",
+    )
     grpo: DemoGRPOConfig = option(default_factory=DemoGRPOConfig, help="RL on the gold checker.")
+    ppo: DemoPPOConfig = option(default_factory=DemoPPOConfig, help="PPO's own knobs (algo=ppo).")
 
 
 @dataclass
@@ -119,8 +136,13 @@ def run_demo(cfg: DemoConfig, resume: bool = False) -> DemoResult:
     if not (init_dir / "config.json").exists():
         _create_model(init_dir, cfg.model, scenario, cfg.seed)
     sft = run_sft(_sft_config(cfg, budget, init_dir, files.sft, run_dir / "sft"), resume=resume)
-    grpo_cfg = _grpo_config(cfg, scenario, budget, sft.final_dir, files, run_dir / "grpo")
-    grpo = run_grpo(grpo_cfg, resume=resume)
+    grpo_cfg = _grpo_config(cfg, scenario, budget, sft.final_dir, files, run_dir / cfg.algo)
+    if cfg.algo == "ppo":
+        grpo = run_ppo(
+            _ppo_config(cfg, scenario, budget, sft.final_dir, files, run_dir / "ppo"), resume=resume
+        )
+    else:
+        grpo = run_grpo(grpo_cfg, resume=resume)
     rl_dir = latest_checkpoint(grpo.run_dir)
 
     heldout = load_prompt_file(files.heldout)
@@ -129,7 +151,7 @@ def run_demo(cfg: DemoConfig, resume: bool = False) -> DemoResult:
         score_model(name, path, heldout, rewards, scenario.max_new_tokens, cfg.sampled_per_problem, cfg.seed)
         for name, path in (
             ("after SFT", sft.final_dir),
-            (f"after SFT + {grpo_cfg.train.steps} GRPO steps", rl_dir),
+            (f"after SFT + {grpo_cfg.train.steps} {cfg.algo.upper()} steps", rl_dir),
         )
     ]
     teacher_accuracy = scenario.teacher.expected_accuracy(files.heldout_problems)
@@ -201,7 +223,7 @@ def _create_model(out_dir: Path, spec: DemoModelConfig, scenario: Scenario, seed
 
 
 def _prepare_run_dir(cfg: DemoConfig, resume: bool) -> Path:
-    name = f"demo-{cfg.scenario}" + ("-quick" if cfg.quick else "")
+    name = f"demo-{cfg.scenario}" + ("-ppo" if cfg.algo == "ppo" else "") + ("-quick" if cfg.quick else "")
     run_dir = Path(cfg.output_dir or Path("runs") / name)
     if run_dir.exists() and any(run_dir.iterdir()) and not resume:
         if not cfg.overwrite:
@@ -238,30 +260,47 @@ def _sft_config(cfg: DemoConfig, budget: Budget, model_dir: Path, data: Path, ou
 def _grpo_config(
     cfg: DemoConfig, scenario: Scenario, budget: Budget, sft_model: Path, files, out: Path
 ) -> GRPORunConfig:
+    overrides = _rl_overrides(cfg, scenario, budget, sft_model, files, out)
+    return load_config(GRPORunConfig, overrides=[*overrides, f"algo.beta={cfg.grpo.beta}"])
+
+
+def _ppo_config(
+    cfg: DemoConfig, scenario: Scenario, budget: Budget, sft_model: Path, files, out: Path
+) -> PPORunConfig:
+    """PPO on exactly GRPO's prompts, batch, steps, learning rate and evaluation, plus its critic."""
+    overrides = _rl_overrides(cfg, scenario, budget, sft_model, files, out)
+    ppo = [
+        f"algo.kl_coef={cfg.ppo.kl_coef}",
+        f"critic.lr={cfg.ppo.critic_lr}",
+        f"critic.warmup_steps={cfg.ppo.critic_warmup_steps}",
+    ]
+    return load_config(PPORunConfig, overrides=[*overrides, *ppo])
+
+
+def _rl_overrides(
+    cfg: DemoConfig, scenario: Scenario, budget: Budget, sft_model: Path, files, out: Path
+) -> list[str]:
+    """The RL stage's settings both algorithms share (the grpo section's steps, batch and lr)."""
     steps = cfg.grpo.steps or budget.grpo_steps
-    return load_config(
-        GRPORunConfig,
-        overrides=[
-            f"model.path={sft_model}",
-            "model.device=cpu",
-            f"model.precision={cfg.precision}",
-            f"data.train_file={files.grpo_train}",
-            f"data.eval_file={files.heldout}",
-            f"rewards.functions=[{REWARD}]",
-            f"rollout.group_size={cfg.grpo.group_size}",
-            f"rollout.max_new_tokens={scenario.max_new_tokens}",
-            f"algo.beta={cfg.grpo.beta}",
-            f"train.steps={steps}",
-            f"train.prompts_per_step={cfg.grpo.prompts_per_step}",
-            f"optim.lr={cfg.grpo.lr}",
-            f"optim.warmup_steps={min(5, steps)}",
-            f"eval.every={budget.grpo_eval_every}",
-            f"eval.num_prompts={budget.grpo_eval_size}",
-            f"track.sample_every={budget.grpo_eval_every}",  # completions for grpo/report.html
-            "track.samples_shown=2",
-            "track.plot=false",
-            f"run.output_dir={out}",
-            f"run.seed={cfg.seed}",
-            f"run.progress={str(cfg.progress).lower()}",
-        ],
-    )
+    return [
+        f"model.path={sft_model}",
+        "model.device=cpu",
+        f"model.precision={cfg.precision}",
+        f"data.train_file={files.grpo_train}",
+        f"data.eval_file={files.heldout}",
+        f"rewards.functions=[{REWARD}]",
+        f"rollout.group_size={cfg.grpo.group_size}",
+        f"rollout.max_new_tokens={scenario.max_new_tokens}",
+        f"train.steps={steps}",
+        f"train.prompts_per_step={cfg.grpo.prompts_per_step}",
+        f"optim.lr={cfg.grpo.lr}",
+        f"optim.warmup_steps={min(5, steps)}",
+        f"eval.every={budget.grpo_eval_every}",
+        f"eval.num_prompts={budget.grpo_eval_size}",
+        f"track.sample_every={budget.grpo_eval_every}",  # completions for the stage's report.html
+        "track.samples_shown=2",
+        "track.plot=false",
+        f"run.output_dir={out}",
+        f"run.seed={cfg.seed}",
+        f"run.progress={str(cfg.progress).lower()}",
+    ]

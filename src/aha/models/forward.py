@@ -31,7 +31,7 @@ from transformers import PreTrainedModel
 from transformers.cache_utils import DynamicCache
 
 from aha.algos.head_logprobs import chunk_tokens_for, head_logprobs
-from aha.algos.logprobs import effective_temperature, token_entropy, token_logprobs
+from aha.algos.logprobs import effective_temperature, token_entropy, token_entropy_with_grad, token_logprobs
 from aha.models.checkpointing import is_checkpointing
 from aha.models.positions import left_padded_position_ids
 
@@ -99,15 +99,19 @@ def score_completions(
     shared_prompt: bool = True,
     with_entropy: bool = False,
     chunk_tokens: int | None = None,
+    entropy_grad: bool = False,
 ) -> CompletionScores:
     """Log-probs of the last `completion_len` tokens of `input_ids` given everything before them, and
     with `with_entropy` each position's entropy (detached).
 
     With `shared_prompt`, rows repeating a prompt share one pass over it (module docstring); False runs
     one plain forward over every row, the reference the shared path is tested against. `chunk_tokens`
-    forces the chunked head with that many tokens per chunk (`chunked_head_for`)."""
+    forces the chunked head with that many tokens per chunk (`chunked_head_for`). `entropy_grad` keeps the
+    entropy's graph (an entropy bonus) and takes the full-logits path for it."""
     temperature = effective_temperature(temperature)
-    head = chunked_head_for(model, input_ids.shape[0] * completion_len, chunk_tokens)
+    head = (
+        None if entropy_grad else chunked_head_for(model, input_ids.shape[0] * completion_len, chunk_tokens)
+    )
     run = _backbone_runner(model) if head is not None else _logits_runner(model)
     prompt_len = input_ids.shape[1] - completion_len
     outputs = None
@@ -136,7 +140,13 @@ def score_completions(
         )[:, :-1]  # t predicts t + 1
     tokens = input_ids[:, -completion_len:]
     if head is None:
-        entropy = token_entropy(outputs.detach(), temperature) if with_entropy else None
+        entropy = None
+        if with_entropy or entropy_grad:
+            entropy = (
+                token_entropy_with_grad(outputs, temperature)
+                if entropy_grad
+                else token_entropy(outputs.detach(), temperature)
+            )
         return CompletionScores(token_logprobs(outputs, tokens, temperature=temperature), entropy)
     logprobs, entropy = head_logprobs(
         outputs.reshape(-1, outputs.shape[-1]),

@@ -7,7 +7,9 @@ Layout: run_dir/checkpoints/step-00000042/ holds
   optimizer.pt, scheduler.pt           (state dicts)
   trainer_state.json                   ({"step": 42, ...the trainer's JSON-able state})
   rng.pt                               (python, numpy, torch CPU and CUDA generator states)
-  extra.pt                             (optional: e.g. the prompt sampler's state, a reference model)
+  extra.pt                             (optional: e.g. the prompt sampler's state)
+  <name>/                              (optional: each further named model of the run, e.g. critic/ or
+                                        reference/: its save_pretrained layout + optimizer.pt, scheduler.pt)
 
 A checkpoint is written into a hidden temp dir beside its final place, fsync'ed, then renamed: a crash
 leaves either the previous checkpoints or the complete new one, never a half-written `step-*`. Leftover
@@ -37,6 +39,8 @@ from aha.write_errors import write_failed
 CHECKPOINTS = "checkpoints"
 TMP_PREFIX = ".tmp-"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+_MODEL_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+ModelState = tuple[Any, Any, Any]  # (model, optimizer or None, scheduler or None)
 _SAFE_LEAVES = (type(None), bool, int, float, str, bytes, torch.Tensor, torch.Size, torch.dtype)
 
 
@@ -54,9 +58,11 @@ def save_checkpoint(
     trainer_state: dict | None = None,
     keep_last: int | None = 2,
     extra_state: dict | None = None,
+    models: dict[str, ModelState] | None = None,
 ) -> Path:
     """Atomically write run_dir/checkpoints/step-<step:08d>/ and prune all but the newest `keep_last`
-    (None keeps all). `trainer_state` must be JSON-able; tensors and the like go in `extra_state`."""
+    (None keeps all). `trainer_state` must be JSON-able; tensors and the like go in `extra_state`.
+    `models` maps a name to (model, optimizer, scheduler) of further models, each saved in <name>/."""
     if step < 0:
         raise ValueError(f"step must be >= 0, got {step}")
     if keep_last is not None and keep_last < 1:
@@ -64,6 +70,9 @@ def save_checkpoint(
     state_json = _trainer_state_json(step, trainer_state or {})
     if extra_state is not None:
         _check_loadable(extra_state, "extra_state")
+    for name in models or {}:
+        if not _MODEL_NAME.match(name):
+            raise ValueError(f"model name {name!r} must be a plain lower-case name (it becomes a directory)")
 
     root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
@@ -71,13 +80,11 @@ def save_checkpoint(
     name = f"step-{step:08d}"
     tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{name}-", dir=root))
     try:
-        model.save_pretrained(tmp)
+        _save_model(tmp, model, optimizer, scheduler)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        if optimizer is not None:
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        if scheduler is not None:
-            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        for sub_name, (sub_model, sub_optimizer, sub_scheduler) in (models or {}).items():
+            _save_model(tmp / sub_name, sub_model, sub_optimizer, sub_scheduler)
         if extra_state is not None:
             torch.save(extra_state, tmp / "extra.pt")
         torch.save(_rng_state(), tmp / "rng.pt")
@@ -126,18 +133,20 @@ def load_checkpoint(
     scheduler: Any = None,
     *,
     restore_rng: bool = True,
+    models: dict[str, ModelState] | None = None,
 ) -> dict[str, Any]:
     """Load weights (safetensors) into `model`, restore optimizer, scheduler and RNG states in place, and
-    return the trainer state: {"step": ..., <saved trainer_state>, "extra": <extra_state or {}>}."""
+    return the trainer state: {"step": ..., <saved trainer_state>, "extra": <extra_state or {}>}.
+    `models` as in `save_checkpoint`: each is restored from its <name>/ directory."""
     ckpt_dir = Path(ckpt_dir)
     state_file = ckpt_dir / "trainer_state.json"
     if not state_file.is_file():
         raise CheckpointError(f"{ckpt_dir} is not a complete checkpoint (no trainer_state.json)")
-    _load_weights(ckpt_dir, model)
-    if optimizer is not None:
-        optimizer.load_state_dict(_torch_load(ckpt_dir / "optimizer.pt"))
-    if scheduler is not None:
-        scheduler.load_state_dict(_torch_load(ckpt_dir / "scheduler.pt"))
+    _load_model(ckpt_dir, model, optimizer, scheduler)
+    for name, (sub_model, sub_optimizer, sub_scheduler) in (models or {}).items():
+        if not (ckpt_dir / name).is_dir():
+            raise CheckpointError(f"{ckpt_dir} has no {name}/ (the run that saved it had no {name} model)")
+        _load_model(ckpt_dir / name, sub_model, sub_optimizer, sub_scheduler)
     extra = _torch_load(ckpt_dir / "extra.pt") if (ckpt_dir / "extra.pt").exists() else {}
     if restore_rng:
         _set_rng_state(_torch_load(ckpt_dir / "rng.pt"))
@@ -158,6 +167,14 @@ def _trainer_state_json(step: int, trainer_state: dict) -> str:
         raise TypeError(
             f"trainer_state must be JSON-serialisable ({e}); put other objects in extra_state"
         ) from None
+
+
+def _save_model(out: Path, model: Any, optimizer: torch.optim.Optimizer | None, scheduler: Any) -> None:
+    model.save_pretrained(out)
+    if optimizer is not None:
+        torch.save(optimizer.state_dict(), out / "optimizer.pt")
+    if scheduler is not None:
+        torch.save(scheduler.state_dict(), out / "scheduler.pt")
 
 
 def _check_loadable(value: Any, where: str) -> None:
@@ -249,6 +266,14 @@ def _torch_load(path: Path) -> Any:
     if not path.is_file():
         raise CheckpointError(f"{path.parent} has no {path.name} (it was saved without it)")
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _load_model(ckpt_dir: Path, model: Any, optimizer: torch.optim.Optimizer | None, scheduler: Any) -> None:
+    _load_weights(ckpt_dir, model)
+    if optimizer is not None:
+        optimizer.load_state_dict(_torch_load(ckpt_dir / "optimizer.pt"))
+    if scheduler is not None:
+        scheduler.load_state_dict(_torch_load(ckpt_dir / "scheduler.pt"))
 
 
 def _load_weights(ckpt_dir: Path, model: torch.nn.Module) -> None:

@@ -84,10 +84,13 @@ class RolloutConfig:
             )
         if self.engine not in ("native", "hf"):
             raise ConfigError(f"engine={self.engine!r} is not one of: native, hf")
-        if self.group_size < 2:
-            raise ConfigError("group_size must be >= 2: group-relative advantages need at least two samples")
+        self.check_group_size()
         if self.temperature <= 0:
             raise ConfigError("temperature must be > 0 for RL sampling (greedy samples have no variance)")
+
+    def check_group_size(self) -> None:
+        if self.group_size < 2:
+            raise ConfigError("group_size must be >= 2: group-relative advantages need at least two samples")
 
 
 @dataclass

@@ -12,7 +12,7 @@ from transformers import PreTrainedModel
 
 from aha.algos.kl import kl_penalty
 from aha.algos.masked import masked_mean
-from aha.algos.policy_loss import aggregate_loss, clipped_surrogate, micro_batch_weight
+from aha.algos.policy_loss import aggregate_loss, clipped_surrogate, entropy_bonus, micro_batch_weight
 from aha.models.forward import score_completions
 from aha.train.nonfinite import NonFiniteGuard
 from aha.train.precision import Precision
@@ -54,6 +54,7 @@ class PolicyLossSettings:
     temperature: float
     norm_constant: float | None = None  # for seq-mean-token-sum-norm (Dr. GRPO)
     importance_ratio: str = "token"  # or "sequence" (GSPO); see clipped_surrogate
+    entropy_coef: float = 0.0  # PPO's entropy bonus (algos.policy_loss.entropy_bonus); 0 = off
 
 
 @torch.no_grad()
@@ -90,6 +91,7 @@ def minibatch_loss(
             mb.completion_mask.shape[1],
             settings.temperature,
             with_entropy=with_entropy,
+            entropy_grad=settings.entropy_coef > 0,
         )
     logprobs, mask = scores.logprobs, mb.completion_mask
     old = logprobs.detach() if mb.old_logprobs is None else mb.old_logprobs
@@ -108,8 +110,12 @@ def minibatch_loss(
         per_token = per_token + settings.beta * kl
         metrics["kl"] = float(masked_mean(kl.detach(), mask))
     loss = aggregate_loss(per_token, mask, settings.loss_agg, settings.norm_constant)
+    if settings.entropy_coef > 0:
+        loss = loss + entropy_bonus(
+            scores.entropy, mask, settings.entropy_coef, settings.loss_agg, settings.norm_constant
+        )
     if with_entropy:
-        metrics["entropy"] = float(masked_mean(scores.entropy, mask))
+        metrics["entropy"] = float(masked_mean(scores.entropy.detach(), mask))
     return loss, metrics
 
 

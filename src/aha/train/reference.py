@@ -54,12 +54,6 @@ class ReferencePolicy:
         """The R1-Zero style reset: the reference becomes the current policy (cast as at the start)."""
         self.model.load_state_dict(policy.state_dict())
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return self.model.state_dict()
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.model.load_state_dict(state)
-
 
 def frozen_copy(model: nn.Module, device: str, linear_dtype: torch.dtype | None = None) -> nn.Module:
     """A copy of `model` in eval mode without gradients, its tensors made directly on `device` (a CPU

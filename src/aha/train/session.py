@@ -45,6 +45,16 @@ class RunDirectoryError(RuntimeError):
 
 
 @dataclass
+class NamedModel:
+    """A model of the run besides the policy (critic, a moving reference, ...) with what trains it:
+    checkpoints save it under its name and resume restores it (optimizer and scheduler too)."""
+
+    module: torch.nn.Module
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+
+
+@dataclass
 class TrainingSession:
     cfg: Any
     run_dir: Path
@@ -62,6 +72,11 @@ class TrainingSession:
     trackers: Trackers = field(default_factory=lambda: Trackers([]))  # track.report_to beyond jsonl
     started: float = field(default_factory=time.perf_counter)  # for resources.jsonl's wall_s
     signals: StopSignals = field(default_factory=StopSignals)  # SIGTERM / Ctrl-C: stop at a step boundary
+    # Further models checkpointed with the policy (`add_model`); the policy is model/optimizer/scheduler.
+    models: dict[str, NamedModel] = field(default_factory=dict)
+    # Set by whoever wants the run to end early (a hacking watch, SIGTERM, ...): the loop checks it after
+    # each step's logging, saves a checkpoint and returns.
+    stop_reason: str | None = None
 
     @classmethod
     def start(
@@ -138,15 +153,22 @@ class TrainingSession:
             self.progress.observe(row)
         self.trackers.restart_at(step)
 
+    def add_model(self, name: str, model: NamedModel) -> None:
+        """Register a further model: saved in every checkpoint's <name>/ and restored on resume."""
+        if name in self.models or name == "policy":
+            raise ValueError(f"the session already has a model named {name!r}")
+        self.models[name] = model
+
     def restore_latest(self, sampler: PromptSampler) -> tuple[int, dict]:
-        """Continue from the run directory's latest checkpoint: model, optimizer, scheduler, `sampler` and
-        precision state restored (the counterpart of `save_if_due`), metrics cut back to its step.
-        Returns (its step, its extra state for what the stage keeps itself); (0, {}) without one."""
+        """Continue from the run directory's latest checkpoint: model, optimizer, scheduler, the named
+        models, `sampler` and precision state restored (the counterpart of `save_if_due`), metrics cut
+        back to its step. Returns (its step, its extra state for what the stage keeps itself); (0, {})
+        without one."""
         ckpt = latest_checkpoint(self.run_dir)
         if ckpt is None:
             self.progress_from(-1)
             return 0, {}
-        state = load_checkpoint(ckpt, self.model, self.optimizer, self.scheduler)
+        state = load_checkpoint(ckpt, self.model, self.optimizer, self.scheduler, models=self._model_states())
         sampler.load_state_dict(state["extra"]["sampler"])
         self.precision.load_state_dict(state["extra"])
         self.progress_from(state["step"])
@@ -167,12 +189,18 @@ class TrainingSession:
         self.trackers.log_scalars(step, metrics)
         self.progress.observe(metrics)
 
-    def save_if_due(self, step: int, stage: str, extra_state: Callable[[], dict]) -> None:
-        """Checkpoint every `run.save_every` steps and always at the last step. `extra_state` is called
-        only when a checkpoint is written: gathering it (e.g. hashing the prompts) is not free."""
+    def save_if_due(
+        self, step: int, stage: str, extra_state: Callable[[], dict], force: bool = False
+    ) -> None:
+        """Checkpoint every `run.save_every` steps, always at the last step, and when `force` (a run
+        stopping early). `extra_state` is called only when a checkpoint is written: gathering it (e.g.
+        hashing the prompts) is not free."""
         every = self.cfg.run.save_every
-        if not ((every and step % every == 0) or step == self.total_steps or self.signals.received):
+        if not (force or (every and step % every == 0) or step == self.total_steps or self.signals.received):
             return
+        trainer_state = {"stage": stage}
+        if self.stop_reason is not None:
+            trainer_state["stop_reason"] = self.stop_reason
         save_checkpoint(
             self.run_dir,
             step,
@@ -180,9 +208,10 @@ class TrainingSession:
             self.tokenizer,
             self.optimizer,
             self.scheduler,
-            trainer_state={"stage": stage},
+            trainer_state=trainer_state,
             extra_state={**extra_state(), **self.precision.state_dict()},
             keep_last=self.cfg.run.keep_checkpoints,
+            models=self._model_states(),
         )
 
     def end_if_signalled(self, step: int) -> None:
@@ -191,6 +220,9 @@ class TrainingSession:
         if self.signals.received is not None:
             self.finish()
             raise RunInterrupted(self.signals.received, step, self.run_dir)
+
+    def _model_states(self) -> dict[str, tuple]:
+        return {name: (m.module, m.optimizer, m.scheduler) for name, m in self.models.items()}
 
     def finish(self) -> None:
         self.signals.uninstall()
