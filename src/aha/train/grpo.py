@@ -36,6 +36,7 @@ from aha.train.evaluate import EvalResult, evaluate
 from aha.train.grpo_config import GRPORunConfig
 from aha.train.nonfinite import NonFiniteGuard
 from aha.train.policy_update import PolicyLossSettings, UpdateBatch, completion_logprobs, policy_update
+from aha.train.precision import rollout_precision
 from aha.train.reference import ReferencePolicy
 from aha.train.session import TrainingSession, load_prompt_sets
 
@@ -62,6 +63,9 @@ def run_grpo(cfg: GRPORunConfig, resume: bool = False) -> GRPOResult:
     sampler = session.prompt_sampler(train_set, cfg.train.prompts_per_step)
     rewards = session.reward_specs(cfg.rewards)
     engine = make_engine(cfg.rollout.engine, model, tokenizer, add_special_tokens=chat.add_special_tokens)
+    # rollout.dtype: sampling may run at another precision than training (then corrected in the update)
+    sampling_precision = rollout_precision(cfg.rollout.dtype, precision)
+    off_policy_rollouts = sampling_precision.compute_dtype != precision.compute_dtype
     estimator = get_advantage_estimator(cfg.algo.advantage)
     ref_model = ReferencePolicy(model, precision, device, cfg.algo.ref_offload) if cfg.algo.beta > 0 else None
     G = cfg.rollout.group_size
@@ -75,6 +79,7 @@ def run_grpo(cfg: GRPORunConfig, resume: bool = False) -> GRPOResult:
         temperature=cfg.rollout.temperature,
         norm_constant=batch_rows / cfg.algo.minibatches * cfg.rollout.max_new_tokens,
         importance_ratio=cfg.algo.importance_ratio,
+        rollout_is_cap=cfg.algo.rollout_is_cap,
     )
     reuse_batch = cfg.algo.mu > 1 or cfg.algo.minibatches > 1
     eval_params = SamplingParams(
@@ -86,7 +91,7 @@ def run_grpo(cfg: GRPORunConfig, resume: bool = False) -> GRPOResult:
     eval_examples = eval_set[: cfg.eval.num_prompts]
 
     def run_eval() -> EvalResult:
-        with precision.autocast():  # rollouts sample at the precision the policy trains at
+        with sampling_precision.autocast():  # rollout.dtype (default: the training precision)
             return evaluate(
                 engine, eval_examples, rewards, eval_params, success_threshold=cfg.eval.success_threshold
             )
@@ -121,7 +126,7 @@ def run_grpo(cfg: GRPORunConfig, resume: bool = False) -> GRPOResult:
             seed=cfg.run.seed * 1_000_003 + step,  # per-step seed: a resumed run samples what it would have
         )
         model.eval()
-        with precision.autocast():
+        with sampling_precision.autocast():
             rollout = engine.generate(prompts, params)
         t_gen = time.perf_counter()
 
@@ -140,6 +145,7 @@ def run_grpo(cfg: GRPORunConfig, resume: bool = False) -> GRPOResult:
             rollout.attention_mask.to(device),
             rollout.completion_mask.to(device),
             advantages.to(device),
+            rollout_logprobs=rollout.logprobs.to(device) if off_policy_rollouts else None,
         )
         if cfg.algo.drop_zero_variance_groups:
             keep = (~dead_groups).repeat_interleave(G).nonzero().squeeze(1)
