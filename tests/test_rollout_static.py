@@ -146,7 +146,7 @@ def test_cuda_graph_logprobs_equal_teacher_forced_forward_in_bf16(tiny_varied_mo
     for _ in range(2):
         with torch.autocast("cuda", dtype=torch.bfloat16):
             batch = sampler.generate(PROMPTS * 4, params)
-        assert batch.extras["decode"] == "static, CUDA graph"
+        assert batch.extras["decode"] == "static, CUDA graph", batch.extras.get("graph_capture_error")
         assert sampler.static_step.graph is not None
         assert (batch.completion_mask.sum(1) < 24).any()
         _assert_bf16_close(model, batch, 1.0)

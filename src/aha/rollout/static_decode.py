@@ -22,12 +22,15 @@ float32, attention over keys/values stored in the compute dtype.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 from transformers.cache_utils import Cache
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -180,26 +183,36 @@ class GraphedStep:
     The first call runs the step eagerly twice on a side stream (CUDA's rule before capture: lazy
     initialisations must not happen inside it), then captures it. Each run writes the same keys/values
     at the same index from the same inputs, so the repeats change nothing. Later calls replay the graph
-    on whatever the input buffers then hold. Elsewhere it calls the step."""
+    on whatever the input buffers then hold. Elsewhere it calls the step, and so it does from then on if
+    the capture fails (logged, and kept in `capture_error`)."""
 
     def __init__(self, step: StaticDecodeStep, use_graph: bool | None = None):
         self.step = step
         self.use_graph = step.device.type == "cuda" if use_graph is None else use_graph
         self.graph: torch.cuda.CUDAGraph | None = None
         self.logits: torch.Tensor | None = None
+        self.capture_error: str | None = None
 
     def __call__(self) -> torch.Tensor:
         if not self.use_graph:
             return self.step()
         if self.graph is None:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for _ in range(2):
-                    self.step()
-            torch.cuda.current_stream().wait_stream(side)
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                self.logits = self.step()
+            try:
+                self._capture()
+            except RuntimeError as error:  # a kernel that cannot be captured here: run eagerly instead
+                log.warning("CUDA graph capture of the decode step failed (%s); decoding eagerly", error)
+                self.capture_error, self.use_graph, self.graph = str(error), False, None
+                return self.step()
         self.graph.replay()
         return self.logits
+
+    def _capture(self) -> None:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self.step()
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.logits = self.step()

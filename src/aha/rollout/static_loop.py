@@ -110,6 +110,7 @@ def generate_static(sampler: NativeSampler, prompts: list[str], params: Sampling
         "decode_steps": steps,
         "batch_compactions": 0,
         "decode": "static, CUDA graph" if runner.use_graph else "static",
+        **({"graph_capture_error": runner.capture_error} if runner.capture_error else {}),
     }
     return build_rollout_batch(
         sampler.tokenizer,
