@@ -5,6 +5,8 @@ graph itself is tested at the end, on CUDA only."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from helpers.tolerances import bf16_logprob_atol
@@ -150,3 +152,36 @@ def test_cuda_graph_logprobs_equal_teacher_forced_forward_in_bf16(tiny_varied_mo
         assert sampler.static_step.graph is not None
         assert (batch.completion_mask.sum(1) < 24).any()
         _assert_bf16_close(model, batch, 1.0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_grpo_on_cuda_learns_with_the_graphed_sampler(tmp_path, monkeypatch):
+    """`run_grpo` on CUDA (bf16-mixed, the default there) samples through the CUDA graph, evaluation's
+    batch size and training's alternating, and learns the digit reward as on the CPU (test_train_grpo)."""
+    from aha.config import load_config
+    from aha.models.tiny import create_tiny_model
+    from aha.train.grpo import GRPORunConfig, run_grpo
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "helpers"))
+    model_dir = create_tiny_model(tmp_path / "model", seed=0)
+    overrides = [
+        f"model.path={model_dir}",
+        "model.device=cuda",
+        f"run.output_dir={tmp_path / 'run'}",
+        "run.progress=false",
+        "rewards.functions=[toy_rewards:digit_fraction]",
+        "rollout.max_new_tokens=8",
+        "train.prompts_per_step=8",
+        "train.steps=20",
+        "optim.lr=3e-3",
+        "algo.beta=0.01",
+        "data.arithmetic_train_size=200",
+        "data.arithmetic_eval_size=16",
+        "eval.num_prompts=16",
+        "eval.every=5",
+        "track.plot=false",
+    ]
+    result = run_grpo(load_config(GRPORunConfig, overrides=overrides))
+    rewards = [row["reward/mean"] for row in result.history if "reward/mean" in row]
+    first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
+    assert first < 0.3 and last > first + 0.3, (first, last)
