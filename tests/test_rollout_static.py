@@ -1,6 +1,6 @@
 """The static-cache decode path (aha.rollout.static_decode / static_loop) on the CPU: its log-probs are the
 model's, it samples what the native loop samples, ends rows at EOS and stop strings checked in blocks, and
-keeps one step (buffers, and on CUDA the graph) between calls while seeing the current weights. The CUDA
+keeps its steps (buffers, and on CUDA the graphs) between calls while seeing the current weights. The CUDA
 graph itself is tested at the end, on CUDA only."""
 
 from __future__ import annotations
@@ -102,16 +102,21 @@ def test_the_step_is_kept_between_calls_and_sees_new_weights(tiny_varied_model_d
     sampler = NativeSampler(model, tokenizer, decode="static")
     params = SamplingParams(max_new_tokens=12, temperature=1.0, seed=1)
     before = sampler.generate(PROMPTS, params)
-    kept = sampler.static_step
+    kept, weights = sampler.static_steps[len(PROMPTS)], sampler.static_weights
     with torch.no_grad():  # what an optimizer step does: parameters change in place
         for p in model.parameters():
             p.mul_(1.3)
     after = sampler.generate(PROMPTS, params)
-    assert sampler.static_step is kept
+    assert sampler.static_steps[len(PROMPTS)] is kept and sampler.static_weights is weights
     assert not torch.allclose(after.logprobs, before.logprobs)
     assert_rounding_close(model, after, 1.0)
-    sampler.generate(PROMPTS * 2, params)  # another batch size: a new step
-    assert sampler.static_step is not kept
+    sampler.generate(PROMPTS * 2, params)  # another batch size (evaluation's, say): a step of its own
+    assert list(sampler.static_steps) == [len(PROMPTS), 2 * len(PROMPTS)]
+    again = sampler.generate(PROMPTS, params)  # back to the first: still there, same weights buffers
+    assert sampler.static_steps[len(PROMPTS)] is kept and sampler.static_weights is weights
+    assert torch.equal(again.completion_ids, after.completion_ids)
+    sampler.generate(PROMPTS * 3, params)  # a third size: the least recently used step goes
+    assert list(sampler.static_steps) == [len(PROMPTS), 3 * len(PROMPTS)]
 
 
 def _assert_bf16_close(model, batch, temperature: float) -> None:
@@ -133,7 +138,7 @@ def test_bf16_autocast_logprobs_equal_teacher_forced_forward(model_and_tokenizer
     model, _ = model_and_tokenizer
     with torch.autocast("cpu", dtype=torch.bfloat16):
         batch = static.generate(PROMPTS * 2, SamplingParams(max_new_tokens=16, temperature=1.0, seed=0))
-    assert static.static_step.step.dtype == torch.bfloat16
+    assert static.static_weights.dtype == torch.bfloat16
     _assert_bf16_close(model, batch, 1.0)
 
 
@@ -149,7 +154,7 @@ def test_cuda_graph_logprobs_equal_teacher_forced_forward_in_bf16(tiny_varied_mo
         with torch.autocast("cuda", dtype=torch.bfloat16):
             batch = sampler.generate(PROMPTS * 4, params)
         assert batch.extras["decode"] == "static, CUDA graph", batch.extras.get("graph_capture_error")
-        assert sampler.static_step.graph is not None
+        assert sampler.static_steps[len(PROMPTS) * 4].graph is not None
         assert (batch.completion_mask.sum(1) < 24).any()
         _assert_bf16_close(model, batch, 1.0)
 

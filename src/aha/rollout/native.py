@@ -29,7 +29,7 @@ from aha.rollout.completions import (
 from aha.rollout.decode_kernel import KernelDecodeStep
 from aha.rollout.llama_decode import LlamaDecodeStep, decode_step_for, hand_written_step_applies
 from aha.rollout.sampling import choose_tokens
-from aha.rollout.static_decode import GraphedStep
+from aha.rollout.static_decode import GraphedStep, StaticWeights
 from aha.rollout.static_loop import generate_static
 
 DecodeStep = LlamaDecodeStep | KernelDecodeStep
@@ -120,8 +120,9 @@ class NativeSampler:
         self._cache_arg = cache_argument(model)
         self.eos_ids = eos_token_ids(model, tokenizer)
         self.cuda_graphs = cuda_graphs
-        self.static_step: GraphedStep | None = None  # kept between calls: its buffers and graph
-        self.static_key: tuple | None = None
+        # The static path's state, kept between calls (aha.rollout.static_loop.static_step_for).
+        self.static_weights: StaticWeights | None = None
+        self.static_steps: dict[int, GraphedStep] = {}  # batch size -> step, most recently used last
 
     def sync_weights(self) -> None:
         """Nothing to copy: sampling reads the model's current parameters."""

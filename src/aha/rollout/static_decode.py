@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class _StaticLayer:
+class _LayerWeights:
     input_norm: torch.Tensor  # the model's parameter
     qkv: torch.Tensor  # [(heads + 2 * kv_heads) * head_dim, hidden], compute dtype, refreshed
     qkv_bias: torch.Tensor | None
@@ -42,20 +42,18 @@ class _StaticLayer:
     post_norm: torch.Tensor
     gate_up: torch.Tensor  # [2 * intermediate, hidden]
     down: torch.Tensor
-    keys: torch.Tensor  # [batch, kv_heads, capacity, head_dim]
-    values: torch.Tensor
 
 
-class StaticDecodeStep:
-    """One token per row for `batch` rows with room for `capacity` positions, computing products in
-    `compute_dtype` (None: the parameters' dtype). Build it only for models that
-    `aha.rollout.llama_decode.hand_written_step_applies` accepts."""
+class StaticWeights:
+    """The model's weights as the static step reads them: fused projections in `compute_dtype` (None: the
+    parameters' dtype) in buffers that `refresh` overwrites in place, and the norms and embedding as the
+    model's own parameters. One per sampler and dtype, shared by its steps of every batch size. Build it
+    only for models that `aha.rollout.llama_decode.hand_written_step_applies` accepts."""
 
-    def __init__(self, model: PreTrainedModel, batch: int, capacity: int, compute_dtype: torch.dtype | None):
+    def __init__(self, model: PreTrainedModel, compute_dtype: torch.dtype | None):
         self.model = model
         config = model.config
         first = model.model.layers[0]
-        self.batch, self.capacity = batch, capacity
         self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.head_dim, self.scaling = first.self_attn.head_dim, first.self_attn.scaling
         self.intermediate = first.mlp.gate_proj.out_features
@@ -63,45 +61,30 @@ class StaticDecodeStep:
         self.embed = model.model.embed_tokens.weight
         self.final_norm = model.model.norm.weight
         self.dtype = compute_dtype or self.embed.dtype
-        device = self.embed.device
-        self.device = device
+        self.device = self.embed.device
         self.lm_head = self._buffer(model.lm_head.weight.shape)
         self.layers = [self._layer(layer) for layer in model.model.layers]
-        positions = torch.arange(capacity, device=device)[None]
-        cos, sin = model.model.rotary_emb(self.embed[:1], positions)
-        half = self.head_dim // 2
-        # rotate_half(x) * sin == cat(x2, x1) * sin with the first half of sin negated.
-        self.cos, self.sin = cos[0].float(), sin[0].float().clone()
-        self.sin[:, :half] = -self.sin[:, :half]
-        self.tokens = torch.zeros(batch, dtype=torch.long, device=device)
-        self.positions = torch.zeros(batch, dtype=torch.long, device=device)
-        self.write_index = torch.zeros(1, dtype=torch.long, device=device)
-        self.visible = torch.zeros(batch, capacity, dtype=torch.bool, device=device)
         self.refresh()
 
     def _buffer(self, shape) -> torch.Tensor:
         return torch.empty(shape, dtype=self.dtype, device=self.device)
 
-    def _layer(self, layer) -> _StaticLayer:
+    def _layer(self, layer) -> _LayerWeights:
         attn, mlp = layer.self_attn, layer.mlp
-        hidden = attn.q_proj.in_features
         qkv_rows = (self.heads + 2 * self.kv_heads) * self.head_dim
-        kv_shape = (self.batch, self.kv_heads, self.capacity, self.head_dim)
-        return _StaticLayer(
+        return _LayerWeights(
             input_norm=layer.input_layernorm.weight,
-            qkv=self._buffer((qkv_rows, hidden)),
+            qkv=self._buffer((qkv_rows, attn.q_proj.in_features)),
             qkv_bias=self._buffer((qkv_rows,)) if attn.q_proj.bias is not None else None,
             out=self._buffer(attn.o_proj.weight.shape),
             post_norm=layer.post_attention_layernorm.weight,
-            gate_up=self._buffer((2 * self.intermediate, hidden)),
+            gate_up=self._buffer((2 * self.intermediate, attn.q_proj.in_features)),
             down=self._buffer(mlp.down_proj.weight.shape),
-            keys=torch.zeros(kv_shape, dtype=self.dtype, device=self.device),
-            values=torch.zeros(kv_shape, dtype=self.dtype, device=self.device),
         )
 
     @torch.no_grad()
     def refresh(self) -> None:
-        """Copy the model's current weights into the step's buffers (in place: a captured graph stays valid)."""
+        """Copy the model's current weights into the buffers (in place: captured graphs stay valid)."""
         self.lm_head.copy_(self.model.lm_head.weight)
         for static, layer in zip(self.layers, self.model.model.layers, strict=True):
             attn, mlp = layer.self_attn, layer.mlp
@@ -112,14 +95,35 @@ class StaticDecodeStep:
             _copy_rows(static.gate_up, [mlp.gate_proj.weight, mlp.up_proj.weight])
             static.down.copy_(mlp.down_proj.weight)
 
+
+class StaticDecodeStep:
+    """One token per row for `batch` rows with room for `capacity` positions, reading `weights`."""
+
+    def __init__(self, weights: StaticWeights, batch: int, capacity: int):
+        self.weights, self.batch, self.capacity = weights, batch, capacity
+        self.dtype, self.device = weights.dtype, weights.device
+        kv_shape = (batch, weights.kv_heads, capacity, weights.head_dim)
+        self.keys = [torch.zeros(kv_shape, dtype=self.dtype, device=self.device) for _ in weights.layers]
+        self.values = [torch.zeros(kv_shape, dtype=self.dtype, device=self.device) for _ in weights.layers]
+        positions = torch.arange(capacity, device=self.device)[None]
+        cos, sin = weights.model.model.rotary_emb(weights.embed[:1], positions)
+        half = weights.head_dim // 2
+        # rotate_half(x) * sin == cat(x2, x1) * sin with the first half of sin negated.
+        self.cos, self.sin = cos[0].float(), sin[0].float().clone()
+        self.sin[:, :half] = -self.sin[:, :half]
+        self.tokens = torch.zeros(batch, dtype=torch.long, device=self.device)
+        self.positions = torch.zeros(batch, dtype=torch.long, device=self.device)
+        self.write_index = torch.zeros(1, dtype=torch.long, device=self.device)
+        self.visible = torch.zeros(batch, capacity, dtype=torch.bool, device=self.device)
+
     @torch.no_grad()
     def load_prefill(self, cache: Cache, prompt_mask: torch.Tensor, last_positions: torch.Tensor) -> None:
         """Start a batch: the prompts' keys/values from a prefill `cache` (its first P positions), the prompt
         mask [batch, P] as what is visible, and each row's last prompt position [batch]."""
         length = prompt_mask.shape[1]
-        for static, layer in zip(self.layers, cache.layers, strict=True):
-            static.keys[:, :, :length].copy_(layer.keys[:, :, :length])
-            static.values[:, :, :length].copy_(layer.values[:, :, :length])
+        for keys, values, layer in zip(self.keys, self.values, cache.layers, strict=True):
+            keys[:, :, :length].copy_(layer.keys[:, :, :length])
+            values[:, :, :length].copy_(layer.values[:, :, :length])
         self.visible.zero_()
         self.visible[:, :length] = prompt_mask.bool()
         self.positions.copy_(last_positions)
@@ -134,7 +138,7 @@ class StaticDecodeStep:
     def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """LlamaRMSNorm: normalise in float32, scale in the residual's dtype."""
         x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.weights.eps)
         return weight * x32.to(x.dtype)
 
     @torch.no_grad()
@@ -144,29 +148,28 @@ class StaticDecodeStep:
             return self._forward()
 
     def _forward(self) -> torch.Tensor:
-        batch, heads, kv_heads, head_dim = self.batch, self.heads, self.kv_heads, self.head_dim
+        w = self.weights
+        batch, heads, kv_heads, head_dim = self.batch, w.heads, w.kv_heads, w.head_dim
         half, dtype = head_dim // 2, self.dtype
         mask = torch.zeros(batch, 1, 1, self.capacity, dtype=dtype, device=self.device)
         mask.masked_fill_(~self.visible[:, None, None, :], float("-inf"))
         cos, sin = self.cos[self.positions][:, None], self.sin[self.positions][:, None]
-        hidden = F.embedding(self.tokens, self.embed)
-        for w in self.layers:
-            x = self._norm(hidden, w.input_norm).to(dtype)
-            qkv = F.linear(x, w.qkv, w.qkv_bias).view(batch, heads + 2 * kv_heads, head_dim)
+        hidden = F.embedding(self.tokens, w.embed)
+        for layer, keys, values in zip(w.layers, self.keys, self.values, strict=True):
+            x = self._norm(hidden, layer.input_norm).to(dtype)
+            qkv = F.linear(x, layer.qkv, layer.qkv_bias).view(batch, heads + 2 * kv_heads, head_dim)
             qk = qkv[:, : heads + kv_heads].float()
             qk = (qk * cos + torch.cat([qk[..., half:], qk[..., :half]], dim=-1) * sin).to(dtype)
-            w.keys.index_copy_(2, self.write_index, qk[:, heads:, None])
-            w.values.index_copy_(2, self.write_index, qkv[:, heads + kv_heads :, None])
+            keys.index_copy_(2, self.write_index, qk[:, heads:, None])
+            values.index_copy_(2, self.write_index, qkv[:, heads + kv_heads :, None])
             # One query per row: group query heads under their shared KV head (no repeat of K/V).
             query = qk[:, :heads].reshape(batch, kv_heads, heads // kv_heads, head_dim)
-            attended = F.scaled_dot_product_attention(
-                query, w.keys, w.values, attn_mask=mask, scale=self.scaling
-            )
-            hidden = hidden + F.linear(attended.reshape(batch, heads * head_dim), w.out).to(hidden.dtype)
-            gate_up = F.linear(self._norm(hidden, w.post_norm).to(dtype), w.gate_up)
-            mlp = F.silu(gate_up[:, : self.intermediate]) * gate_up[:, self.intermediate :]
-            hidden = hidden + F.linear(mlp, w.down).to(hidden.dtype)
-        return F.linear(self._norm(hidden, self.final_norm).to(dtype), self.lm_head)
+            attended = F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=w.scaling)
+            hidden = hidden + F.linear(attended.reshape(batch, heads * head_dim), layer.out).to(hidden.dtype)
+            gate_up = F.linear(self._norm(hidden, layer.post_norm).to(dtype), layer.gate_up)
+            mlp = F.silu(gate_up[:, : w.intermediate]) * gate_up[:, w.intermediate :]
+            hidden = hidden + F.linear(mlp, layer.down).to(hidden.dtype)
+        return F.linear(self._norm(hidden, w.final_norm).to(dtype), w.lm_head)
 
 
 def _copy_rows(target: torch.Tensor, parts: list[torch.Tensor]) -> None:

@@ -22,7 +22,7 @@ from aha.models.positions import left_padded_position_ids
 from aha.rollout.base import RolloutBatch, SamplingParams
 from aha.rollout.completions import StopStringFinder, build_rollout_batch
 from aha.rollout.sampling import choose_tokens
-from aha.rollout.static_decode import GraphedStep, StaticDecodeStep
+from aha.rollout.static_decode import GraphedStep, StaticDecodeStep, StaticWeights
 
 if TYPE_CHECKING:
     from aha.rollout.native import NativeSampler
@@ -33,24 +33,33 @@ STOP_CHECK_EVERY = 16
 # Cache capacities are rounded up to this many positions, so batches whose prompts differ a little in
 # length reuse one captured graph.
 CAPACITY_MULTIPLE = 64
+KEEP_STEPS = 2  # batch sizes whose step (KV buffers, graph) is kept: training's and evaluation's
 
 
 def static_step_for(sampler: NativeSampler, batch: int, needed: int) -> GraphedStep:
     """The sampler's static step for `batch` rows and at least `needed` positions, at the autocast dtype
-    in force (if any): the one kept from the last call when its shape and dtype fit (weights refreshed
-    in place, its CUDA graph kept), else a new one."""
+    in force (if any), with the weights refreshed from the model. Steps are kept between calls (their
+    buffers and CUDA graphs), the `KEEP_STEPS` most recently used batch sizes, so training's batch and
+    evaluation's each capture once; all share one `StaticWeights`."""
     device = sampler.model.device
     dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
-    capacity = -(-needed // CAPACITY_MULTIPLE) * CAPACITY_MULTIPLE
-    key = (batch, dtype, device)
-    kept = sampler.static_step
-    if kept is not None and sampler.static_key == key and kept.step.capacity >= needed:
-        kept.step.refresh()
-        return kept
-    sampler.static_step = None  # free the old buffers (and graph) before allocating new ones
-    step = GraphedStep(StaticDecodeStep(sampler.model, batch, capacity, dtype), sampler.cuda_graphs)
-    sampler.static_step, sampler.static_key = step, key
-    return step
+    weights = sampler.static_weights
+    if weights is None or weights.dtype != (dtype or weights.embed.dtype) or weights.device != device:
+        sampler.static_steps.clear()  # they read the old buffers
+        sampler.static_weights = None  # freed before the new ones are allocated
+        weights = sampler.static_weights = StaticWeights(sampler.model, dtype)
+    else:
+        weights.refresh()
+    steps = sampler.static_steps
+    kept = steps.pop(batch, None)
+    if kept is None or kept.step.capacity < needed:
+        kept = None  # freed before a larger one is allocated
+        capacity = -(-needed // CAPACITY_MULTIPLE) * CAPACITY_MULTIPLE
+        kept = GraphedStep(StaticDecodeStep(weights, batch, capacity), sampler.cuda_graphs)
+    steps[batch] = kept  # most recently used last
+    while len(steps) > KEEP_STEPS:
+        steps.pop(next(iter(steps)))
+    return kept
 
 
 def generate_static(sampler: NativeSampler, prompts: list[str], params: SamplingParams) -> RolloutBatch:
