@@ -48,6 +48,12 @@ class GRPOBenchSettings:
     eval_every: int = 0  # 0: no held-out evaluation during training (TRL), only start and end (aha)
     eval_prompts_used: int = 4
     aha_micro_batch_size: int = 0  # aha's train.micro_batch_size (0: the whole batch in one pass)
+    device: str = "cpu"  # "cuda" for the GPU benchmark (bench/gpu_grpo_vs_trl.py)
+    precision: str = (
+        "fp32"  # aha's model.precision; "bf16-mixed" is TRL's bf16=True (fp32 weights, bf16 autocast)
+    )
+    aha_rollout_dtype: str = "auto"  # aha's rollout.dtype
+    trl_gradient_checkpointing: bool | None = None  # None: TRL's default
 
 
 @dataclass
@@ -62,6 +68,7 @@ class RunRecord:
     other_cores: float | None = None  # cores other processes kept busy meanwhile (set by run_in_child)
     attempts: int = 1  # runs made until one was undisturbed (set by run_when_quiet)
     settings_used: dict = field(default_factory=dict)  # a tool's own defaults worth reporting
+    cuda_peak_allocated_bytes: int = 0  # on CUDA: torch's peak allocated memory over the whole child
 
     @classmethod
     def from_dict(cls, data: dict) -> RunRecord:
@@ -163,8 +170,9 @@ def run_aha(settings: GRPOBenchSettings, workdir: Path) -> RunRecord:
 def _aha_overrides(s: GRPOBenchSettings, train_file: Path, eval_file: Path, out_dir: Path) -> list[str]:
     return [
         f"model.path={s.model_dir}",
-        "model.precision=fp32",
-        "model.device=cpu",
+        f"model.precision={s.precision}",
+        f"model.device={s.device}",
+        f"rollout.dtype={s.aha_rollout_dtype}",
         f"data.train_file={train_file}",
         f"data.eval_file={eval_file}",
         f"rewards.functions=[{s.reward}]",
@@ -254,11 +262,17 @@ def run_trl(settings: GRPOBenchSettings, workdir: Path) -> RunRecord:
 
 def _trl_config(config_cls, s: GRPOBenchSettings, out_dir: Path):
     generation_kwargs = {"min_new_tokens": s.min_new_tokens} if s.min_new_tokens else None
+    if s.precision not in ("fp32", "bf16-mixed"):
+        raise ValueError(f"TRL runs fp32 or bf16-mixed (bf16=True), not {s.precision!r}")
+    extra = {}
+    if s.trl_gradient_checkpointing is not None:
+        extra["gradient_checkpointing"] = s.trl_gradient_checkpointing
     return config_cls(
         output_dir=str(out_dir),
-        use_cpu=True,
-        bf16=False,
+        use_cpu=s.device == "cpu",
+        bf16=s.precision == "bf16-mixed",
         fp16=False,
+        **extra,
         seed=s.seed,
         per_device_train_batch_size=s.prompts_per_step * s.group_size,
         gradient_accumulation_steps=1,
@@ -351,6 +365,8 @@ def _child_main(argv: list[str]) -> None:
         runner = {"aha": run_aha, "trl": run_trl}[tool]
     record = runner(settings, Path(out_path).parent)
     record.peak_rss_bytes = peak_rss_bytes()
+    if settings.device.startswith("cuda"):
+        record.cuda_peak_allocated_bytes = torch.cuda.max_memory_allocated()
     record.wall_s = time.perf_counter() - t0
     Path(out_path).write_text(json.dumps(asdict(record)))
 

@@ -181,6 +181,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
                 loss_agg="token-mean",
                 seed=args.seed,
                 threads=args.threads,
+                aha_rollout_dtype=args.aha_rollout_dtype,
             )
             sequences = settings.prompts_per_step * settings.group_size
             flops = grpo_step_flops(shape, sequences, prompt_len, args.new_tokens)
@@ -273,6 +274,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
                 "passes_per_batch": 1,
                 "aha_micro_batch_size": args.aha_micro_batch if "aha_mb" in args.tools else 0,
                 "dtype": "float32",
+                "aha_rollout_dtype": args.aha_rollout_dtype,
                 "threads": args.threads,
                 "warmup_steps": args.warmup,
                 "measured_steps": args.steps,
@@ -313,6 +315,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=16,
         help="train.micro_batch_size of the aha_mb runs (completions per forward/backward pass; 16: two "
         "groups, the batch in two halves)",
+    )
+    parser.add_argument(
+        "--aha-rollout-dtype",
+        default="auto",
+        choices=("auto", "float32", "bfloat16"),
+        help="aha's rollout.dtype (bfloat16: bf16 sampler weights, fp32 training, truncated importance "
+        "sampling; issue 24)",
     )
     parser.add_argument("--seed", type=int, default=0)
     add_quiet_machine_options(parser, retries=2)

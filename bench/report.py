@@ -47,6 +47,16 @@ def write_report(results_dir: Path = RESULTS_DIR, page: Path = DOCS_PAGE) -> Pat
     sections = ["# Benchmarks\n", _intro()]
     gvt = _load(results_dir / "grpo_vs_trl.json")
     sections.append(render_grpo_vs_trl(gvt) if gvt else "## GRPO step: aha vs TRL\n\nNot run yet.\n")
+    bf16_rollouts = _load(results_dir / "grpo_vs_trl_bf16_rollouts.json")
+    if bf16_rollouts:
+        sections.append(
+            render_grpo_vs_trl(bf16_rollouts, "GRPO step with bf16 rollouts: aha vs TRL (issue 24)")
+        )
+    gpu = _load(results_dir / "gpu_grpo_vs_trl.json")
+    if gpu:
+        from gpu_grpo_vs_trl import render_section  # bench/ is on the path of every bench script
+
+        sections.append(render_section(gpu))
     rollout = _load(results_dir / "rollout.json")
     sections.append(
         render_rollout(rollout) if rollout else "## Sampling: native sampler vs generate\n\nNot run yet.\n"
@@ -108,14 +118,15 @@ def _load_str(load: list[float]) -> str:
     return "/".join(f"{x:.2f}" for x in load)
 
 
-def render_grpo_vs_trl(data: dict) -> str:
+def render_grpo_vs_trl(data: dict, title: str = "GRPO step: aha vs TRL") -> str:
     s = data["settings"]
     out = [
-        "## GRPO step: aha vs TRL\n",
+        f"## {title}\n",
         f"Same tiny Llama (character tokenizer), {s['prompts_per_step']} prompts x {s['group_size']} completions "
         f"per optimizer step, every completion exactly {s['new_tokens']} new tokens in both tools, "
         f"beta = {s['beta']} (both keep a reference model), {s['loss']}, {s['passes_per_batch']} optimisation pass "
-        f"per batch, {s['dtype']}, CPU, {s['threads']} threads; reward: {s['reward']}. Seconds per step are "
+        f"per batch, {s['dtype']}{_rollout_dtype(s)}, CPU, {s['threads']} threads; reward: {s['reward']}. "
+        "Seconds per step are "
         f"medians over {s['measured_steps']} steps after {s['warmup_steps']} warm-up steps, then the median over "
         f"{s['repeats']} runs per tool (the order of the tools alternates between repeats). "
         + _quiet_policy(s)
@@ -204,6 +215,16 @@ def _against_target(step: dict | None, rss: float | None) -> str:
     step_cell = "-" if step is None else f"{_ratio(step)} {_mark(step['median'] <= TARGET_STEP_RATIO)}"
     rss_cell = "-" if rss is None else f"{rss:.2f} {_mark(rss <= 1)}"
     return f"{step_cell} | {rss_cell}"
+
+
+def _rollout_dtype(settings: dict) -> str:
+    dtype = settings.get("aha_rollout_dtype", "auto")
+    if dtype == "auto":
+        return ""
+    return (
+        f" (aha's rollouts in {dtype}: `rollout.dtype={dtype}`, corrected by truncated importance sampling; "
+        "TRL samples in float32)"
+    )
 
 
 def _allocator_caveat(machine: dict) -> str:

@@ -105,3 +105,33 @@ def test_importance_ratio_setting_reaches_the_loss(tiny_varied_model_dir):
     assert sl == pytest.approx(tl, rel=1e-6)
     for a, b in zip(tg, sg, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_truncated_importance_weights_scale_the_policy_term_only(tiny_varied_model_dir):
+    """Rollout log-probs log 3 below the old ones give every token the ratio pi_old / pi_rollout = 3:
+    truncated at C, the policy-gradient part of the loss is multiplied by min(3, C), the KL part is not;
+    C = 0 switches the weights off but still logs the gap."""
+    model = load_model(str(tiny_varied_model_dir))
+    batch = _batch(model)
+    with_rollout = copy.copy(batch)
+    with_rollout.rollout_logprobs = batch.old_logprobs - torch.log(torch.tensor(3.0))
+
+    def loss(mb: UpdateBatch, beta: float, cap: float = 2.0) -> tuple[float, dict]:
+        settings = PolicyLossSettings(0.2, 0.2, beta, "k3", "token-mean", 1.0, rollout_is_cap=cap)
+        value, metrics = minibatch_loss(model, mb, settings, with_entropy=False)
+        return value.item(), metrics
+
+    policy_only, _ = loss(batch, beta=0.0)
+    assert abs(policy_only) > 1e-3  # the comparison is not vacuous
+    for cap, weight in ((2.0, 2.0), (5.0, 3.0)):
+        weighted, metrics = loss(with_rollout, beta=0.0, cap=cap)
+        # float32 sums of the same terms scaled by a power-of-two-ish constant: 1e-6 relative
+        assert weighted == pytest.approx(weight * policy_only, rel=1e-5)
+        assert metrics["rollout/abs_log_ratio_mean"] == pytest.approx(float(torch.log(torch.tensor(3.0))))
+        assert metrics["rollout/capped_frac"] == (1.0 if cap == 2.0 else 0.0)
+    full, _ = loss(batch, beta=0.1)
+    full_weighted, _ = loss(with_rollout, beta=0.1)
+    assert full_weighted - full == pytest.approx((2.0 - 1.0) * policy_only, rel=1e-4, abs=1e-6)
+    off, metrics = loss(with_rollout, beta=0.0, cap=0.0)
+    assert off == pytest.approx(policy_only, rel=1e-6)
+    assert metrics["rollout/kl"] > 0 and "rollout/capped_frac" not in metrics

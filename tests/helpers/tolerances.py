@@ -31,3 +31,19 @@ def logprob_atol(config, max_abs_logit: float, temperature: float = 1.0) -> floa
     """Absolute tolerance for log-probs at `temperature` (0 means greedy: the unscaled distribution)."""
     scale = temperature if temperature else 1.0
     return 2 * forward_atol(config, max_abs_logit) / scale
+
+
+BF16_UNIT_ROUNDOFF = 2.0**-8  # bf16 keeps 8 significant bits: rounding moves a value by <= 2^-8 of it
+
+
+def bf16_logprob_atol(config, max_abs_logit: float, temperature: float = 1.0) -> float:
+    """Absolute tolerance for log-probs of two bf16-autocast forwards of the same weights that round at
+    different places (a decode step vs one teacher-forced pass: other kernels, other accumulation orders,
+    bf16 outputs of different intermediate products). Each of the 2 * layers + 1 normalised passes over
+    the residual stream can carry one bf16 rounding of its output, a relative u = 2^-8 of the signal, into
+    the logits (products accumulate in float32, so their own sums add far less than that); a log-prob
+    is a logit minus a logsumexp, two such errors, divided by the temperature like the logits."""
+    config = config.get_text_config()
+    passes = 2 * config.num_hidden_layers + 1
+    scale = temperature if temperature else 1.0
+    return 2 * passes * BF16_UNIT_ROUNDOFF * max_abs_logit / scale

@@ -96,14 +96,15 @@ class StopStringFinder:
         texts = self.tokenizer.batch_decode(tails, skip_special_tokens=True)
         return [any(s in text for s in self.stop_strings) for text in texts]
 
-    def first_stop_length(self, ids: list[int]) -> int | None:
+    def first_stop_length(self, ids: list[int], clear: int = 0) -> int | None:
         """How many of `ids` it takes for their text to contain a stop string (None: it never does).
+        `clear`: the caller knows the first `clear` tokens' text holds none (the search starts after them).
 
         For a finished sequence: a binary search over prefix lengths, as containing a stop string
         only becomes true as tokens are added."""
         if not self._has_stop(ids):
             return None
-        low, high = 1, len(ids)
+        low, high = clear + 1, len(ids)
         while low < high:
             middle = (low + high) // 2
             if self._has_stop(ids[:middle]):
@@ -111,6 +112,11 @@ class StopStringFinder:
             else:
                 low = middle + 1
         return low
+
+    def rows_with_stop(self, rows_ids: list[list[int]]) -> list[bool]:
+        """For each token row, whether its whole text contains a stop string (one batched decode)."""
+        texts = self.tokenizer.batch_decode(rows_ids, skip_special_tokens=True)
+        return [any(s in text for s in self.stop_strings) for text in texts]
 
     def _has_stop(self, ids: list[int]) -> bool:
         text = self.tokenizer.decode(ids, skip_special_tokens=True)

@@ -75,32 +75,7 @@ def decode_step_for(
     A wrapped model (a peft `PeftModel` with LoRA adapters, say) gets None: the step would read the base
     weights and bypass whatever the wrapper adds; so does a layer whose projections are not plain Linear
     (adapters injected in place)."""
-    if not isinstance(model, PreTrainedModel):
-        return None
-
-    config = model.config
-    if getattr(config, "model_type", None) not in SUPPORTED_MODEL_TYPES:
-        return None
-    if config.hidden_act != "silu" or any(
-        t != "full_attention" for t in getattr(config, "layer_types", None) or []
-    ):
-        return None
-    if getattr(model.model.rotary_emb, "rope_type", None) not in STATIC_ROPE_TYPES:
-        return None
-    for layer in model.model.layers:
-        attn, mlp = layer.self_attn, layer.mlp
-        linears = [
-            attn.q_proj,
-            attn.k_proj,
-            attn.v_proj,
-            attn.o_proj,
-            mlp.gate_proj,
-            mlp.up_proj,
-            mlp.down_proj,
-        ]
-        if not all(is_plain_linear(m) for m in linears) or any(m.bias is not None for m in linears[3:]):
-            return None
-    if not is_plain_linear(model.lm_head) or model.lm_head.bias is not None:
+    if not hand_written_step_applies(model):
         return None
     step = LlamaDecodeStep(model, max_positions)
     library = load_decode_kernel() if kernel else None
@@ -113,6 +88,39 @@ def decode_step_for(
     ):
         return KernelDecodeStep(step, library)
     return step
+
+
+def hand_written_step_applies(model: PreTrainedModel) -> bool:
+    """Whether `model` is a plain (unwrapped, unquantised) Llama or Qwen2 with full attention, SiLU MLPs
+    and static rotary angles: what the hand-written decode steps (this one, the compiled kernel and the
+    static-cache step of aha.rollout.static_decode) compute exactly."""
+    if not isinstance(model, PreTrainedModel):
+        return False
+    config = model.config
+    if getattr(config, "model_type", None) not in SUPPORTED_MODEL_TYPES:
+        return False
+    if config.hidden_act != "silu" or any(
+        t != "full_attention" for t in getattr(config, "layer_types", None) or []
+    ):
+        return False
+    if getattr(model.model.rotary_emb, "rope_type", None) not in STATIC_ROPE_TYPES:
+        return False
+    for layer in model.model.layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        linears = [
+            attn.q_proj,
+            attn.k_proj,
+            attn.v_proj,
+            attn.o_proj,
+            mlp.gate_proj,
+            mlp.up_proj,
+            mlp.down_proj,
+        ]
+        if not all(is_plain_linear(m) for m in linears) or any(m.bias is not None for m in linears[3:]):
+            return False
+    if not is_plain_linear(model.lm_head) or model.lm_head.bias is not None:
+        return False
+    return True
 
 
 class LlamaDecodeStep:

@@ -27,14 +27,17 @@ from aha.rollout.completions import (
     tokenize_prompts,
 )
 from aha.rollout.decode_kernel import KernelDecodeStep
-from aha.rollout.llama_decode import LlamaDecodeStep, decode_step_for
+from aha.rollout.llama_decode import LlamaDecodeStep, decode_step_for, hand_written_step_applies
+from aha.rollout.sampling import choose_tokens
+from aha.rollout.static_decode import GraphedStep, StaticWeights
+from aha.rollout.static_loop import generate_static
 
 DecodeStep = LlamaDecodeStep | KernelDecodeStep
 
 # Rows that have ended keep being computed until at most this fraction of the batch is still live;
 # then the batch is compacted (one copy of the cache), which pays once enough rows are dead.
 COMPACT_WHEN_LIVE_FRACTION = 0.75
-DECODE_STEPS = ("kernel", "torch", "hf")
+DECODE_STEPS = ("kernel", "static", "torch", "hf")
 
 
 class PreallocatedLayer(DynamicLayer):
@@ -83,54 +86,6 @@ class PreallocatedLayer(DynamicLayer):
         self.values = self.value_buffer[:, :, : self.length]
 
 
-def choose_tokens(
-    logits: torch.Tensor,
-    params: SamplingParams,
-    generator: torch.Generator | None,
-    banned_ids: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pick one token per row and return it with its log-prob under the temperature-scaled, untruncated
-    distribution. `banned_ids` (EOS before `min_new_tokens`), top-k and top-p only restrict the draw,
-    applied in that order after temperature as `generate` does; temperature 0 is argmax."""
-    logits = logits.float()
-    if params.temperature > 0:
-        logits = logits / params.temperature
-    logprobs = torch.log_softmax(logits, dim=-1)
-    draw = logits if banned_ids is None else logits.index_fill(1, banned_ids, float("-inf"))
-    if params.temperature == 0:
-        tokens = draw.argmax(dim=-1)
-    else:
-        if params.top_k > 0 and params.top_k < draw.shape[-1]:
-            kth_best = torch.topk(draw, params.top_k, dim=-1).values[:, -1:]
-            draw = draw.masked_fill(draw < kth_best, float("-inf"))
-        if params.top_p < 1.0:
-            draw = _keep_top_p(draw, params.top_p)
-        tokens = _draw(torch.softmax(draw, dim=-1), generator)
-    return tokens, logprobs.gather(1, tokens[:, None]).squeeze(1)
-
-
-def _draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """One index per row, drawn with probability `probs` [B, V]: the inverse CDF at one uniform per row.
-
-    Why not `torch.multinomial`: for a single sample it draws an exponential variate for every
-    vocabulary entry of every row (a quarter of a millisecond per token at batch 32 even for a
-    100-token vocabulary). u is in (0, total] and the first index whose cumulative mass reaches it is
-    taken, so an index of probability zero is never drawn.
-    """
-    cdf = probs.cumsum(dim=-1)
-    u = 1.0 - torch.rand(probs.shape[0], 1, generator=generator, dtype=cdf.dtype, device=cdf.device)
-    return torch.searchsorted(cdf, u * cdf[:, -1:]).squeeze(1)
-
-
-def _keep_top_p(logits: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Keep the smallest set of most likely tokens whose mass reaches `top_p` (the best one always)."""
-    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-    probs = torch.softmax(sorted_logits, dim=-1)
-    mass_before = probs.cumsum(dim=-1) - probs
-    sorted_logits = sorted_logits.masked_fill(mass_before >= top_p, float("-inf"))
-    return torch.empty_like(logits).scatter_(1, order, sorted_logits)
-
-
 class NativeSampler:
     """Samples from the live `model` in-process, so `sync_weights` has nothing to do.
 
@@ -147,11 +102,15 @@ class NativeSampler:
         tokenizer: PreTrainedTokenizerBase,
         decode: str = "kernel",
         add_special_tokens: bool = True,
+        cuda_graphs: bool | None = None,
     ):
-        """`decode` is the fastest decoding step allowed: "kernel" (the compiled fp32 CPU step, else the
-        torch one), "torch" (the hand-written Llama step in torch ops) or "hf" (the model's own forward).
-        Each falls back to the next where it does not apply (`decode_step_for`). `add_special_tokens`:
-        False for chat-rendered prompts (see `tokenize_prompts`)."""
+        """`decode` is the fastest decoding step allowed: "kernel" (on the CPU the compiled fp32 step,
+        else the torch one; on a GPU the static step), "static" (static KV cache, device-side loop,
+        aha.rollout.static_loop; a CUDA graph on GPUs), "torch" (the hand-written Llama step in torch
+        ops) or "hf" (the model's own forward). Each falls back to the next where it does not apply
+        (`hand_written_step_applies`, `decode_step_for`). `cuda_graphs` (default: on CUDA) captures
+        and replays the static step. `add_special_tokens`: False for chat-rendered prompts (see
+        `tokenize_prompts`)."""
         if decode not in DECODE_STEPS:
             raise ValueError(f"decode={decode!r} is not one of {list(DECODE_STEPS)}")
         self.model = model
@@ -159,7 +118,11 @@ class NativeSampler:
         self.decode = decode
         self.add_special_tokens = add_special_tokens
         self._cache_arg = cache_argument(model)
-        self._eos_ids = eos_token_ids(model, tokenizer)
+        self.eos_ids = eos_token_ids(model, tokenizer)
+        self.cuda_graphs = cuda_graphs
+        # The static path's state, kept between calls (aha.rollout.static_loop.static_step_for).
+        self.static_weights: StaticWeights | None = None
+        self.static_steps: dict[int, GraphedStep] = {}  # batch size -> step, most recently used last
 
     def sync_weights(self) -> None:
         """Nothing to copy: sampling reads the model's current parameters."""
@@ -171,9 +134,15 @@ class NativeSampler:
         try:
             # no_grad rather than inference_mode: the outputs go on to autograd in the trainer.
             with torch.no_grad():
+                if self._static_applies():
+                    return generate_static(self, prompts, params)
                 return self._generate(prompts, params)
         finally:
             self.model.train(was_training)
+
+    def _static_applies(self) -> bool:
+        wanted = self.decode == "static" or (self.decode == "kernel" and self.model.device.type == "cuda")
+        return wanted and hand_written_step_applies(self.model)
 
     def _forward(self, input_ids, attention_mask, position_ids, cache) -> torch.Tensor:
         out = self.model(
@@ -195,23 +164,24 @@ class NativeSampler:
             layer.length = length + 1
         return logits
 
-    def _prefill(
-        self, prompts: list[str], max_new: int
+    def prefill(
+        self, prompts: list[str], max_new: int, decode: str | None = None
     ) -> tuple[Cache, torch.Tensor, torch.Tensor, torch.Tensor, DecodeStep | None]:
         """Run the prompts through the model once, filling a cache with room for `max_new` more tokens.
 
         Repeated prompts (GRPO samples a group of completions per prompt) are computed once and their
         cache rows copied. Returns the cache, the left-padded prompt ids and mask, the logits for each
         row's first new token, and the decoding step to go on with (None: the HF forward). The
-        compiled step runs the prefill too; otherwise the HF forward does.
+        compiled step runs the prefill too; otherwise the HF forward does. `decode` overrides the
+        sampler's choice of step ("hf": none is built).
         """
         device = self.model.device
         unique = list(dict.fromkeys(prompts))
         ids, mask = tokenize_prompts(self.tokenizer, unique, device, self.add_special_tokens)
         capacity = ids.shape[1] + max_new
-        decode_step = None
-        if self.decode != "hf":
-            decode_step = decode_step_for(self.model, capacity, kernel=self.decode == "kernel")
+        decode_step, decode = None, decode or self.decode
+        if decode != "hf":
+            decode_step = decode_step_for(self.model, capacity, kernel=decode == "kernel")
         num_layers = self.model.config.get_text_config().num_hidden_layers
         cache = Cache(layers=[PreallocatedLayer(capacity) for _ in range(num_layers)])
         if isinstance(decode_step, KernelDecodeStep):
@@ -251,7 +221,7 @@ class NativeSampler:
         device = self.model.device
         started = time.perf_counter()
         max_new = params.max_new_tokens
-        cache, prompt_ids, prompt_mask, logits, decode_step = self._prefill(prompts, max_new)
+        cache, prompt_ids, prompt_mask, logits, decode_step = self.prefill(prompts, max_new)
         batch, prompt_len = prompt_ids.shape
         padded = not bool(prompt_mask.all())
         prefill_s = time.perf_counter() - started
@@ -259,7 +229,7 @@ class NativeSampler:
         generator = None
         if params.seed is not None:
             generator = torch.Generator(device=device).manual_seed(params.seed)
-        eos = torch.tensor(self._eos_ids, device=device)
+        eos = torch.tensor(self.eos_ids, device=device)
         stop_finder = StopStringFinder(self.tokenizer, params.stop_strings) if params.stop_strings else None
         completion_ids = torch.full(
             (batch, max_new), self.tokenizer.pad_token_id, dtype=torch.long, device=device

@@ -60,6 +60,7 @@ class GRPO:
             temperature=cfg.rollout.temperature,
             norm_constant=batch_rows / cfg.algo.minibatches * cfg.rollout.max_new_tokens,
             importance_ratio=cfg.algo.importance_ratio,
+            rollout_is_cap=cfg.algo.rollout_is_cap,
         )
 
     def advantages(self, s: RLStep) -> Advantages:
@@ -79,6 +80,7 @@ class GRPO:
             rollout.attention_mask.to(device),
             rollout.completion_mask.to(device),
             adv.per_completion.to(device),
+            rollout_logprobs=s.rollout_logprobs,
         )
         if cfg.algo.drop_zero_variance_groups:
             keep = (~adv.state).repeat_interleave(G).nonzero().squeeze(1)

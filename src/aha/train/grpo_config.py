@@ -6,10 +6,12 @@ from dataclasses import dataclass
 
 from aha.algos.kl import KL_ESTIMATORS
 from aha.algos.policy_loss import IMPORTANCE_RATIOS, LOSS_AGG_MODES
+from aha.algos.rollout_correction import DEFAULT_CAP
 from aha.config import ConfigError, option
 from aha.data.chat import CHAT_TEMPLATE_HELP, CHAT_TEMPLATE_MODES, SYSTEM_PROMPT_HELP
 from aha.train.common_config import ModelConfig, OptimConfig, RunConfig, TrackingConfig
 from aha.train.nonfinite import ON_NONFINITE, ON_NONFINITE_HELP
+from aha.train.precision import ROLLOUT_DTYPES
 
 
 @dataclass
@@ -76,6 +78,14 @@ class RolloutConfig:
     top_p: float = option(1.0, help="Nucleus sampling threshold (1 = off).")
     top_k: int = option(0, help="Top-k sampling (0 = off).")
     stop_strings: list[str] = option(default_factory=list, help="Stop generating after any of these strings.")
+    dtype: str = option(
+        "auto",
+        choices=ROLLOUT_DTYPES,
+        help="Precision of the rollout (and evaluation) forwards: auto = the training forward's "
+        "(model.precision), float32, or bfloat16 (bf16 weights for the sampler's matmuls; faster, and "
+        "off-policy by rounding when training is not bf16-mixed: the update then reweights tokens by "
+        "truncated importance sampling, algo.rollout_is_cap, and logs rollout/* mismatch metrics).",
+    )
 
     def validate(self) -> None:
         if self.engine == "vllm":
@@ -132,6 +142,12 @@ class AlgoConfig:
         "each step (measured: +0.8 s a step for a 0.5B model on an H200, docs/ARCHITECTURE.md). No effect "
         "when training on the CPU.",
     )
+    rollout_is_cap: float = option(
+        DEFAULT_CAP,
+        help="C of truncated importance sampling, used when rollout.dtype differs from the training "
+        "precision: each token's policy-gradient term is weighted by min(pi_train / pi_rollout, C) "
+        "(verl's default 2). 0 turns the correction off (the mismatch is still logged).",
+    )
     drop_zero_variance_groups: bool = option(
         False, help="Leave groups whose rewards are all equal out of the loss (they carry no signal)."
     )
@@ -143,6 +159,8 @@ class AlgoConfig:
             raise ConfigError("need 0 <= clip_low < 1 and clip_high >= 0")
         if self.beta < 0:
             raise ConfigError("beta must be >= 0")
+        if self.rollout_is_cap < 0:
+            raise ConfigError("rollout_is_cap must be >= 0 (0 = no importance-sampling correction)")
 
 
 @dataclass

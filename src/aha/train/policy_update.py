@@ -13,6 +13,7 @@ from transformers import PreTrainedModel
 from aha.algos.kl import kl_penalty
 from aha.algos.masked import masked_mean
 from aha.algos.policy_loss import aggregate_loss, clipped_surrogate, entropy_bonus, micro_batch_weight
+from aha.algos.rollout_correction import DEFAULT_CAP, rollout_mismatch_metrics, truncated_importance_weights
 from aha.models.forward import score_completions
 from aha.train.nonfinite import NonFiniteGuard
 from aha.train.precision import Precision
@@ -29,6 +30,8 @@ class UpdateBatch:
     advantages: torch.Tensor  # [N] (one per completion) or [N, C]
     ref_logprobs: torch.Tensor | None = None  # [N, C], None when beta == 0
     old_logprobs: torch.Tensor | None = None  # [N, C], None: the batch is used once, old == current
+    # [N, C] the rollout engine's own log-probs; set when it samples at another precision than training
+    rollout_logprobs: torch.Tensor | None = None
 
     def select(self, rows: torch.Tensor) -> UpdateBatch:
         def pick(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -41,6 +44,7 @@ class UpdateBatch:
             self.advantages[rows],
             pick(self.ref_logprobs),
             pick(self.old_logprobs),
+            pick(self.rollout_logprobs),
         )
 
 
@@ -55,6 +59,7 @@ class PolicyLossSettings:
     norm_constant: float | None = None  # for seq-mean-token-sum-norm (Dr. GRPO)
     importance_ratio: str = "token"  # or "sequence" (GSPO); see clipped_surrogate
     entropy_coef: float = 0.0  # PPO's entropy bonus (algos.policy_loss.entropy_bonus); 0 = off
+    rollout_is_cap: float = DEFAULT_CAP  # truncated importance sampling's C (0: off); see minibatch_loss
 
 
 @torch.no_grad()
@@ -82,7 +87,15 @@ def minibatch_loss(
     with_entropy: bool,
     precision: Precision = FP32,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Loss of one minibatch: clipped surrogate + beta * KL, aggregated as configured."""
+    """Loss of one minibatch: clipped surrogate + beta * KL, aggregated as configured.
+
+    When the batch carries the rollout engine's log-probs (it sampled at another precision), the
+    surrogate's denominator stays the trainer's own old log-probs, and each token's policy-gradient
+    term is weighted by min(pi_old / pi_rollout, rollout_is_cap) (truncated importance sampling; the KL
+    term is not reweighted, as in verl). With one optimizer step per batch the old log-probs are this
+    forward's, detached: the same numbers a separate no-grad pass would recompute, without the pass.
+    The gap is logged as rollout/abs_log_ratio_mean, rollout/abs_log_ratio_max, rollout/kl and
+    rollout/capped_frac."""
     with precision.autocast():  # the model's forward only; the loss is computed from float32 log-probs
         scores = score_completions(
             model,
@@ -105,6 +118,14 @@ def minibatch_loss(
         importance_ratio=settings.importance_ratio,
     )
     metrics = {k: float(v) for k, v in stats.items()}
+    if mb.rollout_logprobs is not None:
+        cap = settings.rollout_is_cap
+        gap = rollout_mismatch_metrics(old, mb.rollout_logprobs, mask, cap or DEFAULT_CAP)
+        if not cap:
+            del gap["capped_frac"]  # no cap, nothing truncated
+        metrics.update({f"rollout/{k}": v for k, v in gap.items()})
+        if cap:
+            per_token = per_token * truncated_importance_weights(old, mb.rollout_logprobs, cap)
     if settings.beta > 0:
         kl = kl_penalty(logprobs, mb.ref_logprobs, settings.kl_estimator)
         per_token = per_token + settings.beta * kl

@@ -92,6 +92,7 @@ class PPO:
             rollout.attention_mask.to(device),
             rollout.completion_mask.to(device),
             torch.zeros(0),  # set below
+            rollout_logprobs=s.rollout_logprobs,  # rollout.dtype: corrected at algos.rollout_correction's C=2
         )
         mask = batch.completion_mask
         scores = s.rewards.float()

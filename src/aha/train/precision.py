@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 PRECISIONS = ("auto", "fp32", "bf16-mixed", "fp16-mixed")
 COMPUTE_DTYPES = {"bf16-mixed": torch.bfloat16, "fp16-mixed": torch.float16}
 INITIAL_LOSS_SCALE = 2.0**16  # torch.amp.GradScaler's default
+ROLLOUT_DTYPES = ("auto", "float32", "bfloat16")  # rollout.dtype
 
 
 def resolve_precision(name: str, device: str | torch.device) -> str:
@@ -111,6 +112,18 @@ class Precision:
     def load_state_dict(self, state: dict | None) -> None:
         if self.scaler is not None and state and "grad_scaler" in state:
             self.scaler.load_state_dict(state["grad_scaler"])
+
+
+def rollout_precision(dtype: str, training: Precision) -> Precision:
+    """The precision rollouts run at for `rollout.dtype`: auto is the training forward's; float32 and
+    bfloat16 name it (bfloat16 runs the sampler under bf16 autocast, so its decode step fuses bf16 weights).
+    Compare `.compute_dtype` with the training one to know whether the rollouts are off-policy by rounding."""
+    if dtype not in ROLLOUT_DTYPES:
+        raise ConfigError(f"rollout.dtype={dtype!r} is not one of {', '.join(ROLLOUT_DTYPES)}")
+    if dtype == "auto" or {"float32": None, "bfloat16": torch.bfloat16}[dtype] == training.compute_dtype:
+        return training
+    name = "fp32" if dtype == "float32" else "bf16-mixed"
+    return Precision(name, torch.device(training.device_type))
 
 
 def _total_norm(params: list[torch.Tensor]) -> float:

@@ -31,6 +31,7 @@ from aha.track.samples import format_samples_table
 from aha.train.checkpoint import latest_checkpoint
 from aha.train.evaluate import EvalResult, evaluate
 from aha.train.nonfinite import NonFiniteGuard
+from aha.train.precision import rollout_precision
 from aha.train.session import TrainingSession, load_prompt_sets
 
 MERGED_DIR = "merged"  # under LoRA with model.lora.save_merged: the final adapters merged into the base
@@ -48,6 +49,9 @@ class RLStep:
     rewards: torch.Tensor  # [N] the total reward, NaN/inf zeroed when `bad_reward`
     bad_reward: bool  # the total was not finite and train.on_nonfinite=skip: no update from this batch
     guard: NonFiniteGuard
+    # [N, T] the sampler's log-probs when rollout.dtype differs from the training precision (the update
+    # corrects the mismatch by truncated importance sampling); None when sampling is on-policy
+    rollout_logprobs: torch.Tensor | None = None
 
 
 @dataclass
@@ -109,6 +113,9 @@ def run_rl(
     sampler = session.prompt_sampler(train_set, cfg.train.prompts_per_step)
     rewards = session.reward_specs(cfg.rewards)
     engine = make_engine(cfg.rollout.engine, model, tokenizer, add_special_tokens=chat.add_special_tokens)
+    # rollout.dtype: sampling may run at another precision than training (then corrected in the update)
+    sampling_precision = rollout_precision(cfg.rollout.dtype, precision)
+    off_policy_rollouts = sampling_precision.compute_dtype != precision.compute_dtype
     algorithm = make_algorithm(cfg, session)
     G = cfg.rollout.group_size
     eval_params = SamplingParams(
@@ -120,7 +127,7 @@ def run_rl(
     eval_examples = eval_set[: cfg.eval.num_prompts]
 
     def run_eval() -> EvalResult:
-        with precision.autocast():  # rollouts sample at the precision the policy trains at
+        with sampling_precision.autocast():  # rollout.dtype (default: the training precision)
             return evaluate(
                 engine, eval_examples, rewards, eval_params, success_threshold=cfg.eval.success_threshold
             )
@@ -147,7 +154,7 @@ def run_rl(
             seed=step_seed(cfg, step),  # per-step seed: a resumed run samples what it would have
         )
         model.eval()
-        with precision.autocast():
+        with sampling_precision.autocast():
             rollout = engine.generate(prompts, params)
         t_gen = time.perf_counter()
 
@@ -158,7 +165,8 @@ def run_rl(
             "total reward", _worst(scored.total), "weighted sum of the reward functions"
         )
         total = scored.total.nan_to_num(0.0, 0.0, 0.0) if bad_reward else scored.total
-        s = RLStep(step, examples, prompts, rollout, scored, total, bad_reward, guard)
+        rollout_logprobs = rollout.logprobs.to(device) if off_policy_rollouts else None
+        s = RLStep(step, examples, prompts, rollout, scored, total, bad_reward, guard, rollout_logprobs)
         adv = algorithm.advantages(s)
         t_reward = time.perf_counter()
 
