@@ -39,6 +39,11 @@ COMMANDS: CommandTable = {
         "aha.train.reward_model:run_rm",
         "Train a reward model on human preferences (pairs, K-wise rankings or hh-rlhf).",
     ),
+    "rlhf": (
+        "aha.train.rlhf:RLHFConfig",
+        "aha.train.rlhf:run_rlhf",
+        "SFT -> reward model -> RL in one command; running it again skips finished stages.",
+    ),
     "tiny-model": (
         "aha.models.tiny:TinyModelCommand",
         "aha.models.tiny:run_tiny_model",

@@ -14,6 +14,7 @@ Metrics, samples, held-out evaluation and atomic checkpoints are written to the 
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ from aha.track.samples import format_samples_table
 from aha.train.checkpoint import latest_checkpoint
 from aha.train.evaluate import EvalResult, evaluate
 from aha.train.grpo_config import GRPORunConfig
+from aha.train.monitors import RunMonitors
 from aha.train.nonfinite import NonFiniteGuard
 from aha.train.policy_update import PolicyLossSettings, UpdateBatch, completion_logprobs, policy_update
 from aha.train.reference import ReferencePolicy
@@ -50,6 +52,7 @@ class GRPOResult:
     run_dir: Path
     history: list[dict]  # every metrics row written, in order
     final_eval: EvalResult
+    stop_reason: str | None = None  # why the run ended before train.steps (track.hacking.stop), if it did
 
 
 def run_grpo(cfg: GRPORunConfig, resume: bool = False) -> GRPOResult:
@@ -61,6 +64,7 @@ def run_grpo(cfg: GRPORunConfig, resume: bool = False) -> GRPOResult:
     train_set, eval_set = chat.apply(train_set, tokenizer), chat.apply(eval_set, tokenizer)
     sampler = session.prompt_sampler(train_set, cfg.train.prompts_per_step)
     rewards = session.reward_specs(cfg.rewards)
+    monitors = RunMonitors.start(session, cfg.rewards, cfg.track.hacking)  # rlhf: logged, never optimised
     engine = make_engine(cfg.rollout.engine, model, tokenizer, add_special_tokens=chat.add_special_tokens)
     estimator = get_advantage_estimator(cfg.algo.advantage)
     ref_model = ReferencePolicy(model, precision, device, cfg.algo.ref_offload) if cfg.algo.beta > 0 else None
@@ -88,12 +92,18 @@ def run_grpo(cfg: GRPORunConfig, resume: bool = False) -> GRPOResult:
     def run_eval() -> EvalResult:
         with precision.autocast():  # rollouts sample at the precision the policy trains at
             return evaluate(
-                engine, eval_examples, rewards, eval_params, success_threshold=cfg.eval.success_threshold
+                engine,
+                eval_examples,
+                rewards,
+                eval_params,
+                success_threshold=cfg.eval.success_threshold,
+                monitors=monitors.specs,  # rlhf
             )
 
     start_step, extra = session.restore_latest(sampler) if resume else (0, {})
     if ref_model is not None and "ref_model" in extra:
         ref_model.load_state_dict(extra["ref_model"])
+    monitors.load_state_dict(extra)  # rlhf
     if start_step == 0:
         first = run_eval()
         session.log(
@@ -102,6 +112,7 @@ def run_grpo(cfg: GRPORunConfig, resume: bool = False) -> GRPOResult:
                 "eval/accuracy": first.accuracy,
                 "eval/reward_mean": first.reward_mean,
                 "eval/length_mean": first.completion_length_mean,
+                **monitors.eval_metrics(0, first),  # rlhf
             },
         )
 
@@ -175,6 +186,7 @@ def run_grpo(cfg: GRPORunConfig, resume: bool = False) -> GRPOResult:
 
         num_tokens = int(rollout.completion_mask.sum())
         metrics.update(scored.metrics)
+        metrics.update(monitors.step_metrics(prompts, rollout.completions, fields))  # rlhf
         metrics.update(
             completion_signals(rollout.completions, rollout.completion_mask.sum(1), rollout.truncated)
         )
@@ -199,6 +211,7 @@ def run_grpo(cfg: GRPORunConfig, resume: bool = False) -> GRPOResult:
                     "eval/accuracy": ev.accuracy,
                     "eval/reward_mean": ev.reward_mean,
                     "eval/length_mean": ev.completion_length_mean,
+                    **monitors.eval_metrics(step, ev),  # rlhf
                 }
             )
         if cfg.track.sample_every and step % cfg.track.sample_every == 0:
@@ -219,6 +232,7 @@ def run_grpo(cfg: GRPORunConfig, resume: bool = False) -> GRPOResult:
                     "eval/accuracy": final.accuracy,
                     "eval/reward_mean": final.reward_mean,
                     "eval/length_mean": final.completion_length_mean,
+                    **monitors.eval_metrics(step, final),  # rlhf
                 }
             )
         metrics.update(peak_memory_metrics(device))  # the step's peak, evaluation included
@@ -229,16 +243,21 @@ def run_grpo(cfg: GRPORunConfig, resume: bool = False) -> GRPOResult:
             kl=metrics.get("kl", 0.0),
             tok_s=metrics["throughput/tokens_per_s"],
         )
-        session.save_if_due(step, "grpo", lambda: _resume_state(sampler, ref_model, cfg))
+        session.save_if_due(
+            step, "grpo", lambda: {**_resume_state(sampler, ref_model, cfg), **monitors.state_dict()}
+        )
+        if session.stop_reason is not None:  # rlhf: e.g. track.hacking.stop; saved above
+            print(f"stopping at step {step}: {session.stop_reason}", file=sys.stderr)
+            break
 
-    if start_step >= cfg.train.steps:  # resumed a finished run: report its final evaluation again
+    if start_step >= cfg.train.steps or session.stop_reason is not None:  # rlhf: stopped early
         final = run_eval()
     session.finish()
     if cfg.model.lora.r and cfg.model.lora.save_merged:
         export_merged(latest_checkpoint(session.run_dir), session.run_dir / MERGED_DIR, dtype="float32")
     if cfg.track.plot and session.history:
         plot_metrics(session.history, PLOT_KEYS, session.run_dir / "plots.png", title="GRPO")
-    return GRPOResult(session.run_dir, session.history, final)
+    return GRPOResult(session.run_dir, session.history, final, session.stop_reason)
 
 
 def _resume_state(sampler: PromptSampler, ref_model: ReferencePolicy | None, cfg: GRPORunConfig) -> dict:

@@ -54,6 +54,7 @@ class TrainingSession:
     total_steps: int
     precision: Precision
     history: list[dict] = field(default_factory=list)
+    stop_reason: str | None = None  # set by whoever wants the run to end (hacking watch); the loop saves and ends
 
     @classmethod
     def start(
@@ -147,10 +148,12 @@ class TrainingSession:
         self.metrics.log(step, metrics)
 
     def save_if_due(self, step: int, stage: str, extra_state: Callable[[], dict]) -> None:
-        """Checkpoint every `run.save_every` steps and always at the last step. `extra_state` is called
-        only when a checkpoint is written: gathering it (e.g. hashing the prompts) is not free."""
+        """Checkpoint every `run.save_every` steps, always at the last step, and at a step that set
+        `stop_reason`. `extra_state` is called only when a checkpoint is written: gathering it (e.g.
+        hashing the prompts) is not free."""
         every = self.cfg.run.save_every
-        if not ((every and step % every == 0) or step == self.total_steps):
+        due = (every and step % every == 0) or step == self.total_steps or self.stop_reason is not None
+        if not due:
             return
         save_checkpoint(
             self.run_dir,
