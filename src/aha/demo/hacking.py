@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from aha.config import ConfigError, load_config, option
+from aha.config import ConfigError, config_to_yaml, load_config, option
 from aha.demo.hacking_task import HackingFiles, write_task_files
 from aha.models.tiny import TinyModelSpec, create_tiny_model
 from aha.train.reward_model import run_rm
@@ -38,7 +38,7 @@ GOLD = "aha.demo.hacking_task:gold"
 
 @dataclass
 class HackingDemoConfig:
-    beta: float = option(0.02, help="KL weight of the RL stage (larger: slower drift from the SFT model).")
+    beta: float = option(0.05, help="KL weight of the RL stage (larger: slower drift from the SFT model).")
     proxy: str = option(
         "rm",
         choices=("rm", "ensemble"),
@@ -68,13 +68,13 @@ class _Preset:
 
 
 FULL = _Preset(
-    demos=4000,
-    pairs=3000,
+    demos=2000,
+    pairs=1500,
     heldout=128,
-    sft_steps=150,
-    rm_steps=300,
-    rl_steps=120,
-    eval_every=5,
+    sft_steps=120,
+    rm_steps=200,
+    rl_steps=40,
+    eval_every=4,
     eval_prompts=128,
 )
 QUICK = _Preset(
@@ -147,8 +147,20 @@ def run_hacking_demo(cfg, resume: bool = False) -> HackingResult:
         )
         + "\n"
     )
-    print(_summary(result))
+    (run_dir / "rlhf.yaml").write_text(config_to_yaml(pipeline_cfg))  # `aha rlhf --config` runs it again
+    report = f"# aha demo: hacking\n\n{_summary(result)}\n\n{curve_table(curve)}\n\nPlot: hacking.png\n"
+    (run_dir / "report.md").write_text(report, encoding="utf-8")
+    print(report)
     return result
+
+
+def curve_table(curve: list[dict]) -> str:
+    lines = ["| RL step | sqrt(KL) | gold | proxy | mean length |", "|---|---|---|---|---|"]
+    lines += [
+        f"| {p['step']} | {p['sqrt_kl']:.2f} | {p['gold']:.3f} | {p['proxy']:.3f} | {p['length']:.1f} |"
+        for p in curve
+    ]
+    return "\n".join(lines)
 
 
 def hacking_curve(history: list[dict]) -> list[dict]:
@@ -187,20 +199,27 @@ def plot_hacking(curve: list[dict], watch_step: int | None, out_png: Path, title
     left.set_xlabel("sqrt(KL(policy || SFT model)), nats")
     left.set_ylabel("gold reward")
     steps = [p["step"] for p in curve]
-    right.plot(steps, [p["gold"] for p in curve], marker=".", label="gold")
-    right.plot(steps, [p["length"] for p in curve], marker=".", label="mean reply length (tokens)")
+    right.plot(steps, [p["gold"] for p in curve], marker=".", label="gold reward")
+    length = right.twinx()
+    length.plot(steps, [p["length"] for p in curve], marker=".", color="tab:green", label="mean reply length")
+    length.set_ylabel("mean reply length (tokens, EOS included)")
     right.set_xlabel("RL step")
+    right.set_ylabel("gold reward")
     if watch_step is not None:
         at = next(p for p in curve if p["step"] == watch_step)
         left.axvline(
             at["sqrt_kl"], color="red", linestyle="--", label=f"hacking watch fired (step {watch_step})"
         )
-        right.axvline(watch_step, color="red", linestyle="--", label="hacking watch fired")
+        right.axvline(
+            watch_step, color="red", linestyle="--", label=f"hacking watch fired (step {watch_step})"
+        )
     for ax in (left, right):
         ax.grid(alpha=0.3)
     handles = left.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
     left.legend(handles=handles, fontsize=8, loc="lower left")
-    right.legend(fontsize=8)
+    right.legend(
+        handles=right.get_legend_handles_labels()[0] + length.get_legend_handles_labels()[0], fontsize=8
+    )
     fig.suptitle(title)
     fig.savefig(out_png, dpi=100)
     return out_png
@@ -216,9 +235,11 @@ def _rlhf_config(
     if h.proxy == "ensemble":
         functions.append("aha.rewards.reward_model:RewardModelReward")
         options["aha.rewards.reward_model:RewardModelReward"] = {"path": str(second_rm)}
+    watched = "gold"
     if h.monitor == "heldout_rm":
         monitors.append("reward_model")
         monitor_options["reward_model"] = {"path": str(second_rm)}
+        watched = "reward_model"
     weights = [1.0 / len(functions)] * len(functions)
     overrides = [
         f"pipeline.output_dir={run_dir / 'rlhf'}",
@@ -231,7 +252,7 @@ def _rlhf_config(
         *(f"rm.{o}" for o in common),
         f"rm.data.train_file={files.preferences}",
         f"rm.train.steps={p.rm_steps}",
-        "rm.train.batch_size=32",
+        "rm.train.batch_size=16",
         "rm.optim.lr=1e-3",
         "rm.eval.every=0",
         *(f"grpo.{o}" for o in common),
@@ -243,12 +264,13 @@ def _rlhf_config(
         f"grpo.rewards.monitors={json.dumps(monitors)}",
         f"grpo.rewards.monitor_options={json.dumps(monitor_options) if monitor_options else 'null'}",
         f"grpo.track.hacking.patience={h.patience}",
+        f"grpo.track.hacking.monitors=[{watched}]",
         "grpo.rollout.group_size=8",
         "grpo.rollout.max_new_tokens=12",
         f"grpo.algo.beta={h.beta}",
         f"grpo.train.steps={h.rl_steps or p.rl_steps}",
         "grpo.train.prompts_per_step=8",
-        "grpo.optim.lr=5e-4",
+        "grpo.optim.lr=3e-4",
         f"grpo.eval.every={p.eval_every}",
         f"grpo.eval.num_prompts={p.eval_prompts}",
         "grpo.eval.greedy=false",

@@ -33,6 +33,9 @@ class HackingConfig:
     min_rise: float = option(
         0.0, help="How far above its value at the monitor's best the proxy reward must be to fire."
     )
+    monitors: list[str] | None = option(
+        None, help="The monitors the watch follows (names as logged); None = every rewards.monitors entry."
+    )
     stop: bool = option(
         False, help="End the run when the watch fires (a checkpoint is saved; --resume continues it)."
     )

@@ -20,6 +20,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from aha.config import ConfigError
 from aha.models.loading import save_model_atomically
 from aha.rewards.base import RewardSpec, compute_rewards, make_reward_specs
 from aha.track.hacking import HackingConfig, HackingWatch
@@ -38,6 +39,12 @@ def monitor_specs(rewards_cfg: Any) -> list[RewardSpec]:
 class RunMonitors:
     def __init__(self, session: Any, specs: list[RewardSpec], hacking: HackingConfig, on_error: Any) -> None:
         self.session, self.specs, self.hacking, self.on_error = session, specs, hacking, on_error
+        unknown = set(hacking.monitors or ()) - {spec.name for spec in specs}
+        if unknown:
+            raise ConfigError(
+                f"track.hacking.monitors names {sorted(unknown)}, which are not among the monitors "
+                f"{[spec.name for spec in specs]} (rewards.monitors)"
+            )
         self.watch = (
             HackingWatch(hacking.patience, hacking.min_drop, hacking.min_rise)
             if (specs and hacking.patience)
@@ -67,7 +74,9 @@ class RunMonitors:
         out = {f"eval/monitor/{name}": value for name, value in ev.monitors.items()}
         if self.watch is None:
             return out
-        update = self.watch.update(step, ev.reward_mean, ev.monitors)
+        watched = self.hacking.monitors
+        values = {k: v for k, v in ev.monitors.items() if watched is None or k in watched}
+        update = self.watch.update(step, ev.reward_mean, values)
         if self.hacking.keep_best:
             for name in update.improved:
                 self._keep_best(name, step, ev)

@@ -54,7 +54,9 @@ class TrainingSession:
     total_steps: int
     precision: Precision
     history: list[dict] = field(default_factory=list)
-    stop_reason: str | None = None  # set by whoever wants the run to end (hacking watch); the loop saves and ends
+    stop_reason: str | None = (
+        None  # set by whoever wants the run to end (hacking watch); the loop saves and ends
+    )
 
     @classmethod
     def start(
