@@ -82,7 +82,8 @@ def test_state_round_trip_resumes_the_count():
     second = HackingWatch(patience=3)
     second.load_state_dict(first.state_dict())
     rest = [
-        (10 * i, second.update(10 * i, p, {"gold": m})) for i, p, m in zip((3, 4), proxies[3:], monitors[3:])
+        (10 * i, second.update(10 * i, p, {"gold": m}))
+        for i, p, m in zip((3, 4), proxies[3:], monitors[3:], strict=True)
     ]
     assert _fired(rest) == whole == [(40, 10)]
 

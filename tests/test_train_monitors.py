@@ -97,3 +97,16 @@ def test_the_watch_fires_keeps_the_best_model_and_stops_the_run(tiny_dir, tmp_pa
     }
     assert best["monitor"] == pytest.approx(max(monitor.values()))
     assert (result.run_dir / "best-by-monitor" / "non_digit_fraction" / "config.json").exists()
+
+
+def test_the_watch_refuses_a_monitor_it_does_not_have():
+    from aha.config import ConfigError
+    from aha.track.hacking import HackingConfig
+    from aha.train.grpo_config import RewardConfig
+    from aha.train.monitors import RunMonitors
+
+    rewards = RewardConfig(functions=["exact_answer"], monitors=["exact_answer"])
+    with pytest.raises(ConfigError, match=r"track.hacking.monitors names \['gold'\]"):
+        RunMonitors.start(None, rewards, HackingConfig(monitors=["gold"]))
+    assert RunMonitors.start(None, rewards, HackingConfig(monitors=["exact_answer"])).watch is not None
+    assert RunMonitors.start(None, rewards, HackingConfig(patience=0)).watch is None

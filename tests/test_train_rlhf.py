@@ -108,3 +108,15 @@ def test_config_errors_name_the_key(inputs, tmp_path, capsys):
         load_config(RLHFConfig, overrides=[*overrides, "grpo.rewards.options={reward_model: {path: x}}"])
     assert main(["rlhf", *overrides, "pipeline.rl=vllm"]) == 2
     assert "rl='vllm'" in capsys.readouterr().err
+
+
+def test_the_example_config_loads_and_wires_its_stages():
+    from aha.train.rlhf import stage_configs
+
+    cfg = load_config(RLHFConfig, Path(__file__).parents[1] / "configs" / "rlhf-hacking.yaml")
+    sft, rm, rl = stage_configs(cfg)
+    root = Path("runs/rlhf-hacking")
+    assert [Path(c.run.output_dir) for c in (sft, rm, rl)] == [root / "sft", root / "rm", root / "grpo"]
+    assert rm.model.path == rl.model.path == str(root / "sft" / "final")
+    assert rl.rewards.options["reward_model"]["path"] == str(root / "rm" / "final")
+    assert rl.rewards.monitors == ["aha.demo.hacking_task:gold"]

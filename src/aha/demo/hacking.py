@@ -106,8 +106,9 @@ def run_hacking_demo(cfg, resume: bool = False) -> HackingResult:
     run_dir = _prepare(
         Path(cfg.output_dir or ("runs/demo-hacking" + ("-quick" if cfg.quick else ""))), cfg, resume
     )
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    # One thread unless told: the model is tiny, and on a loaded 2-core machine two threads spinning
+    # against each other made a reward-model step take 10 s instead of 0.06 s (docs/demo.md).
+    torch.set_num_threads(cfg.threads or 1)
     files = write_task_files(run_dir / "data", cfg.seed, preset.demos, preset.pairs, preset.heldout)
     init = run_dir / "tiny-model"
     if not (init / "config.json").exists():
@@ -229,7 +230,12 @@ def _rlhf_config(
     run_dir: Path, init: Path, files: HackingFiles, p: _Preset, cfg, second_rm: Path | None
 ) -> RLHFConfig:
     h = cfg.hacking
-    common = [f"run.seed={cfg.seed}", f"run.progress={str(cfg.progress).lower()}", "model.device=cpu"]
+    common = [
+        f"run.seed={cfg.seed}",
+        f"run.progress={str(cfg.progress).lower()}",
+        f"run.threads={cfg.threads or 1}",
+        "model.device=cpu",
+    ]
     functions, options = ["reward_model"], {"reward_model": {"normalize": "stored"}}
     monitors, monitor_options = [GOLD], {}
     if h.proxy == "ensemble":
