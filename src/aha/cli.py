@@ -62,7 +62,8 @@ COMMANDS: CommandTable = {
     "demo": (
         "aha.demo:DemoConfig",
         "aha.demo:run_demo",
-        "RL surpasses its teacher (scenario=carry) and chain of thought grows (scenario=cot), on a laptop CPU.",
+        "RL surpasses its teacher (scenario=carry), chain of thought grows (scenario=cot), reward hacking "
+        "caught (scenario=hacking), on a laptop CPU.",
     ),
 }
 
