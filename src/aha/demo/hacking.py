@@ -120,7 +120,7 @@ def run_hacking_demo(cfg, resume: bool = False) -> HackingResult:
     second_rm = run_dir / "rm-2" / "final"
     pipeline_cfg = _rlhf_config(run_dir, init, files, preset, cfg, second_rm)
     if h.proxy == "ensemble" or h.monitor == "heldout_rm":
-        _second_rm(run_dir, files, preset, cfg, pipeline_cfg)
+        _second_rm(run_dir, files, cfg.seed, pipeline_cfg)
     pipeline = run_rlhf(pipeline_cfg)
     history = pipeline.results.get("grpo").history if "grpo" in pipeline.results else _read_history(run_dir)
     curve = hacking_curve(history)
@@ -287,7 +287,7 @@ def _rlhf_config(
     return load_config(RLHFConfig, overrides=overrides)
 
 
-def _second_rm(run_dir: Path, files: HackingFiles, p: _Preset, cfg, pipeline_cfg: RLHFConfig) -> Path:
+def _second_rm(run_dir: Path, files: HackingFiles, seed: int, pipeline_cfg: RLHFConfig) -> Path:
     """A reward model on the second labelling (other prompts), started like the first from the SFT
     model (the pipeline runs up to SFT first; its later call skips that stage)."""
     out = run_dir / "rm-2"
@@ -300,7 +300,7 @@ def _second_rm(run_dir: Path, files: HackingFiles, p: _Preset, cfg, pipeline_cfg
     rm_cfg.model.path = str(sft_final)
     rm_cfg.data.train_file = str(files.preferences_heldout)
     rm_cfg.run.output_dir = str(out)
-    rm_cfg.run.seed = cfg.seed + 1
+    rm_cfg.run.seed = seed + 1
     return run_rm(rm_cfg, resume=(out / "metrics.jsonl").exists()).final_dir
 
 

@@ -54,9 +54,8 @@ class TrainingSession:
     total_steps: int
     precision: Precision
     history: list[dict] = field(default_factory=list)
-    stop_reason: str | None = (
-        None  # set by whoever wants the run to end (hacking watch); the loop saves and ends
-    )
+    # Set by whoever wants the run to end (the hacking watch, ...); the loop saves a checkpoint and ends.
+    stop_reason: str | None = None
 
     @classmethod
     def start(
