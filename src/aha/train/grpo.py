@@ -250,7 +250,7 @@ def run_grpo(cfg: GRPORunConfig, resume: bool = False) -> GRPOResult:
             print(f"stopping at step {step}: {session.stop_reason}", file=sys.stderr)
             break
 
-    if start_step >= cfg.train.steps or session.stop_reason is not None:  # rlhf: stopped early
+    if start_step >= cfg.train.steps or (session.stop_reason is not None and step < cfg.train.steps):  # rlhf
         final = run_eval()
     session.finish()
     if cfg.model.lora.r and cfg.model.lora.save_merged:
