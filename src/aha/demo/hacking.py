@@ -92,9 +92,10 @@ QUICK = _Preset(
 @dataclass
 class HackingResult:
     run_dir: Path
-    curve: list[dict]  # per evaluation: step, kl (sequence), gold, proxy, right_word, length
+    curve: list[dict]  # per evaluation: step, kl (sequence), sqrt_kl, gold, proxy, length
     watch_step: int | None  # the evaluation at which the watch fired (None: it did not)
     watch_best_step: int | None  # the monitor's best evaluation then
+    watched: list[str]  # the monitors the watch followed
     seconds: float
 
 
@@ -127,8 +128,9 @@ def run_hacking_demo(cfg, resume: bool = False) -> HackingResult:
     fired = [row for row in history if any(k.startswith("hacking/") and k.endswith("/fired") for k in row)]
     watch_step = fired[0]["step"] if fired else None
     best = next((v for k, v in fired[0].items() if k.endswith("/best_step")), None) if fired else None
+    watched = pipeline_cfg.grpo.track.hacking.monitors or []
     result = HackingResult(
-        run_dir, curve, watch_step, None if best is None else int(best), time.perf_counter() - t0
+        run_dir, curve, watch_step, None if best is None else int(best), watched, time.perf_counter() - t0
     )
     plot_hacking(
         curve,
@@ -323,15 +325,27 @@ def _prepare(run_dir: Path, cfg, resume: bool) -> Path:
 
 
 def _summary(r: HackingResult) -> str:
-    peak = max(r.curve, key=lambda p: p["gold"])
-    last = r.curve[-1]
-    lines = [
-        f"gold reward: {r.curve[0]['gold']:.3f} (SFT) -> peak {peak['gold']:.3f} at step {peak['step']} "
-        f"(sqrt KL {peak['sqrt_kl']:.2f}) -> {last['gold']:.3f} at step {last['step']} (sqrt KL {last['sqrt_kl']:.2f})",
-        f"proxy reward: {r.curve[0]['proxy']:.3f} -> {peak['proxy']:.3f} -> {last['proxy']:.3f}",
-        f"hacking watch: fired at step {r.watch_step} (monitor best at step {r.watch_best_step})"
-        if r.watch_step is not None
-        else "hacking watch: did not fire",
-        f"total time {r.seconds:.0f} s",
-    ]
-    return "\n".join(lines)
+    """Gold at the start, at its peak (the watch's monitor best when it fired on gold, else the
+    highest), its lowest after that peak, and at the end; the proxy at the same points."""
+    at = {p["step"]: p for p in r.curve}
+    fired_on_gold = r.watch_best_step is not None and "gold" in r.watched
+    peak = at[r.watch_best_step] if fired_on_gold else max(r.curve, key=lambda p: p["gold"])
+    low = min((p for p in r.curve if p["step"] >= peak["step"]), key=lambda p: p["gold"])
+    points = [("SFT", r.curve[0]), ("peak", peak), ("lowest after it", low), ("end", r.curve[-1])]
+    return "\n".join(
+        [
+            "gold reward: "
+            + " -> ".join(
+                f"{p['gold']:.3f} ({name}, step {p['step']}, sqrt KL {p['sqrt_kl']:.2f})"
+                for name, p in points
+            ),
+            "proxy reward at those points: " + " -> ".join(f"{p['proxy']:.3f}" for _, p in points),
+            f"hacking watch on {', '.join(r.watched)}: fired at step {r.watch_step} (monitor best at step "
+            f"{r.watch_best_step})"
+            if r.watch_step is not None
+            else f"hacking watch on {', '.join(r.watched)}: did not fire",
+            f"this call took {r.seconds:.0f} s (stages finished earlier were skipped)"
+            if r.seconds < 1
+            else f"total time {r.seconds:.0f} s",
+        ]
+    )
