@@ -47,6 +47,11 @@ COMMANDS: CommandTable = {
         "aha.train.reward_model:run_rm",
         "Train a reward model on human preferences (pairs, K-wise rankings or hh-rlhf).",
     ),
+    "rlhf": (
+        "aha.train.rlhf:RLHFConfig",
+        "aha.train.rlhf:run_rlhf",
+        "SFT -> reward model -> RL in one command; running it again skips finished stages.",
+    ),
     "tiny-model": (
         "aha.models.tiny:TinyModelCommand",
         "aha.models.tiny:run_tiny_model",
@@ -70,8 +75,8 @@ COMMANDS: CommandTable = {
     "demo": (
         "aha.demo:DemoConfig",
         "aha.demo:run_demo",
-        "RL surpasses its teacher (scenario=carry) and chain of thought grows (scenario=cot), on a laptop CPU "
-        "(algo=ppo: PPO in place of GRPO).",
+        "RL surpasses its teacher (scenario=carry), chain of thought grows (scenario=cot), reward hacking "
+        "caught (scenario=hacking), on a laptop CPU (algo=ppo: PPO in place of GRPO).",
     ),
 }
 

@@ -10,3 +10,8 @@ def float32_overflow(prompts, completions, **fields):
     """1e39: a finite Python float, so the per-function checks pass, but beyond float32's largest
     (about 3.4e38), so the float32 total reward is inf."""
     return [1e39 for _ in completions]
+
+
+def non_digit_fraction(prompts, completions, **fields):
+    """1 - digit_fraction: falls exactly as digit_fraction rises (a monitor the watch must catch)."""
+    return [1.0 - d for d in digit_fraction(prompts, completions)]

@@ -25,6 +25,7 @@ import torch
 
 from aha.config import ConfigError, load_config, option
 from aha.data.prompts import load_prompt_file
+from aha.demo.hacking import HackingDemoConfig, HackingResult, run_hacking_demo
 from aha.demo.report import ModelScore, accuracy_table, plot_demo, samples_table, score_model
 from aha.demo.scenarios import SCENARIOS, Budget, Scenario, write_task_files
 from aha.models.loading import load_model
@@ -81,9 +82,10 @@ class DemoPPOConfig:
 class DemoConfig:
     scenario: str = option(
         "carry",
-        choices=tuple(SCENARIOS),
+        choices=(*SCENARIOS, "hacking"),
         help="carry: RL surpasses a teacher that forgets carries; cot: RL makes the model write its "
-        "working (longer completions); limit: a teacher that never carries (RL cannot help).",
+        "working (longer completions); limit: a teacher that never carries (RL cannot help); hacking: "
+        "SFT -> reward model -> RL, where RL games the reward model's quirks (options: hacking.*).",
     )
     quick: bool = option(False, help="Smaller budgets (used by the test suite): same story, less converged.")
     output_dir: str | None = option(None, help="Run directory (default runs/demo-<scenario>, + '-quick').")
@@ -109,6 +111,9 @@ class DemoConfig:
     )
     grpo: DemoGRPOConfig = option(default_factory=DemoGRPOConfig, help="RL on the gold checker.")
     ppo: DemoPPOConfig = option(default_factory=DemoPPOConfig, help="PPO's own knobs (algo=ppo).")
+    hacking: HackingDemoConfig = option(
+        default_factory=HackingDemoConfig, help="scenario=hacking only (its sft/grpo budgets are its own)."
+    )
 
 
 @dataclass
@@ -121,8 +126,10 @@ class DemoResult:
     seconds: float
 
 
-def run_demo(cfg: DemoConfig, resume: bool = False) -> DemoResult:
+def run_demo(cfg: DemoConfig, resume: bool = False) -> DemoResult | HackingResult:
     """Run every stage of the scenario (finished stages are skipped with `resume`) and write the report."""
+    if cfg.scenario == "hacking":  # its own pipeline (aha rlhf): aha.demo.hacking
+        return run_hacking_demo(cfg, resume)
     t0 = time.perf_counter()
     scenario = SCENARIOS[cfg.scenario]
     budget = scenario.quick if cfg.quick else scenario.full

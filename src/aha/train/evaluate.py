@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from aha.data.prompts import PromptExample, batch_fields
 from aha.rewards.base import RewardSpec, compute_rewards
@@ -15,6 +16,7 @@ class EvalResult:
     reward_mean: float
     completion_length_mean: float
     samples: list[dict]  # prompt, completion, reward: the first few, for reports
+    monitors: dict[str, float] = field(default_factory=dict)  # mean of each monitor (never optimised)
 
 
 def evaluate(
@@ -27,20 +29,27 @@ def evaluate(
     success_threshold: float = 1.0,
     batch_size: int = 256,
     keep_samples: int = 8,
+    monitors: Sequence[RewardSpec] = (),
 ) -> EvalResult:
-    """Accuracy and mean reward of `engine` on `examples` (each prompt sampled `samples_per_prompt` times)."""
+    """Accuracy and mean reward of `engine` on `examples` (each prompt sampled `samples_per_prompt` times);
+    `monitors` (rewards.monitors) score the same completions, outside the total."""
     if not examples:
         raise ValueError("evaluate() needs at least one example")
     expanded = [ex for ex in examples for _ in range(samples_per_prompt)]
     totals: list[float] = []
     lengths: list[float] = []
     samples: list[dict] = []
+    monitor_sums = dict.fromkeys((m.name for m in monitors), 0.0)
     for start in range(0, len(expanded), batch_size):
         chunk = expanded[start : start + batch_size]
         prompts = [ex.prompt for ex in chunk]
         out = engine.generate(prompts, params)
         result = compute_rewards(rewards, prompts, out.completions, batch_fields(chunk))
         totals += result.total.tolist()
+        if monitors:
+            watched = compute_rewards(monitors, prompts, out.completions, batch_fields(chunk))
+            for name, scores in watched.per_fn.items():
+                monitor_sums[name] += float(scores.sum())
         lengths += out.completion_mask.sum(1).float().tolist()
         for prompt, completion, reward in zip(prompts, out.completions, result.total.tolist(), strict=True):
             if len(samples) < keep_samples:
@@ -50,4 +59,5 @@ def evaluate(
         reward_mean=sum(totals) / len(totals),
         completion_length_mean=sum(lengths) / len(lengths),
         samples=samples,
+        monitors={name: total / len(totals) for name, total in monitor_sums.items()},
     )

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from aha.algos.kl import KL_ESTIMATORS
 from aha.algos.policy_loss import IMPORTANCE_RATIOS, LOSS_AGG_MODES
 from aha.algos.rollout_correction import DEFAULT_CAP
 from aha.config import ConfigError, option
 from aha.data.chat import CHAT_TEMPLATE_HELP, CHAT_TEMPLATE_MODES, SYSTEM_PROMPT_HELP
+from aha.track.hacking import HackingConfig
 from aha.train.common_config import ModelConfig, OptimConfig, RunConfig, TrackingConfig
 from aha.train.nonfinite import ON_NONFINITE, ON_NONFINITE_HELP
 from aha.train.precision import ROLLOUT_DTYPES
@@ -46,10 +48,25 @@ class RewardConfig:
     error_fallback: float | None = option(
         None, help="Reward for a sample whose function raised or returned NaN (None = stop with an error)."
     )
+    monitors: list[str] = option(
+        default_factory=list,
+        help="Reward functions (named as in functions) scored every step and at evaluation, logged as "
+        "monitor/<name> and eval/monitor/<name>, never optimised: a gold reward, a held-out reward "
+        "model, a length statistic. The hacking watch (track.hacking) compares them with the reward.",
+    )
+    monitor_options: dict[str, dict] | None = option(
+        None, help="Options per monitor name, as `options` is for functions."
+    )
 
     def validate(self) -> None:
         if not self.functions:
             raise ConfigError("functions must name at least one reward function")
+        unknown_monitors = set(self.monitor_options or {}) - set(self.monitors)
+        if unknown_monitors:
+            raise ConfigError(
+                f"monitor_options given for {sorted(unknown_monitors)}, which are not in "
+                f"monitors={self.monitors}"
+            )
         unknown = set(self.options or {}) - set(self.functions)
         if unknown:
             raise ConfigError(
@@ -205,6 +222,10 @@ class TrackConfig(TrackingConfig):
     sample_every: int = option(10, help="Write sample completions every N steps (0 = never).")
     samples_shown: int = option(4, help="Sample completions printed to the terminal each time.")
     plot: bool = option(True, help="Write plots.png with the training curves at the end.")
+    hacking: HackingConfig = option(
+        default_factory=HackingConfig,
+        help="The hacking watch: warn (and optionally stop) when the reward rises while a monitor falls.",
+    )
 
 
 @dataclass
@@ -225,6 +246,7 @@ class GRPORunConfig:
     )
 
     def validate(self) -> None:
+        check_hacking_watch(self)
         if self.optim.warmup_steps > self.train.steps:
             raise ConfigError(
                 f"optim.warmup_steps={self.optim.warmup_steps} exceeds train.steps={self.train.steps}; lower it"
@@ -252,3 +274,16 @@ class GRPORunConfig:
                 f"each minibatch ({batch // self.algo.minibatches} completions) must hold whole groups of "
                 f"rollout.group_size={self.rollout.group_size}; lower algo.minibatches"
             )
+
+
+def check_hacking_watch(cfg: Any) -> None:
+    """The watch needs monitors and evaluations to compare (GRPO and PPO configs alike)."""
+    if cfg.track.hacking.stop and not (cfg.rewards.monitors and cfg.track.hacking.patience):
+        raise ConfigError(
+            "track.hacking.stop needs a watch: name rewards.monitors and set track.hacking.patience > 0"
+        )
+    if cfg.rewards.monitors and cfg.track.hacking.patience and cfg.eval.every == 0:
+        raise ConfigError(
+            "track.hacking watches evaluations, and eval.every=0 gives only the first and the last; "
+            "set eval.every > 0, or track.hacking.patience=0 to only log the monitors"
+        )

@@ -20,6 +20,7 @@ from aha.train.grpo_config import (
     RewardConfig,
     RolloutConfig,
     TrackConfig,
+    check_hacking_watch,
 )
 
 KL_PLACEMENTS = ("reward", "loss")
@@ -183,6 +184,7 @@ class PPORunConfig:
     )
 
     def validate(self) -> None:
+        check_hacking_watch(self)
         if self.optim.warmup_steps > self.train.steps:
             raise ConfigError(
                 f"optim.warmup_steps={self.optim.warmup_steps} exceeds train.steps={self.train.steps}; lower it"

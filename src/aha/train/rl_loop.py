@@ -30,6 +30,7 @@ from aha.track.plots import plot_metrics
 from aha.track.samples import format_samples_table
 from aha.train.checkpoint import latest_checkpoint
 from aha.train.evaluate import EvalResult, evaluate
+from aha.train.monitors import RunMonitors
 from aha.train.nonfinite import NonFiniteGuard
 from aha.train.precision import rollout_precision
 from aha.train.session import TrainingSession, load_prompt_sets
@@ -112,6 +113,7 @@ def run_rl(
     train_set, eval_set = chat.apply(train_set, tokenizer), chat.apply(eval_set, tokenizer)
     sampler = session.prompt_sampler(train_set, cfg.train.prompts_per_step)
     rewards = session.reward_specs(cfg.rewards)
+    monitors = RunMonitors.start(session, cfg.rewards, cfg.track.hacking)  # logged, never optimised
     engine = make_engine(cfg.rollout.engine, model, tokenizer, add_special_tokens=chat.add_special_tokens)
     # rollout.dtype: sampling may run at another precision than training (then corrected in the update)
     sampling_precision = rollout_precision(cfg.rollout.dtype, precision)
@@ -129,13 +131,23 @@ def run_rl(
     def run_eval() -> EvalResult:
         with sampling_precision.autocast():  # rollout.dtype (default: the training precision)
             return evaluate(
-                engine, eval_examples, rewards, eval_params, success_threshold=cfg.eval.success_threshold
+                engine,
+                eval_examples,
+                rewards,
+                eval_params,
+                success_threshold=cfg.eval.success_threshold,
+                monitors=monitors.specs,
             )
+
+    def eval_row(step: int, ev: EvalResult) -> dict[str, float]:
+        """The evaluation's metrics and the monitors' (which feed the hacking watch)."""
+        return {**_eval_metrics(ev), **monitors.eval_metrics(step, ev)}
 
     start_step, extra = session.restore_latest(sampler) if resume else (0, {})
     algorithm.load_resume_state(extra)
+    monitors.load_state_dict(extra)
     if start_step == 0:
-        session.log(0, _eval_metrics(run_eval()))
+        session.log(0, eval_row(0, run_eval()))
 
     final: EvalResult | None = None
     for step in range(start_step + 1, cfg.train.steps + 1):
@@ -179,6 +191,7 @@ def run_rl(
         num_tokens = int(rollout.completion_mask.sum())
         metrics.update(adv.metrics)
         metrics.update(scored.metrics)
+        metrics.update(monitors.step_metrics(prompts, rollout.completions, fields))
         metrics.update(
             completion_signals(rollout.completions, rollout.completion_mask.sum(1), rollout.truncated)
         )
@@ -196,7 +209,7 @@ def run_rl(
             }
         )
         if cfg.eval.every and step % cfg.eval.every == 0 and step != cfg.train.steps:
-            metrics.update(_eval_metrics(run_eval()))
+            metrics.update(eval_row(step, run_eval()))
         if cfg.track.sample_every and step % cfg.track.sample_every == 0:
             rows = [
                 {"prompt": p, "completion": c, "reward": r, "advantage": a}
@@ -214,7 +227,7 @@ def run_rl(
             )
         if step == cfg.train.steps:
             final = run_eval()
-            metrics.update(_eval_metrics(final))
+            metrics.update(eval_row(step, final))
         metrics.update(peak_memory_metrics(device))  # the step's peak, evaluation included
         session.log(step, metrics)
         session.progress.update(
@@ -224,7 +237,12 @@ def run_rl(
             tok_s=metrics["throughput/tokens_per_s"],
         )
         stopping = session.stop_reason is not None
-        session.save_if_due(step, algorithm.stage, lambda: _resume_state(sampler, algorithm), force=stopping)
+        session.save_if_due(
+            step,
+            algorithm.stage,
+            lambda: {**_resume_state(sampler, algorithm), **monitors.state_dict()},
+            force=stopping,
+        )
         session.end_if_signalled(step)
         if stopping:
             session.progress.write(f"stopping after step {step}: {session.stop_reason}")

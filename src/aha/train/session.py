@@ -196,7 +196,13 @@ class TrainingSession:
         stopping early). `extra_state` is called only when a checkpoint is written: gathering it (e.g.
         hashing the prompts) is not free."""
         every = self.cfg.run.save_every
-        if not (force or (every and step % every == 0) or step == self.total_steps or self.signals.received):
+        if not (
+            force
+            or (every and step % every == 0)
+            or step == self.total_steps
+            or self.signals.received
+            or self.stop_reason is not None
+        ):
             return
         trainer_state = {"stage": stage}
         if self.stop_reason is not None:

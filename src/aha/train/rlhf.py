@@ -1,0 +1,194 @@
+"""`aha rlhf`: SFT -> reward model -> RL in one command, each stage's output the next stage's input.
+
+The config has one section per stage with the keys of its own command (`sft:` as `aha sft`, `rm:` as
+`aha rm`, `grpo:` as `aha grpo` or `ppo:` as `aha ppo`, chosen by `pipeline.rl`) and a `pipeline:`
+section that wires them:
+  - every stage runs in its own directory under `pipeline.output_dir` (sft/, rm/, <rl>/): the
+    pipeline sets each section's run.output_dir;
+  - the reward model starts from the SFT model (InstructGPT's recipe) unless
+    `pipeline.rm_from_sft=false` (then rm.model.path, e.g. an encoder such as MiniLM);
+  - the RL policy and its KL reference are the SFT model; its `reward_model` reward (which the RL
+    section's rewards.functions must name) is the trained reward model.
+`pipeline.json` in the pipeline directory records each finished stage, its output and a hash of its
+resolved config. Running again skips finished stages (refusing one whose config has changed since),
+continues an interrupted one from its last checkpoint, and starts the rest.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aha.config import ConfigError, config_to_dict, option
+from aha.train.grpo import GRPORunConfig, run_grpo
+from aha.train.ppo import run_ppo
+from aha.train.ppo_config import PPORunConfig
+from aha.train.reward_model import RMRunConfig, run_rm
+from aha.train.sft import SFTRunConfig, run_sft
+
+STATE_FILE = "pipeline.json"
+# RL algorithms `pipeline.rl` can name; each is a config section of the same name.
+RL_ALGORITHMS = ("grpo", "ppo")
+
+
+@dataclass
+class PipelineConfig:
+    output_dir: str = option("runs/rlhf", help="Pipeline directory; each stage runs in a folder under it.")
+    rl: str = option(
+        "grpo",
+        help="RL algorithm of the last stage, configured by the section of that name "
+        f"(available: {', '.join(RL_ALGORITHMS)}).",
+    )
+    until: str = option(
+        "rl", choices=("sft", "rm", "rl"), help="The last stage to run (sft, rm, or rl: all three)."
+    )
+    rm_from_sft: bool = option(
+        True,
+        help="Start the reward model from the SFT model (InstructGPT); false: from rm.model.path.",
+    )
+
+    def validate(self) -> None:
+        if self.rl not in RL_ALGORITHMS:
+            raise ConfigError(f"rl={self.rl!r} is not available; choose one of: {', '.join(RL_ALGORITHMS)}")
+
+
+@dataclass
+class RLHFConfig:
+    pipeline: PipelineConfig = option(default_factory=PipelineConfig, help="How the stages are wired.")
+    sft: SFTRunConfig = option(default_factory=SFTRunConfig, help="Stage 1: the keys of `aha sft`.")
+    rm: RMRunConfig = option(default_factory=RMRunConfig, help="Stage 2: the keys of `aha rm`.")
+    grpo: GRPORunConfig = option(
+        default_factory=GRPORunConfig,
+        help="Stage 3 with pipeline.rl=grpo: the keys of `aha grpo`. rewards.functions must include "
+        "reward_model (its path is set to the trained reward model).",
+    )
+    ppo: PPORunConfig = option(
+        default_factory=PPORunConfig,
+        help="Stage 3 with pipeline.rl=ppo: the keys of `aha ppo`. rewards.functions must include "
+        "reward_model; the critic starts from the trained reward model (OpenRLHF, TRL) when that was "
+        "trained from the SFT model and critic.path is unset.",
+    )
+
+    def validate(self) -> None:
+        rl = getattr(self, self.pipeline.rl)
+        if "reward_model" not in rl.rewards.functions:
+            raise ConfigError(
+                f"{self.pipeline.rl}.rewards.functions={rl.rewards.functions} does not include reward_model: "
+                "the RL stage of the pipeline optimises the reward model it trained"
+            )
+        if "path" in ((rl.rewards.options or {}).get("reward_model") or {}):
+            raise ConfigError(
+                f"{self.pipeline.rl}.rewards.options.reward_model.path is set by the pipeline (the trained "
+                "reward model); remove it"
+            )
+
+
+@dataclass
+class RLHFResult:
+    output_dir: Path
+    outputs: dict[str, Path]  # stage -> its output (SFT and RM: final/; RL: the run directory)
+    ran: list[str] = field(default_factory=list)  # stages run (or continued) by this call
+    skipped: list[str] = field(default_factory=list)  # stages already finished before this call
+    results: dict[str, Any] = field(default_factory=dict)  # stage -> its run function's result, if run
+
+
+def stage_configs(cfg: RLHFConfig) -> tuple[SFTRunConfig, RMRunConfig, Any]:
+    """The three stage configs with their run directories and inputs wired (outputs of earlier stages
+    are fixed paths under the pipeline directory, so this needs no stage to have run)."""
+    root = Path(cfg.pipeline.output_dir)
+    sft = _with_output(cfg.sft, root / "sft")
+    rm = _with_output(cfg.rm, root / "rm")
+    sft_final = root / "sft" / "final"
+    if cfg.pipeline.rm_from_sft:
+        rm.model.path = str(sft_final)
+    rl = _with_output(getattr(cfg, cfg.pipeline.rl), root / cfg.pipeline.rl)
+    rl.model.path = str(sft_final)
+    options = dict(rl.rewards.options or {})
+    options["reward_model"] = {**(options.get("reward_model") or {}), "path": str(root / "rm" / "final")}
+    rl.rewards.options = options
+    if cfg.pipeline.rl == "ppo" and cfg.pipeline.rm_from_sft and rl.critic.path is None:
+        rl.critic.path = str(root / "rm" / "final")  # same backbone and tokenizer as the policy
+    return sft, rm, rl
+
+
+def run_rlhf(cfg: RLHFConfig) -> RLHFResult:
+    """Run the stages that are not finished, in order; each continues from its checkpoint if it has one."""
+    root = Path(cfg.pipeline.output_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    state = _read_state(root)
+    sft, rm, rl = stage_configs(cfg)
+    stages = [("sft", sft, run_sft), ("rm", rm, run_rm), (cfg.pipeline.rl, rl, _RL_RUNNERS[cfg.pipeline.rl])]
+    last = {"sft": 0, "rm": 1, "rl": 2}[cfg.pipeline.until]
+    result = RLHFResult(root, {})
+    for name, stage_cfg, run in stages[: last + 1]:
+        digest = config_hash(stage_cfg)
+        done = state.get(name)
+        if done is not None:
+            _check_finished(root, name, done, digest, result.ran)
+            print(f"aha rlhf: {name} finished earlier, skipped ({done['output']})", file=sys.stderr)
+            result.outputs[name] = Path(done["output"])
+            result.skipped.append(name)
+            continue
+        resume = (Path(stage_cfg.run.output_dir) / "metrics.jsonl").exists()
+        verb = "continuing" if resume else "running"
+        print(f"aha rlhf: {verb} {name} in {stage_cfg.run.output_dir}", file=sys.stderr)
+        out = run(stage_cfg, resume=resume)
+        output = getattr(out, "final_dir", None) or out.run_dir
+        stop = getattr(out, "stop_reason", None)
+        state[name] = {"output": str(output), "config_hash": digest, "stop_reason": stop}
+        _write_state(root, state)
+        result.outputs[name] = Path(output)
+        result.ran.append(name)
+        result.results[name] = out
+    return result
+
+
+def _check_finished(root: Path, name: str, done: dict, digest: str, ran: list[str]) -> None:
+    """A finished stage may be skipped only if its inputs and config are the ones it finished with."""
+    if ran:
+        raise ConfigError(
+            f"stage {name} finished before {ran[-1]}, which had to run again; delete {root / name} and "
+            f"its entry in {root / STATE_FILE} to redo it from the new input"
+        )
+    if not Path(done["output"]).exists():
+        raise ConfigError(
+            f"stage {name} is recorded as finished but its output {done['output']} is gone; delete "
+            f"{root / name} and the later stages' folders, and their entries in {root / STATE_FILE}"
+        )
+    if done["config_hash"] != digest:
+        raise ConfigError(
+            f"stage {name} finished in {root / name} with another config; put the pipeline in a new "
+            f"pipeline.output_dir, or delete {root / name} (and the later stages) to redo it"
+        )
+
+
+_RL_RUNNERS = {"grpo": run_grpo, "ppo": run_ppo}
+
+
+def config_hash(stage_cfg: Any) -> str:
+    """A stage's identity: its resolved config, without the keys that change nothing it computes."""
+    tree = config_to_dict(stage_cfg)
+    tree.get("run", {}).pop("progress", None)
+    return hashlib.sha256(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _with_output(stage_cfg: Any, out_dir: Path) -> Any:
+    wired = copy.deepcopy(stage_cfg)
+    wired.run.output_dir = str(out_dir)
+    return wired
+
+
+def _read_state(root: Path) -> dict:
+    path = root / STATE_FILE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _write_state(root: Path, state: dict) -> None:
+    tmp = root / (STATE_FILE + ".tmp")
+    tmp.write_text(json.dumps(state, indent=2) + "\n")
+    tmp.replace(root / STATE_FILE)
