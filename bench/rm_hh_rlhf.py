@@ -126,48 +126,11 @@ def write_pairs(path: Path, pairs: list[Ranking]) -> None:
     )
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", default=str(DATA))
-    ap.add_argument("--held-out-fraction", type=float, default=0.2)
-    ap.add_argument(
-        "--train-pairs", type=int, default=0, help="RM training pairs, a seeded subsample (0 = all)"
-    )
-    # None = the value in configs/rm-hh-rlhf.yaml (the recipe); given = an override of it
-    ap.add_argument("--batch-size", type=int)
-    ap.add_argument("--max-length", type=int)
-    ap.add_argument("--lr", type=float)
-    ap.add_argument("--epochs", type=float)
-    ap.add_argument("--pooling", choices=("auto", "mean"))
-    ap.add_argument("--freeze-layers", type=int)
-    ap.add_argument("--prompt-template", help='text before the reply; "" = score the reply alone')
-    ap.add_argument("--bow-vocab", type=int, default=5000)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "rm_hh_rlhf.json"))
-    args = ap.parse_args()
-    t_start = time.time()
-    load_start = os.getloadavg()
-
-    data = {}
-    for name in SUBSETS:
-        pairs, report = load_hh_rlhf(Path(args.data) / f"{name}-test.jsonl.gz")
-        pairs = [dataclasses.replace(p, subset=name) for p in pairs]
-        train, held = split_by_prompt(pairs, args.held_out_fraction, args.seed)
-        assert not {p.prompt for p in train} & {p.prompt for p in held}
-        data[name] = {"train": train, "held": held, "report": report.summary()}
-    train_all = [p for d in data.values() for p in d["train"]]
-    held_all = [p for d in data.values() for p in d["held"]]
-    n_rm = min(args.train_pairs or len(train_all), len(train_all))
-    rm_train = random.Random(args.seed).sample(train_all, n_rm)
-
-    t0 = time.time()
-    bow = bow_wins(train_all, held_all, args.bow_vocab, args.seed)
-    bow_s = time.time() - t0
-    length = length_wins(held_all)
-
+def train_rm(args: argparse.Namespace, train: list[Ranking], held: list[Ranking]):
+    """run_rm with configs/rm-hh-rlhf.yaml (and the command line's overrides): (result, seconds, config)."""
     with tempfile.TemporaryDirectory() as tmp:
-        write_pairs(Path(tmp) / "train.jsonl", rm_train)
-        write_pairs(Path(tmp) / "held.jsonl", held_all)
+        write_pairs(Path(tmp) / "train.jsonl", train)
+        write_pairs(Path(tmp) / "held.jsonl", held)
         overrides = {
             "data.max_length": args.max_length,
             "train.batch_size": args.batch_size,
@@ -196,8 +159,61 @@ def main() -> None:
         )
         t0 = time.time()
         result = run_rm(cfg)
-        rm_s = time.time() - t0
-    scores = result.eval_scores
+        return result, time.time() - t0, cfg
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", default=str(DATA))
+    ap.add_argument("--held-out-fraction", type=float, default=0.2)
+    ap.add_argument(
+        "--train-pairs", type=int, default=0, help="RM training pairs, a seeded subsample (0 = all)"
+    )
+    # None = the value in configs/rm-hh-rlhf.yaml (the recipe); given = an override of it
+    ap.add_argument("--batch-size", type=int)
+    ap.add_argument("--max-length", type=int)
+    ap.add_argument("--lr", type=float)
+    ap.add_argument("--epochs", type=float)
+    ap.add_argument("--pooling", choices=("auto", "mean"))
+    ap.add_argument("--freeze-layers", type=int)
+    ap.add_argument("--prompt-template", help='text before the reply; "" = score the reply alone')
+    ap.add_argument(
+        "--per-subset",
+        action="store_true",
+        help="one reward model per subset (helpful, harmless), not one for both",
+    )
+    ap.add_argument("--bow-vocab", type=int, default=5000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "rm_hh_rlhf.json"))
+    args = ap.parse_args()
+    t_start = time.time()
+    load_start = os.getloadavg()
+
+    data = {}
+    for name in SUBSETS:
+        pairs, report = load_hh_rlhf(Path(args.data) / f"{name}-test.jsonl.gz")
+        pairs = [dataclasses.replace(p, subset=name) for p in pairs]
+        train, held = split_by_prompt(pairs, args.held_out_fraction, args.seed)
+        assert not {p.prompt for p in train} & {p.prompt for p in held}
+        data[name] = {"train": train, "held": held, "report": report.summary()}
+    train_all = [p for d in data.values() for p in d["train"]]
+    held_all = [p for d in data.values() for p in d["held"]]
+    n_rm = min(args.train_pairs or len(train_all), len(train_all))
+    rm_train = random.Random(args.seed).sample(train_all, n_rm)
+
+    t0 = time.time()
+    bow = bow_wins(train_all, held_all, args.bow_vocab, args.seed)
+    bow_s = time.time() - t0
+    length = length_wins(held_all)
+
+    bow_own = torch.cat([bow_wins(d["train"], d["held"], args.bow_vocab, args.seed) for d in data.values()])
+    if args.per_subset:  # one reward model per subset, each scoring its own held-out pairs
+        groups = [([p for p in rm_train if p.subset == name], data[name]["held"]) for name in SUBSETS]
+    else:
+        groups = [(rm_train, held_all)]
+    runs = [train_rm(args, train, held) for train, held in groups]
+    scores = torch.cat([r[0].eval_scores for r in runs])  # held_all order: subsets in SUBSETS order
+    rm_s, cfg = sum(r[1] for r in runs), runs[0][2]
     rm = (scores[0::2] > scores[1::2]).float() + 0.5 * (scores[0::2] == scores[1::2]).float()
 
     out = {
@@ -219,16 +235,22 @@ def main() -> None:
             subset_train = set(data[name]["train"])
             row["rm_train_pairs"] = sum(1 for p in rm_train if p in subset_train)
             row["parsing"] = data[name]["report"]
-        for method, wins in (("reward_model", rm[sl]), ("length", length[sl]), ("bag_of_words", bow[sl])):
-            row[method] = {"accuracy": float(wins.mean()), "ci95": bootstrap(wins, seed=args.seed)}
-        for base in ("length", "bag_of_words"):
-            other = length[sl] if base == "length" else bow[sl]
+        methods = {
+            "reward_model": rm,
+            "length": length,
+            "bag_of_words": bow,
+            "bag_of_words_per_subset": bow_own,
+        }
+        for method, wins in methods.items():
+            row[method] = {"accuracy": float(wins[sl].mean()), "ci95": bootstrap(wins[sl], seed=args.seed)}
+        for base in ("length", "bag_of_words", "bag_of_words_per_subset"):
+            other = methods[base][sl]
             row[f"rm_minus_{base}"] = {
                 "diff": float((rm[sl] - other).mean()),
                 "ci95": bootstrap(rm[sl], other, seed=args.seed),
             }
         out["subsets"][name] = row
-    out["rm_final_eval"] = result.final_eval
+    out["rm_final_eval"] = [r[0].final_eval for r in runs]
     out["seconds"]["total"] = time.time() - t_start
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")

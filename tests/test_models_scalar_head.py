@@ -167,6 +167,13 @@ def test_freeze_lower_layers(tiny_llama, tiny_bert):
         with pytest.raises(ValueError, match="cannot freeze 3"):
             freeze_lower_layers(model, 3)
     bert = copy.deepcopy(tiny_bert)
-    freeze_lower_layers(bert, 2)  # every block: the position/type embeddings are frozen too
-    trainable = {n for n, p in bert.named_parameters() if p.requires_grad}
-    assert trainable == {n for n, _ in bert.named_parameters() if n.startswith(("bert.pooler", "classifier"))}
+    freeze_lower_layers(bert, 1)  # the position/type embeddings freeze with the word embeddings
+    assert not any(p.requires_grad for p in bert.bert.embeddings.parameters())
+    freeze_lower_layers(bert, 2)  # every block: the whole base model (pooler too), only the head trains
+    assert {n for n, p in bert.named_parameters() if p.requires_grad} == {
+        "classifier.weight",
+        "classifier.bias",
+    }
+    llama = copy.deepcopy(tiny_llama)
+    freeze_lower_layers(llama, 2)
+    assert {n for n, p in llama.named_parameters() if p.requires_grad} == {"score.weight"}

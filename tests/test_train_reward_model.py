@@ -212,3 +212,24 @@ def test_head_and_freeze_config_errors(tmp_path, tiny_path):
         make_cfg(tmp_path, tiny_path, "head.pooling=max")
     with pytest.raises(ConfigError, match="train.freeze_layers: cannot freeze 3"):
         run_rm(make_cfg(tmp_path, tiny_path, "train.freeze_layers=3"))  # the tiny model has 2 blocks
+
+
+def test_frozen_backbone_caches_features_and_trains_the_same(tmp_path, tiny_path, monkeypatch):
+    """train.freeze_layers = every block: the pooled vectors are computed once and only the head runs
+    each step. The tiny Llama has no dropout, so this must give the losses of the plain forward pass."""
+    import aha.train.reward_model as rm
+
+    overrides = ("head.pooling=mean", "train.freeze_layers=2", "train.steps=5", "optim.lr=3e-2")
+    made = []
+    real = rm.frozen_features
+    monkeypatch.setattr(rm, "frozen_features", lambda *a: made.append(real(*a)) or made[-1])
+    cached = run_rm(make_cfg(tmp_path, tiny_path, *overrides, f"run.output_dir={tmp_path / 'a'}"))
+    assert made[0] is not None and made[0].shape[1] == 64  # one cached vector per training response
+    monkeypatch.setattr(rm, "frozen_features", lambda *a: None)
+    plain = run_rm(make_cfg(tmp_path, tiny_path, *overrides, f"run.output_dir={tmp_path / 'b'}"))
+    # same weights, batches and ops; the cached vectors come from length-sorted eval batches, the plain
+    # pass from training batches: padding changes only the float32 summation order (~1e-7 per score)
+    for a, b in zip(cached.history[1:], plain.history[1:], strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+    assert cached.history[-1]["loss"] < cached.history[1]["loss"]  # the head does learn
+    torch.testing.assert_close(cached.eval_scores, plain.eval_scores, atol=1e-5, rtol=0)

@@ -72,7 +72,8 @@ def transformer_blocks(model: PreTrainedModel) -> torch.nn.ModuleList:
 
 
 def freeze_lower_layers(model: PreTrainedModel, n: int) -> None:
-    """Freeze the input embeddings and the lowest `n` blocks (0: nothing); the head always trains."""
+    """Freeze the input embeddings and the lowest `n` blocks (0: nothing). n = every block freezes the
+    whole base model (final norm and an encoder's pooler too): only the head (`score`/`classifier`) trains."""
     if n == 0:
         return
     blocks = transformer_blocks(model)
@@ -85,6 +86,8 @@ def freeze_lower_layers(model: PreTrainedModel, n: int) -> None:
             getattr(base, name).requires_grad_(False)
     for block in blocks[:n]:
         block.requires_grad_(False)
+    if n == len(blocks):
+        model.base_model.requires_grad_(False)
 
 
 def is_decoder_head(model: PreTrainedModel) -> bool:
@@ -98,6 +101,25 @@ def right_align(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[
     return input_ids.gather(1, order), attention_mask.gather(1, order)
 
 
+def reads_hidden_state(model: PreTrainedModel) -> bool:
+    """True when the score is a linear head on one pooled hidden vector per row (mean pooling, or a
+    decoder's last token): the vector can then be computed once and cached while the backbone is frozen."""
+    return pooling_of(model) == "mean" or is_decoder_head(model)
+
+
+def pooled_hidden(
+    model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
+    """The vector per row ([B, hidden]) that the linear head reads (only when reads_hidden_state)."""
+    input_ids, attention_mask = right_align(input_ids, attention_mask)
+    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    if pooling_of(model) == "mean":
+        weight = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * weight).sum(1) / weight.sum(1)
+    last = attention_mask.sum(1) - 1  # right-aligned: the last real token
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+
 def sequence_scores(
     model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor
 ) -> torch.Tensor:
@@ -105,14 +127,6 @@ def sequence_scores(
     if bool((attention_mask.sum(1) == 0).any()):
         raise ValueError("a row of the batch has no real token (all-zero attention mask)")
     input_ids, attention_mask = right_align(input_ids, attention_mask)
-    if pooling_of(model) == "mean":
-        hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        weight = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * weight).sum(1) / weight.sum(1)
-        return linear_head(model)(pooled).squeeze(-1).float()
-    if not is_decoder_head(model):
+    if not reads_hidden_state(model):  # an encoder's own head at [CLS]
         return model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0].float()
-    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-    last = attention_mask.sum(1) - 1  # right-aligned: the last real token
-    rows = torch.arange(hidden.shape[0], device=hidden.device)
-    return model.score(hidden[rows, last]).squeeze(-1).float()
+    return linear_head(model)(pooled_hidden(model, input_ids, attention_mask)).squeeze(-1).float()

@@ -31,7 +31,10 @@ from aha.models.reward_scorer import TextFormat, encode_texts, pad_id_of, pad_ri
 from aha.models.scalar_head import (
     POOLINGS,
     freeze_lower_layers,
+    linear_head,
     load_scalar_model,
+    pooled_hidden,
+    reads_hidden_state,
     sequence_scores,
     set_pooling,
 )
@@ -227,6 +230,18 @@ def subset_metrics(rankings: list[EncodedRanking], scores: torch.Tensor) -> dict
     return out
 
 
+def frozen_features(
+    model, rankings: list[EncodedRanking], pad_id: int, cfg: RMRunConfig, device: str
+) -> torch.Tensor | None:
+    """With every block frozen and a linear head on one pooled vector, the backbone is a fixed function:
+    its vector for each training response ([rows, hidden], ranking-major) is computed once, in eval mode
+    (no dropout), and each step runs only the head. None when some block trains."""
+    if any(p.requires_grad for p in model.base_model.parameters()) or not reads_hidden_state(model):
+        return None
+    rows = [row for r in rankings for row in r.rows]
+    return score_ids(model, rows, pad_id, cfg.eval.batch_size, device, fn=pooled_hidden)
+
+
 def load_sets(d: RMDataConfig, seed: int) -> tuple[list[Ranking], list[Ranking]]:
     rows = load_preferences(d.train_file, d.format)
     if d.eval_file:
@@ -263,6 +278,10 @@ def run_rm(cfg: RMRunConfig, resume: bool = False) -> RMResult:
     pad_id = pad_id_of(tokenizer)
     train_enc = encode_rankings(tokenizer, train_set, fmt)
     held_enc = encode_rankings(tokenizer, held_set, fmt)
+    features = frozen_features(model, train_enc, pad_id, cfg, device)
+    offsets = [0]
+    for r in train_enc:
+        offsets.append(offsets[-1] + len(r.rows))
     keys = [PromptExample(prompt="\0".join((r.prompt, *r.responses))) for r in train_set]
     sampler = session.prompt_sampler(keys, cfg.train.batch_size)
     calib_path = session.run_dir / "calibration.jsonl"
@@ -292,10 +311,16 @@ def run_rm(cfg: RMRunConfig, resume: bool = False) -> RMResult:
     final = None
     for step in range(start_step + 1, total_steps + 1):
         t0 = time.perf_counter()
-        batch = [train_enc[i] for i in sampler.next_indices()]
-        ids, mask = pad_right([row for r in batch for row in r.rows], pad_id, device)
+        indices = sampler.next_indices()
+        batch = [train_enc[i] for i in indices]
         with precision.autocast():
-            scores = sequence_scores(model, ids, mask)
+            if features is not None:  # frozen backbone: only the head runs
+                rows = [k for i in indices for k in range(offsets[i], offsets[i + 1])]
+                scores = linear_head(model)(features[rows].to(device)).squeeze(-1).float()
+            else:
+                scores = sequence_scores(
+                    model, *pad_right([row for r in batch for row in r.rows], pad_id, device)
+                )
         loss = ranking_loss(scores, batch, cfg.train.center_coef)
         session.optimizer.zero_grad(set_to_none=True)
         precision.backward(loss)
