@@ -175,5 +175,5 @@ def test_freeze_lower_layers(tiny_llama, tiny_bert):
         "classifier.bias",
     }
     llama = copy.deepcopy(tiny_llama)
-    freeze_lower_layers(llama, 2)
+    freeze_lower_layers(llama, -1)  # -1: every block, whatever the depth
     assert {n for n, p in llama.named_parameters() if p.requires_grad} == {"score.weight"}

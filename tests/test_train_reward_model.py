@@ -207,7 +207,7 @@ def test_each_subset_is_reported_separately(tmp_path, tiny_path):
 
 def test_head_and_freeze_config_errors(tmp_path, tiny_path):
     with pytest.raises(ConfigError, match="freeze_layers"):
-        make_cfg(tmp_path, tiny_path, "train.freeze_layers=-1")
+        make_cfg(tmp_path, tiny_path, "train.freeze_layers=-2")
     with pytest.raises(ConfigError, match="head.pooling"):
         make_cfg(tmp_path, tiny_path, "head.pooling=max")
     with pytest.raises(ConfigError, match="train.freeze_layers: cannot freeze 3"):

@@ -72,11 +72,13 @@ def transformer_blocks(model: PreTrainedModel) -> torch.nn.ModuleList:
 
 
 def freeze_lower_layers(model: PreTrainedModel, n: int) -> None:
-    """Freeze the input embeddings and the lowest `n` blocks (0: nothing). n = every block freezes the
-    whole base model (final norm and an encoder's pooler too): only the head (`score`/`classifier`) trains."""
+    """Freeze the input embeddings and the lowest `n` blocks (0: nothing). n = every block (or -1) freezes
+    the whole base model (final norm and an encoder's pooler too): only the head (`score`/`classifier`)
+    trains."""
     if n == 0:
         return
     blocks = transformer_blocks(model)
+    n = len(blocks) if n == -1 else n
     if not 0 < n <= len(blocks):
         raise ValueError(f"cannot freeze {n} of the model's {len(blocks)} blocks")
     model.get_input_embeddings().requires_grad_(False)

@@ -52,7 +52,9 @@ class RMDataConfig:
         0.2, help="Without eval_file: the share of prompts held out (a fixed split by prompt hash and seed)."
     )
     prompt_template: str = option(
-        "{prompt}", help="The text before the response; {prompt} is replaced by the record's prompt."
+        "{prompt}",
+        help='The text before the response; {prompt} is replaced by the record\'s prompt. "" scores the '
+        "response alone.",
     )
     max_length: int = option(512, help="Tokens per prompt + response; longer texts lose their start.")
 
@@ -74,12 +76,14 @@ class RMTrainConfig:
     freeze_layers: int = option(
         0,
         help="Freeze the input embeddings and the lowest N transformer blocks (0 = train every weight): "
-        "no backward pass below the top blocks, so each step is cheaper.",
+        "no backward pass below the top blocks, so each step is cheaper. -1 (or N = all blocks) freezes "
+        "the whole backbone: only the head trains, and with a linear head on one pooled vector (head.pooling"
+        "=mean, or a decoder) each training response's vector is computed once and cached.",
     )
 
     def validate(self) -> None:
-        if self.steps < 0 or self.batch_size < 1 or self.center_coef < 0 or self.freeze_layers < 0:
-            raise ConfigError("need steps >= 0, batch_size >= 1, center_coef >= 0 and freeze_layers >= 0")
+        if self.steps < 0 or self.batch_size < 1 or self.center_coef < 0 or self.freeze_layers < -1:
+            raise ConfigError("need steps >= 0, batch_size >= 1, center_coef >= 0 and freeze_layers >= -1")
         if self.steps == 0 and self.epochs <= 0:
             raise ConfigError("set steps > 0 or epochs > 0")
 
