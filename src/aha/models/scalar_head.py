@@ -12,7 +12,7 @@ a left- and a right-padded batch give the same scores.
 
 `set_pooling(model, "mean")` reads the score from the masked mean of the last hidden states instead,
 through the same linear head: the readout sentence-embedding encoders (all-MiniLM, ...) were trained
-for, whose [CLS]/pooler was never trained. The choice is stored in the model's config.json
+for; their [CLS] pooler took no part in that training. The choice is stored in the model's config.json
 (`aha_score_pooling`), so a saved reward model is scored the same way wherever it is loaded.
 `freeze_lower_layers` stops gradients below the top blocks, which makes each step cheaper.
 """

@@ -5,6 +5,8 @@ responses score higher: Bradley-Terry on pairs (with each pair's margin, if the 
 InstructGPT K-wise loss on rankings (every ranking one example), plus an optional centering term.
 Every evaluation logs held-out pairwise accuracy, the mean score margin of the better response, and
 calibration (expected calibration error of sigmoid(score difference), bins in calibration.jsonl).
+`head.pooling` chooses where the score is read and `train.freeze_layers` which layers train; with the
+whole backbone frozen, each training response's pooled vector is computed once and only the head trains.
 
 The run directory holds config.yaml, metrics.jsonl, calibration.jsonl, checkpoints/ (for --resume),
 plots.png and final/: the model and tokenizer plus reward_model.json (text format and the held-out
