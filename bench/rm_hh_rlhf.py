@@ -19,7 +19,9 @@ RM - baseline difference a paired bootstrap interval. Writes bench/results/rm_hh
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 import random
 import re
 import sys
@@ -115,73 +117,114 @@ def bootstrap(
 
 
 def write_pairs(path: Path, pairs: list[Ranking]) -> None:
+    """Pairs format, each record tagged with its subset so the trainer reports each one separately."""
+    keys = ("prompt", "chosen", "rejected", "subset")
     path.write_text(
         "".join(
-            json.dumps({"prompt": p.prompt, "chosen": p.responses[0], "rejected": p.responses[1]}) + "\n"
-            for p in pairs
+            json.dumps(dict(zip(keys, (p.prompt, *p.responses, p.subset), strict=True))) + "\n" for p in pairs
         )
     )
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", default=str(DATA))
-    ap.add_argument("--held-out-fraction", type=float, default=0.2)
-    ap.add_argument("--train-pairs", type=int, default=2400, help="training pairs the RM sees (subsample)")
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--max-length", type=int, default=128)
-    ap.add_argument("--lr", type=float, default=1e-4)
-    ap.add_argument("--bow-vocab", type=int, default=5000)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "rm_hh_rlhf.json"))
-    args = ap.parse_args()
-    t_start = time.time()
-
-    data = {}
-    for name in SUBSETS:
-        pairs, report = load_hh_rlhf(Path(args.data) / f"{name}-test.jsonl.gz")
-        train, held = split_by_prompt(pairs, args.held_out_fraction, args.seed)
-        assert not {p.prompt for p in train} & {p.prompt for p in held}
-        data[name] = {"train": train, "held": held, "report": report.summary()}
-    train_all = [p for d in data.values() for p in d["train"]]
-    held_all = [p for d in data.values() for p in d["held"]]
-    rm_train = random.Random(args.seed).sample(train_all, min(args.train_pairs, len(train_all)))
-
-    t0 = time.time()
-    bow = bow_wins(train_all, held_all, args.bow_vocab, args.seed)
-    bow_s = time.time() - t0
-    length = length_wins(held_all)
-
+def train_rm(args: argparse.Namespace, train: list[Ranking], held: list[Ranking]):
+    """run_rm with configs/rm-hh-rlhf.yaml and the command line's overrides:
+    (result, wall seconds, config, CPU seconds of this process)."""
     with tempfile.TemporaryDirectory() as tmp:
-        write_pairs(Path(tmp) / "train.jsonl", rm_train)
-        write_pairs(Path(tmp) / "held.jsonl", held_all)
-        steps = len(rm_train) // args.batch_size
+        write_pairs(Path(tmp) / "train.jsonl", train)
+        write_pairs(Path(tmp) / "held.jsonl", held)
+        overrides = {
+            "data.max_length": args.max_length,
+            "train.batch_size": args.batch_size,
+            "train.epochs": args.epochs,
+            "train.freeze_layers": args.freeze_layers,
+            "optim.lr": args.lr,
+            "head.pooling": args.pooling,
+            "data.prompt_template": None
+            if args.prompt_template is None
+            else json.dumps(args.prompt_template),
+        }
         cfg = load_config(
             RMRunConfig,
-            Path(__file__).resolve().parents[1] / "configs" / "rm-hh-rlhf.yaml",
+            ROOT / "configs" / "rm-hh-rlhf.yaml",
             [
                 f"model.path={minilm_dir()}",
                 f"data.train_file={Path(tmp) / 'train.jsonl'}",
                 f"data.eval_file={Path(tmp) / 'held.jsonl'}",
                 "data.format=pairs",
-                f"data.max_length={args.max_length}",
-                f"train.steps={steps}",
-                f"train.batch_size={args.batch_size}",
-                f"optim.lr={args.lr}",
-                f"optim.warmup_steps={min(4, steps)}",
+                *(f"{k}={v}" for k, v in overrides.items() if v is not None),
                 f"run.output_dir={Path(tmp) / 'run'}",
                 f"run.seed={args.seed}",
                 "run.progress=false",
                 "eval.at_start=false",
             ],
         )
-        t0 = time.time()
+        t0, cpu0 = time.time(), time.process_time()
         result = run_rm(cfg)
-        rm_s = time.time() - t0
-    scores = result.eval_scores
+        return result, time.time() - t0, cfg, time.process_time() - cpu0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", default=str(DATA))
+    ap.add_argument("--held-out-fraction", type=float, default=0.2)
+    ap.add_argument(
+        "--train-pairs", type=int, default=0, help="RM training pairs, a seeded subsample (0 = all)"
+    )
+    # None = the value in configs/rm-hh-rlhf.yaml (the recipe); given = an override of it
+    ap.add_argument("--batch-size", type=int)
+    ap.add_argument("--max-length", type=int)
+    ap.add_argument("--lr", type=float)
+    ap.add_argument("--epochs", type=float)
+    ap.add_argument("--pooling", choices=("auto", "mean"))
+    ap.add_argument("--freeze-layers", type=int)
+    ap.add_argument("--prompt-template", help='text before the reply; "" = score the reply alone')
+    ap.add_argument(
+        "--per-subset",
+        action="store_true",
+        help="one reward model per subset (helpful, harmless), not one for both",
+    )
+    ap.add_argument("--bow-vocab", type=int, default=5000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "rm_hh_rlhf.json"))
+    args = ap.parse_args()
+    t_start = time.time()
+    load_start = os.getloadavg()
+
+    data = {}
+    for name in SUBSETS:
+        pairs, report = load_hh_rlhf(Path(args.data) / f"{name}-test.jsonl.gz")
+        pairs = [dataclasses.replace(p, subset=name) for p in pairs]
+        train, held = split_by_prompt(pairs, args.held_out_fraction, args.seed)
+        assert not {p.prompt for p in train} & {p.prompt for p in held}
+        data[name] = {"train": train, "held": held, "report": report.summary()}
+    train_all = [p for d in data.values() for p in d["train"]]
+    held_all = [p for d in data.values() for p in d["held"]]
+    n_rm = min(args.train_pairs or len(train_all), len(train_all))
+    rm_train = random.Random(args.seed).sample(train_all, n_rm)
+
+    t0 = time.time()
+    bow = bow_wins(train_all, held_all, args.bow_vocab, args.seed)
+    bow_s = time.time() - t0
+    length = length_wins(held_all)
+
+    bow_own = torch.cat([bow_wins(d["train"], d["held"], args.bow_vocab, args.seed) for d in data.values()])
+    if args.per_subset:  # one reward model per subset, each scoring its own held-out pairs
+        groups = [([p for p in rm_train if p.subset == name], data[name]["held"]) for name in SUBSETS]
+    else:
+        groups = [(rm_train, held_all)]
+    runs = [train_rm(args, train, held) for train, held in groups]
+    scores = torch.cat([r[0].eval_scores for r in runs])  # held_all order: subsets in SUBSETS order
+    rm_s, cfg, rm_cpu = sum(r[1] for r in runs), runs[0][2], sum(r[3] for r in runs)
     rm = (scores[0::2] > scores[1::2]).float() + 0.5 * (scores[0::2] == scores[1::2]).float()
 
-    out = {"args": vars(args), "subsets": {}, "seconds": {"rm_train_and_eval": rm_s, "bow": bow_s}}
+    out = {
+        "args": vars(args),
+        "config": dataclasses.asdict(cfg),
+        "load_average": {"start": load_start, "end": os.getloadavg()},
+        "subsets": {},
+        # wall seconds depend on what else runs (load_average); CPU seconds (all threads) much less so
+        "seconds": {"rm_train_and_eval": rm_s, "rm_cpu": rm_cpu, "bow": bow_s},
+    }
     start = 0
     for name in [*SUBSETS, "both"]:
         n = len(held_all) if name == "both" else len(data[name]["held"])
@@ -194,16 +237,22 @@ def main() -> None:
             subset_train = set(data[name]["train"])
             row["rm_train_pairs"] = sum(1 for p in rm_train if p in subset_train)
             row["parsing"] = data[name]["report"]
-        for method, wins in (("reward_model", rm[sl]), ("length", length[sl]), ("bag_of_words", bow[sl])):
-            row[method] = {"accuracy": float(wins.mean()), "ci95": bootstrap(wins, seed=args.seed)}
-        for base in ("length", "bag_of_words"):
-            other = length[sl] if base == "length" else bow[sl]
+        methods = {
+            "reward_model": rm,
+            "length": length,
+            "bag_of_words": bow,
+            "bag_of_words_per_subset": bow_own,
+        }
+        for method, wins in methods.items():
+            row[method] = {"accuracy": float(wins[sl].mean()), "ci95": bootstrap(wins[sl], seed=args.seed)}
+        for base in ("length", "bag_of_words", "bag_of_words_per_subset"):
+            other = methods[base][sl]
             row[f"rm_minus_{base}"] = {
                 "diff": float((rm[sl] - other).mean()),
                 "ci95": bootstrap(rm[sl], other, seed=args.seed),
             }
         out["subsets"][name] = row
-    out["rm_final_eval"] = result.final_eval
+    out["rm_final_eval"] = [r[0].final_eval for r in runs]
     out["seconds"]["total"] = time.time() - t_start
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")

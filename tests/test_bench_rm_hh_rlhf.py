@@ -48,3 +48,12 @@ def test_bootstrap_interval_brackets_the_mean_and_narrows_with_n():
     assert (hi2 - lo2) / 2 == pytest.approx(0.0215, abs=0.004)
     d_lo, d_hi = bench.bootstrap(large, large)  # paired difference with itself: exactly zero
     assert d_lo == d_hi == 0.0
+
+
+def test_pairs_written_for_the_trainer_keep_their_subset(tmp_path):
+    from aha.data.preferences import load_pairs
+
+    pairs = [Ranking("p0", ("a", "b"), (0, 1), subset="helpful-base"), Ranking("p1", ("c", "d"), (0, 1))]
+    bench.write_pairs(tmp_path / "x.jsonl", pairs)
+    back = load_pairs(tmp_path / "x.jsonl")
+    assert back == pairs and [p.subset for p in back] == ["helpful-base", ""]

@@ -1,11 +1,21 @@
 """The scalar head reads the score at the last real token (decoders) or [CLS] (encoders), whatever the
 padding side and whether pad_token_id is set."""
 
+import copy
+
 import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
-from aha.models.scalar_head import load_scalar_model, right_align, sequence_scores
+from aha.models.scalar_head import (
+    freeze_lower_layers,
+    linear_head,
+    load_scalar_model,
+    pooling_of,
+    right_align,
+    sequence_scores,
+    set_pooling,
+)
 from aha.models.tiny import TinyModelSpec, create_tiny_model
 
 # Padding changes only which masked positions exist; float32 attention sums the same real terms in a
@@ -108,3 +118,62 @@ def test_right_align_and_empty_row():
     assert ids.tolist() == [[3, 4, 0, 0]] and mask.tolist() == [[1, 1, 0, 0]]
     with pytest.raises(ValueError, match="no real token"):
         sequence_scores(None, torch.zeros(1, 2, dtype=torch.long), torch.zeros(1, 2, dtype=torch.long))
+
+
+@pytest.mark.parametrize("name", ["tiny_llama", "tiny_bert"])
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_mean_pooling_is_the_masked_mean_through_the_head(request, name, side):
+    model = request.getfixturevalue(name)
+    set_pooling(model, "mean")
+    try:
+        with torch.no_grad():
+            scores = sequence_scores(model, *padded(ROWS, 0, side))
+            # by hand, one row at a time (no padding at all): mean over its tokens, then the head
+            head = model.score if name == "tiny_llama" else model.classifier
+            expected = torch.stack(
+                [
+                    head(model.base_model(input_ids=torch.tensor([r])).last_hidden_state[0].mean(0))[0]
+                    for r in ROWS
+                ]
+            )
+    finally:
+        set_pooling(model, "auto")
+    assert expected.std() > 1e-3
+    torch.testing.assert_close(scores, expected, atol=TOL, rtol=0)
+    with torch.no_grad():  # and "auto" is back to the token readout, which differs
+        assert (sequence_scores(model, *padded(ROWS, 0, side)) - scores).abs().max() > 1e-4
+
+
+def test_pooling_travels_with_the_saved_model(tmp_path, tiny_bert):
+    set_pooling(tiny_bert, "mean")
+    try:
+        tiny_bert.save_pretrained(tmp_path)
+    finally:
+        set_pooling(tiny_bert, "auto")
+    assert pooling_of(load_scalar_model(str(tmp_path))) == "mean"
+    with pytest.raises(ValueError, match="pooling"):
+        set_pooling(tiny_bert, "max")
+
+
+def test_freeze_lower_layers(tiny_llama, tiny_bert):
+    for original in (tiny_llama, tiny_bert):
+        model = copy.deepcopy(original)
+        blocks = model.model.layers if original is tiny_llama else model.bert.encoder.layer
+        freeze_lower_layers(model, 1)
+        assert not any(p.requires_grad for p in model.get_input_embeddings().parameters())
+        assert not any(p.requires_grad for p in blocks[0].parameters())
+        assert all(p.requires_grad for p in blocks[1].parameters())
+        assert all(p.requires_grad for p in linear_head(model).parameters())
+        with pytest.raises(ValueError, match="cannot freeze 3"):
+            freeze_lower_layers(model, 3)
+    bert = copy.deepcopy(tiny_bert)
+    freeze_lower_layers(bert, 1)  # the position/type embeddings freeze with the word embeddings
+    assert not any(p.requires_grad for p in bert.bert.embeddings.parameters())
+    freeze_lower_layers(bert, 2)  # every block: the whole base model (pooler too), only the head trains
+    assert {n for n, p in bert.named_parameters() if p.requires_grad} == {
+        "classifier.weight",
+        "classifier.bias",
+    }
+    llama = copy.deepcopy(tiny_llama)
+    freeze_lower_layers(llama, -1)  # -1: every block, whatever the depth
+    assert {n for n, p in llama.named_parameters() if p.requires_grad} == {"score.weight"}

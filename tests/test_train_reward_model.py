@@ -155,3 +155,81 @@ def test_rankings_and_margins_run_and_count_every_pair(tmp_path, tiny_path):
     # lr ~0: the step-1 loss is BT with margin 1 at the initial scores: -log sigmoid(d0 - 1), d0 from step 0
     d0 = result.history[0]["eval/margin"]
     assert result.history[1]["loss"] == pytest.approx(math.log1p(math.exp(-(d0 - 1.0))), abs=1e-5)
+
+
+def test_mean_pooling_and_frozen_layers_train_save_and_score_like_the_trainer(tmp_path, tiny_path):
+    """head.pooling=mean and train.freeze_layers: the frozen weights stay as loaded, the readout is
+    saved with the model, and the reward still reproduces the trainer's held-out scores."""
+    from aha.models.scalar_head import load_scalar_model, pooling_of
+
+    cfg = make_cfg(tmp_path, tiny_path, "head.pooling=mean", "train.freeze_layers=1", "train.steps=6")
+    result = run_rm(cfg)
+    start, end = load_scalar_model(tiny_path), load_scalar_model(str(result.final_dir))
+    assert pooling_of(end) == "mean"
+    torch.testing.assert_close(end.model.embed_tokens.weight, start.model.embed_tokens.weight, atol=0, rtol=0)
+    torch.testing.assert_close(
+        end.model.layers[0].mlp.up_proj.weight, start.model.layers[0].mlp.up_proj.weight, atol=0, rtol=0
+    )
+    assert not torch.equal(end.model.layers[1].mlp.up_proj.weight, start.model.layers[1].mlp.up_proj.weight)
+
+    from aha.data.preferences import load_pairs, split_by_prompt
+
+    _, held = split_by_prompt(load_pairs(tmp_path / "pairs.jsonl"), 0.25, seed=0)
+    raw = RewardScorer(result.final_dir).raw(
+        [r.prompt for r in held for _ in r.responses], [x for r in held for x in r.responses]
+    )
+    # the same model, text and batching rules as the trainer's last evaluation: float32 noise only (1e-6)
+    torch.testing.assert_close(raw, result.eval_scores, atol=1e-6, rtol=0)
+
+
+def test_each_subset_is_reported_separately(tmp_path, tiny_path):
+    rows = synthetic_pairs(40, seed=2)
+    for i, row in enumerate(rows):
+        row["subset"] = "odd" if i % 2 else "even"
+    pairs = tmp_path / "tagged.jsonl"
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = make_cfg(
+        tmp_path, tiny_path, f"data.train_file={pairs}", f"data.eval_file={pairs}", "train.steps=2"
+    )
+    result = run_rm(cfg)
+    final = result.final_eval
+    assert final["eval/pairs/even"] == final["eval/pairs/odd"] == 20
+    # each subset's accuracy is its own share of the pairs: the overall accuracy is their pair-weighted mean
+    # (accuracies are float32 means of <= 40 values: exact to a few float32 ulps, 1e-6)
+    both = (final["eval/accuracy/even"] * 20 + final["eval/accuracy/odd"] * 20) / 40
+    assert final["eval/accuracy"] == pytest.approx(both, abs=1e-6)
+    # by hand from the scores (ranking-major: chosen, rejected of ranking 0, then of ranking 1, ...)
+    chosen, rejected = result.eval_scores[0::2], result.eval_scores[1::2]
+    wins = (chosen > rejected).float() + 0.5 * (chosen == rejected).float()
+    assert final["eval/accuracy/even"] == pytest.approx(float(wins[0::2].mean()), abs=1e-6)
+    assert final["eval/accuracy/odd"] == pytest.approx(float(wins[1::2].mean()), abs=1e-6)
+
+
+def test_head_and_freeze_config_errors(tmp_path, tiny_path):
+    with pytest.raises(ConfigError, match="freeze_layers"):
+        make_cfg(tmp_path, tiny_path, "train.freeze_layers=-2")
+    with pytest.raises(ConfigError, match="head.pooling"):
+        make_cfg(tmp_path, tiny_path, "head.pooling=max")
+    with pytest.raises(ConfigError, match="train.freeze_layers: cannot freeze 3"):
+        run_rm(make_cfg(tmp_path, tiny_path, "train.freeze_layers=3"))  # the tiny model has 2 blocks
+
+
+def test_frozen_backbone_caches_features_and_trains_the_same(tmp_path, tiny_path, monkeypatch):
+    """train.freeze_layers = every block: the pooled vectors are computed once and only the head runs
+    each step. The tiny Llama has no dropout, so this must give the losses of the plain forward pass."""
+    import aha.train.reward_model as rm
+
+    overrides = ("head.pooling=mean", "train.freeze_layers=2", "train.steps=5", "optim.lr=3e-2")
+    made = []
+    real = rm.frozen_features
+    monkeypatch.setattr(rm, "frozen_features", lambda *a: made.append(real(*a)) or made[-1])
+    cached = run_rm(make_cfg(tmp_path, tiny_path, *overrides, f"run.output_dir={tmp_path / 'a'}"))
+    assert made[0] is not None and made[0].shape[1] == 64  # one cached vector per training response
+    monkeypatch.setattr(rm, "frozen_features", lambda *a: None)
+    plain = run_rm(make_cfg(tmp_path, tiny_path, *overrides, f"run.output_dir={tmp_path / 'b'}"))
+    # same weights, batches and ops; the cached vectors come from length-sorted eval batches, the plain
+    # pass from training batches: padding changes only the float32 summation order (~1e-7 per score)
+    for a, b in zip(cached.history[1:], plain.history[1:], strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+    assert cached.history[-1]["loss"] < cached.history[1]["loss"]  # the head does learn
+    torch.testing.assert_close(cached.eval_scores, plain.eval_scores, atol=1e-5, rtol=0)

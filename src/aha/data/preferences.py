@@ -5,6 +5,7 @@ Formats (JSONL, optionally gzipped; a bad record is a DataError naming file, lin
 
 - pairs:    {"prompt": str, "chosen": str, "rejected": str, "margin": float (optional)}
 - rankings: {"prompt": str, "responses": [str, ...] best first, "ties": [int, ...] (optional)}
+  Both take an optional "subset" (str, e.g. "helpful-base"): evaluation reports each subset separately.
   `ties` gives each response a rank group, non-decreasing (e.g. [0, 0, 1]: the first two are tied and
   both beat the third); tied responses form no pair.
 - hh-rlhf:  {"chosen": dialogue, "rejected": dialogue}; the prompt is the text up to and including the
@@ -34,6 +35,7 @@ class Ranking:
     ties: tuple[int, ...]  # rank group per response, non-decreasing; equal = tied
     margin: float | None = None  # pairs only: how much the chosen reply should win by
     source: str = field(default="", compare=False)
+    subset: str = field(default="", compare=False)  # a name the evaluation reports separately
 
 
 @dataclass
@@ -76,7 +78,7 @@ def load_pairs(path: str | Path) -> list[Ranking]:
             raise DataError(f'{where}: field "margin" must be a number, got {type(margin).__name__}')
         if margin is not None and not math.isfinite(margin):
             raise DataError(f'{where}: field "margin" must be finite, got {margin}')
-        out.append(Ranking(prompt, (chosen, rejected), (0, 1), margin, where))
+        out.append(Ranking(prompt, (chosen, rejected), (0, 1), margin, where, _subset(record, where)))
     return _non_empty(out, path)
 
 
@@ -102,7 +104,7 @@ def load_rankings(path: str | Path) -> list[Ranking]:
             raise DataError(f'{where}: field "ties" must be non-decreasing (responses are listed best first)')
         if ties[0] == ties[-1]:
             raise DataError(f'{where}: field "ties" puts every response in one group: no preference to learn')
-        out.append(Ranking(prompt, tuple(responses), tuple(ties), None, where))
+        out.append(Ranking(prompt, tuple(responses), tuple(ties), None, where, _subset(record, where)))
     return _non_empty(out, path)
 
 
@@ -160,6 +162,10 @@ def _text(record: dict[str, Any], key: str, where: str) -> str:
     if not isinstance(value, str):
         raise DataError(f'{where}: field "{key}" must be a string, got {type(value).__name__}')
     return value
+
+
+def _subset(record: dict[str, Any], where: str) -> str:
+    return _text(record, "subset", where) if "subset" in record else ""
 
 
 def _non_empty(rows: list[Ranking], path: str | Path) -> list[Ranking]:

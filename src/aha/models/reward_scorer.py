@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -65,18 +66,25 @@ def pad_id_of(tokenizer: PreTrainedTokenizerBase) -> int:
 
 @torch.no_grad()
 def score_ids(
-    model: PreTrainedModel, rows: list[list[int]], pad_id: int, batch_size: int, device: str | torch.device
+    model: PreTrainedModel,
+    rows: list[list[int]],
+    pad_id: int,
+    batch_size: int,
+    device: str | torch.device,
+    fn: Callable[..., torch.Tensor] = sequence_scores,
 ) -> torch.Tensor:
-    """Float32 scores ([N], on the CPU) of token rows, in batches of similar length (less padding)."""
+    """fn(model, ids, mask) of token rows in eval mode, in batches of similar length (less padding),
+    stacked on the CPU in row order: float32 scores [N] by default."""
     was_training = model.training
     model.eval()
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
-    out = torch.empty(len(rows))
+    parts = []
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
-        out[chunk] = sequence_scores(model, *pad_right([rows[i] for i in chunk], pad_id, device)).cpu()
+        parts.append(fn(model, *pad_right([rows[i] for i in chunk], pad_id, device)).float().cpu())
     model.train(was_training)
-    return out
+    out = torch.cat(parts)
+    return out[torch.argsort(torch.tensor(order))]
 
 
 def score_texts(

@@ -9,6 +9,12 @@ decoder (Hugging Face's own pooling finds it through pad_token_id, which silentl
 when pad_token_id is unset or equals EOS, and is wrong for left padding), and at [CLS] of an encoder
 (which left padding would push off position 0). It moves every row's real tokens to the front first, so
 a left- and a right-padded batch give the same scores.
+
+`set_pooling(model, "mean")` reads the score from the masked mean of the last hidden states instead,
+through the same linear head: the readout sentence-embedding encoders (all-MiniLM, ...) were trained
+for; their [CLS] pooler took no part in that training. The choice is stored in the model's config.json
+(`aha_score_pooling`), so a saved reward model is scored the same way wherever it is loaded.
+`freeze_lower_layers` stops gradients below the top blocks, which makes each step cheaper.
 """
 
 from __future__ import annotations
@@ -31,6 +37,61 @@ def load_scalar_model(
     return model.to(device)
 
 
+POOLINGS = ("auto", "mean")
+POOLING_KEY = "aha_score_pooling"
+
+
+def set_pooling(model: PreTrainedModel, pooling: str) -> None:
+    """Choose where the score is read: "auto" (decoders: the last real token; encoders: the model's own
+    head at [CLS]) or "mean" (masked mean of the last hidden states, then the linear head)."""
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling={pooling!r} is not one of {POOLINGS}")
+    if pooling == "mean" and not isinstance(linear_head(model), torch.nn.Linear):
+        raise ValueError(
+            f"pooling='mean' needs a linear head (`score` or `classifier`); {type(model).__name__} has "
+            f"{type(linear_head(model)).__name__}: use pooling='auto'"
+        )
+    setattr(model.config, POOLING_KEY, pooling)
+
+
+def pooling_of(model: PreTrainedModel) -> str:
+    return getattr(model.config, POOLING_KEY, "auto")
+
+
+def linear_head(model: PreTrainedModel) -> torch.nn.Module | None:
+    return model.score if is_decoder_head(model) else getattr(model, "classifier", None)
+
+
+def transformer_blocks(model: PreTrainedModel) -> torch.nn.ModuleList:
+    """The backbone's stack of num_hidden_layers blocks (BERT encoder.layer, Llama layers, GPT-2 h)."""
+    n = model.config.num_hidden_layers
+    for module in model.base_model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == n:
+            return module
+    raise ValueError(f"{type(model).__name__}: no stack of {n} transformer blocks found to freeze")
+
+
+def freeze_lower_layers(model: PreTrainedModel, n: int) -> None:
+    """Freeze the input embeddings and the lowest `n` blocks (0: nothing). n = every block (or -1) freezes
+    the whole base model (final norm and an encoder's pooler too): only the head (`score`/`classifier`)
+    trains."""
+    if n == 0:
+        return
+    blocks = transformer_blocks(model)
+    n = len(blocks) if n == -1 else n
+    if not 0 < n <= len(blocks):
+        raise ValueError(f"cannot freeze {n} of the model's {len(blocks)} blocks")
+    model.get_input_embeddings().requires_grad_(False)
+    base = model.base_model
+    for name in ("embeddings", "wpe"):  # position / token-type embeddings beside the word embeddings
+        if isinstance(getattr(base, name, None), torch.nn.Module):
+            getattr(base, name).requires_grad_(False)
+    for block in blocks[:n]:
+        block.requires_grad_(False)
+    if n == len(blocks):
+        model.base_model.requires_grad_(False)
+
+
 def is_decoder_head(model: PreTrainedModel) -> bool:
     """Decoder classifiers (Llama, Qwen2, Mistral, GPT-2, ...) name their head `score`."""
     return isinstance(getattr(model, "score", None), torch.nn.Module)
@@ -42,6 +103,25 @@ def right_align(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[
     return input_ids.gather(1, order), attention_mask.gather(1, order)
 
 
+def reads_hidden_state(model: PreTrainedModel) -> bool:
+    """True when the score is a linear head on one pooled hidden vector per row (mean pooling, or a
+    decoder's last token): the vector can then be computed once and cached while the backbone is frozen."""
+    return pooling_of(model) == "mean" or is_decoder_head(model)
+
+
+def pooled_hidden(
+    model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
+    """The vector per row ([B, hidden]) that the linear head reads (only when reads_hidden_state)."""
+    input_ids, attention_mask = right_align(input_ids, attention_mask)
+    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    if pooling_of(model) == "mean":
+        weight = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * weight).sum(1) / weight.sum(1)
+    last = attention_mask.sum(1) - 1  # right-aligned: the last real token
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+
 def sequence_scores(
     model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor
 ) -> torch.Tensor:
@@ -49,9 +129,6 @@ def sequence_scores(
     if bool((attention_mask.sum(1) == 0).any()):
         raise ValueError("a row of the batch has no real token (all-zero attention mask)")
     input_ids, attention_mask = right_align(input_ids, attention_mask)
-    if not is_decoder_head(model):
+    if not reads_hidden_state(model):  # an encoder's own head at [CLS]
         return model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0].float()
-    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-    last = attention_mask.sum(1) - 1  # right-aligned: the last real token
-    rows = torch.arange(hidden.shape[0], device=hidden.device)
-    return model.score(hidden[rows, last]).squeeze(-1).float()
+    return linear_head(model)(pooled_hidden(model, input_ids, attention_mask)).squeeze(-1).float()

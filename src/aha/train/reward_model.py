@@ -5,6 +5,8 @@ responses score higher: Bradley-Terry on pairs (with each pair's margin, if the 
 InstructGPT K-wise loss on rankings (every ranking one example), plus an optional centering term.
 Every evaluation logs held-out pairwise accuracy, the mean score margin of the better response, and
 calibration (expected calibration error of sigmoid(score difference), bins in calibration.jsonl).
+`head.pooling` chooses where the score is read and `train.freeze_layers` which layers train; with the
+whole backbone frozen, each training response's pooled vector is computed once and only the head trains.
 
 The run directory holds config.yaml, metrics.jsonl, calibration.jsonl, checkpoints/ (for --resume),
 plots.png and final/: the model and tokenizer plus reward_model.json (text format and the held-out
@@ -28,7 +30,16 @@ from aha.data.preferences import FORMATS, Ranking, load_preferences, split_by_pr
 from aha.data.prompts import PromptExample
 from aha.models.loading import save_model_atomically
 from aha.models.reward_scorer import TextFormat, encode_texts, pad_id_of, pad_right, score_ids, write_meta
-from aha.models.scalar_head import load_scalar_model, sequence_scores
+from aha.models.scalar_head import (
+    POOLINGS,
+    freeze_lower_layers,
+    linear_head,
+    load_scalar_model,
+    pooled_hidden,
+    reads_hidden_state,
+    sequence_scores,
+    set_pooling,
+)
 from aha.track.plots import plot_metrics
 from aha.train.common_config import ModelConfig, OptimConfig, RunConfig, TrackingConfig
 from aha.train.session import TrainingSession
@@ -43,7 +54,9 @@ class RMDataConfig:
         0.2, help="Without eval_file: the share of prompts held out (a fixed split by prompt hash and seed)."
     )
     prompt_template: str = option(
-        "{prompt}", help="The text before the response; {prompt} is replaced by the record's prompt."
+        "{prompt}",
+        help='The text before the response; {prompt} is replaced by the record\'s prompt. "" scores the '
+        "response alone.",
     )
     max_length: int = option(512, help="Tokens per prompt + response; longer texts lose their start.")
 
@@ -62,10 +75,17 @@ class RMTrainConfig:
     center_coef: float = option(
         0.0, help="Weight of the centering term mean(score^2): keeps scores near zero (e.g. 0.01)."
     )
+    freeze_layers: int = option(
+        0,
+        help="Freeze the input embeddings and the lowest N transformer blocks (0 = train every weight): "
+        "no backward pass below the top blocks, so each step is cheaper. -1 (or N = all blocks) freezes "
+        "the whole backbone: only the head trains, and with a linear head on one pooled vector (head.pooling"
+        "=mean, or a decoder) each training response's vector is computed once and cached.",
+    )
 
     def validate(self) -> None:
-        if self.steps < 0 or self.batch_size < 1 or self.center_coef < 0:
-            raise ConfigError("need steps >= 0, batch_size >= 1 and center_coef >= 0")
+        if self.steps < 0 or self.batch_size < 1 or self.center_coef < 0 or self.freeze_layers < -1:
+            raise ConfigError("need steps >= 0, batch_size >= 1, center_coef >= 0 and freeze_layers >= -1")
         if self.steps == 0 and self.epochs <= 0:
             raise ConfigError("set steps > 0 or epochs > 0")
 
@@ -79,6 +99,17 @@ class RMEvalConfig:
 
 
 @dataclass
+class RMHeadConfig:
+    pooling: str = option(
+        "auto",
+        choices=POOLINGS,
+        help="Where the score is read: auto (decoders: the last real token; encoders: the model's own "
+        "head at [CLS]) or mean (masked mean of the last hidden states, then a linear head: the readout "
+        "sentence-embedding encoders such as all-MiniLM were trained for). Saved with the model.",
+    )
+
+
+@dataclass
 class RMRunConfig:
     model: ModelConfig = option(
         default_factory=lambda: ModelConfig(path="runs/tiny-model", lean_activations=False),
@@ -87,7 +118,10 @@ class RMRunConfig:
     data: RMDataConfig = option(
         default_factory=lambda: RMDataConfig(train_file="data/preferences.jsonl"), help="Preferences."
     )
-    train: RMTrainConfig = option(default_factory=RMTrainConfig, help="Steps, batch size, centering.")
+    head: RMHeadConfig = option(default_factory=RMHeadConfig, help="How the score is read.")
+    train: RMTrainConfig = option(
+        default_factory=RMTrainConfig, help="Steps, batch size, centering, frozen layers."
+    )
     optim: OptimConfig = option(
         default_factory=lambda: OptimConfig(lr=2e-5, warmup_steps=0, schedule="linear"),
         help="AdamW and the learning-rate schedule.",
@@ -121,13 +155,14 @@ class EncodedRanking:
     rows: list[list[int]]  # token ids per response, best first
     ties: tuple[int, ...]
     margin: float | None
+    subset: str = ""
 
 
 def encode_rankings(tokenizer, rankings: list[Ranking], fmt: TextFormat) -> list[EncodedRanking]:
     prompts = [r.prompt for r in rankings for _ in r.responses]
     responses = [resp for r in rankings for resp in r.responses]
     flat = iter(encode_texts(tokenizer, prompts, responses, fmt))
-    return [EncodedRanking([next(flat) for _ in r.responses], r.ties, r.margin) for r in rankings]
+    return [EncodedRanking([next(flat) for _ in r.responses], r.ties, r.margin, r.subset) for r in rankings]
 
 
 def ranking_loss(scores: torch.Tensor, batch: list[EncodedRanking], center_coef: float) -> torch.Tensor:
@@ -182,7 +217,38 @@ def evaluate_rankings(
         "eval/score_std": float(scores.std()),
         "eval/pairs": float(len(better)),
     }
+    metrics.update(subset_metrics(rankings, scores))
     return metrics, calib, scores
+
+
+def subset_metrics(rankings: list[EncodedRanking], scores: torch.Tensor) -> dict[str, float]:
+    """eval/accuracy/<subset> and eval/pairs/<subset> when the held-out rankings name two or more subsets."""
+    names = sorted({r.subset for r in rankings})
+    if len(names) < 2:
+        return {}
+    starts = [0]
+    for r in rankings:
+        starts.append(starts[-1] + len(r.rows))
+    out = {}
+    for name in names:
+        idx = [i for i, r in enumerate(rankings) if r.subset == name]
+        own = torch.cat([scores[starts[i] : starts[i + 1]] for i in idx])
+        better, worse = ordered_pairs([rankings[i] for i in idx], own)
+        out[f"eval/accuracy/{name or '(none)'}"] = pairwise_accuracy(better, worse)
+        out[f"eval/pairs/{name or '(none)'}"] = float(len(better))
+    return out
+
+
+def frozen_features(
+    model, rankings: list[EncodedRanking], pad_id: int, cfg: RMRunConfig, device: str
+) -> torch.Tensor | None:
+    """With every block frozen and a linear head on one pooled vector, the backbone is a fixed function:
+    its vector for each training response ([rows, hidden], ranking-major) is computed once, in eval mode
+    (no dropout), and each step runs only the head. None when some block trains."""
+    if any(p.requires_grad for p in model.base_model.parameters()) or not reads_hidden_state(model):
+        return None
+    rows = [row for r in rankings for row in r.rows]
+    return score_ids(model, rows, pad_id, cfg.eval.batch_size, device, fn=pooled_hidden)
 
 
 def load_sets(d: RMDataConfig, seed: int) -> tuple[list[Ranking], list[Ranking]]:
@@ -201,12 +267,30 @@ def run_rm(cfg: RMRunConfig, resume: bool = False) -> RMResult:
     total_steps = cfg.train.steps or math.ceil(cfg.train.epochs * len(train_set) / cfg.train.batch_size)
     if cfg.optim.warmup_steps > total_steps:
         raise ConfigError(f"optim.warmup_steps={cfg.optim.warmup_steps} exceeds the {total_steps} steps")
-    session = TrainingSession.start(cfg, resume=resume, total_steps=total_steps, load=load_scalar_model)
+
+    def load(*args, **kwargs):
+        """The scalar model with the configured readout and frozen layers, before the optimizer exists."""
+        model = load_scalar_model(*args, **kwargs)
+        for key, apply in (
+            ("head.pooling", lambda: set_pooling(model, cfg.head.pooling)),
+            ("train.freeze_layers", lambda: freeze_lower_layers(model, cfg.train.freeze_layers)),
+        ):
+            try:
+                apply()
+            except ValueError as e:
+                raise ConfigError(f"{key}: {e}") from None
+        return model
+
+    session = TrainingSession.start(cfg, resume=resume, total_steps=total_steps, load=load)
     model, tokenizer, device, precision = session.model, session.tokenizer, session.device, session.precision
     fmt = TextFormat(cfg.data.prompt_template, cfg.data.max_length)
     pad_id = pad_id_of(tokenizer)
     train_enc = encode_rankings(tokenizer, train_set, fmt)
     held_enc = encode_rankings(tokenizer, held_set, fmt)
+    features = frozen_features(model, train_enc, pad_id, cfg, device)
+    offsets = [0]
+    for r in train_enc:
+        offsets.append(offsets[-1] + len(r.rows))
     keys = [PromptExample(prompt="\0".join((r.prompt, *r.responses))) for r in train_set]
     sampler = session.prompt_sampler(keys, cfg.train.batch_size)
     calib_path = session.run_dir / "calibration.jsonl"
@@ -236,10 +320,16 @@ def run_rm(cfg: RMRunConfig, resume: bool = False) -> RMResult:
     final = None
     for step in range(start_step + 1, total_steps + 1):
         t0 = time.perf_counter()
-        batch = [train_enc[i] for i in sampler.next_indices()]
-        ids, mask = pad_right([row for r in batch for row in r.rows], pad_id, device)
+        indices = sampler.next_indices()
+        batch = [train_enc[i] for i in indices]
         with precision.autocast():
-            scores = sequence_scores(model, ids, mask)
+            if features is not None:  # frozen backbone: only the head runs
+                rows = [k for i in indices for k in range(offsets[i], offsets[i + 1])]
+                scores = linear_head(model)(features[rows].to(device)).squeeze(-1).float()
+            else:
+                scores = sequence_scores(
+                    model, *pad_right([row for r in batch for row in r.rows], pad_id, device)
+                )
         loss = ranking_loss(scores, batch, cfg.train.center_coef)
         session.optimizer.zero_grad(set_to_none=True)
         precision.backward(loss)
