@@ -28,9 +28,8 @@ from aha.models.tiny import create_tiny_model
 from aha.train.checkpoint import latest_checkpoint
 
 KILLS = 20
-GRPO_STEPS = SFT_STEPS = (
-    40  # each attempt advances a step or two: enough steps that all 20 kills land mid-run
-)
+# each attempt advances a step or two: enough steps that all 20 kills land mid-run
+GRPO_STEPS = SFT_STEPS = RM_STEPS = 40
 HELPERS = Path(__file__).parent / "helpers"
 CLOCK_KEYS = ("time/", "throughput/", "memory/")  # wall-clock and memory readings differ run to run
 
@@ -54,7 +53,16 @@ def forkserver(tmp_path_factory):
     shutil.copy(HELPERS / "toy_rewards.py", rewards_dir / "toy_rewards.py")
     sys.path.insert(0, str(rewards_dir))
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["aha.cli", "aha.train.grpo", "aha.train.sft", "toy_rewards"])
+    context.set_forkserver_preload(
+        [
+            "aha.cli",
+            "aha.train.grpo",
+            "aha.train.ppo",
+            "aha.train.sft",
+            "aha.train.reward_model",
+            "toy_rewards",
+        ]
+    )
     warm_up = context.Process(target=time.sleep, args=(0,))  # starts the server: not part of any timing
     warm_up.start()
     warm_up.join()
@@ -87,6 +95,29 @@ def grpo_argv(tiny_dir: Path, out: Path) -> list[str]:
         "eval.every=5",
         "track.sample_every=1",
         "track.plot=false",
+    ]
+
+
+def ppo_argv(tiny_dir: Path, out: Path) -> list[str]:
+    """GRPO's run with PPO's critic (its own AdamW and scheduler, checkpointed under critic/)."""
+    argv = [a for a in grpo_argv(tiny_dir, out) if not a.startswith("algo.mu")]
+    return ["ppo", *argv[1:], "critic.lr=3e-3", "critic.warmup_steps=2"]
+
+
+def rm_argv(pairs: Path, tiny_dir: Path, out: Path) -> list[str]:
+    return [
+        "rm",
+        f"model.path={tiny_dir}",
+        "model.lean_activations=false",
+        f"data.train_file={pairs}",
+        "data.held_out_fraction=0.25",
+        f"run.output_dir={out}",
+        "run.progress=false",
+        "run.save_every=1",
+        f"train.steps={RM_STEPS}",
+        "train.batch_size=16",
+        "eval.every=5",
+        "optim.lr=3e-3",
     ]
 
 
@@ -161,10 +192,17 @@ def deterministic(rows: list[dict]) -> list[dict]:
 
 
 def assert_same_run(straight: Path, resumed: Path, final: str) -> None:
-    a, b = load_file(straight / final), load_file(resumed / final)
-    assert a.keys() == b.keys()
-    for name in a:
-        assert torch.equal(a[name], b[name]), name
+    """Every weights file under `final` (the policy, and a critic's or reference's folder) bit for bit
+    equal, and every metrics and samples row but clock readings."""
+    files = sorted(p.relative_to(straight / final) for p in (straight / final).rglob("*.safetensors"))
+    assert files and files == sorted(
+        p.relative_to(resumed / final) for p in (resumed / final).rglob("*.safetensors")
+    )
+    for name in files:
+        a, b = load_file(straight / final / name), load_file(resumed / final / name)
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), (name, key)
     for name in ("metrics.jsonl", "samples.jsonl"):  # redone steps' rows replace, never repeat, the lost ones
         if (straight / name).exists():
             rows = [
@@ -181,7 +219,7 @@ def test_grpo_killed_20_times_ends_where_the_uninterrupted_run_ends(forkserver, 
         kill_and_resume(forkserver, grpo_argv(tiny_dir, killed), killed, duration / GRPO_STEPS, seed=0)
         == KILLS
     )
-    assert_same_run(straight, killed, f"checkpoints/step-{GRPO_STEPS:08d}/model.safetensors")
+    assert_same_run(straight, killed, f"checkpoints/step-{GRPO_STEPS:08d}")
 
 
 def test_sft_killed_20_times_ends_where_the_uninterrupted_run_ends(forkserver, tiny_dir, tmp_path):
@@ -199,7 +237,34 @@ def test_sft_killed_20_times_ends_where_the_uninterrupted_run_ends(forkserver, t
         kill_and_resume(forkserver, sft_argv(data, tiny_dir, killed), killed, duration / SFT_STEPS, seed=1)
         == KILLS
     )
-    assert_same_run(straight, killed, "final/model.safetensors")
+    assert_same_run(straight, killed, "final")
+
+
+def test_ppo_killed_20_times_ends_where_the_uninterrupted_run_ends(forkserver, tiny_dir, tmp_path):
+    """With its critic: the critic's weights, AdamW state and schedule come back from each checkpoint."""
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    duration = run_to_end(forkserver, ppo_argv(tiny_dir, straight), tmp_path / "straight.log")
+    assert (
+        kill_and_resume(forkserver, ppo_argv(tiny_dir, killed), killed, duration / GRPO_STEPS, seed=2)
+        == KILLS
+    )
+    final = f"checkpoints/step-{GRPO_STEPS:08d}"
+    assert (straight / final / "critic").is_dir()
+    assert_same_run(straight, killed, final)
+
+
+def test_reward_model_killed_20_times_ends_where_the_uninterrupted_run_ends(forkserver, tiny_dir, tmp_path):
+    from test_train_reward_model import synthetic_pairs
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in synthetic_pairs(400, seed=1)))
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    duration = run_to_end(forkserver, rm_argv(pairs, tiny_dir, straight), tmp_path / "straight.log")
+    assert (
+        kill_and_resume(forkserver, rm_argv(pairs, tiny_dir, killed), killed, duration / RM_STEPS, seed=3)
+        == KILLS
+    )
+    assert_same_run(straight, killed, "final")
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
