@@ -149,4 +149,8 @@ def test_ppo_as_the_rl_stage_starts_its_critic_from_the_reward_model(inputs, tmp
         "the reward and the critic are the reward model"
     )
     rows = result.results["ppo"].history
-    assert [r["step"] for r in rows] == [0, 1, 2] and "critic/value_loss" in rows[1] and "monitor/gold" in rows[1]
+    assert (
+        [r["step"] for r in rows] == [0, 1, 2]
+        and "critic/value_loss" in rows[1]
+        and "monitor/gold" in rows[1]
+    )
