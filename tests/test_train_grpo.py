@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.rl_configs import tiny_rl_overrides
 from safetensors.torch import load_file
 
 from aha.config import ConfigError, load_config
@@ -30,17 +31,7 @@ def _toy_rewards_importable(monkeypatch):
 
 def _config(tiny_dir: Path, out: Path, *overrides: str) -> GRPORunConfig:
     base = [
-        f"model.path={tiny_dir}",
-        f"run.output_dir={out}",
-        "run.progress=false",
-        "rewards.functions=[toy_rewards:digit_fraction]",
-        "rollout.max_new_tokens=8",
-        "rollout.group_size=8",
-        "train.prompts_per_step=8",
-        "optim.lr=3e-3",
-        "data.arithmetic_train_size=200",
-        "data.arithmetic_eval_size=16",
-        "eval.num_prompts=16",
+        *tiny_rl_overrides(tiny_dir, out, group_size=8, prompts_per_step=8, train_size=200, eval_size=16),
         "eval.every=0",
         "track.sample_every=5",
     ]

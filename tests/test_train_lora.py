@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.rl_configs import tiny_rl_overrides
 from safetensors.torch import load_file
 
 from aha.config import ConfigError, load_config
@@ -37,17 +38,7 @@ def _toy_rewards_importable(monkeypatch):
 
 def _grpo_config(model_dir: Path, out: Path, *overrides: str) -> GRPORunConfig:
     base = [
-        f"model.path={model_dir}",
-        f"run.output_dir={out}",
-        "run.progress=false",
-        "rewards.functions=[toy_rewards:digit_fraction]",
-        "rollout.max_new_tokens=8",
-        "rollout.group_size=4",
-        "train.prompts_per_step=4",
-        "optim.lr=3e-3",
-        "data.arithmetic_train_size=50",
-        "data.arithmetic_eval_size=8",
-        "eval.num_prompts=8",
+        *tiny_rl_overrides(model_dir, out, group_size=4, prompts_per_step=4, train_size=50, eval_size=8),
         "track.plot=false",
         *LORA,
     ]

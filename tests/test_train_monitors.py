@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers.rl_configs import tiny_rl_overrides
 
 from aha.config import load_config
 from aha.models.tiny import create_tiny_model
@@ -28,19 +29,9 @@ def _toy_rewards_importable(monkeypatch):
 
 def _config(tiny_dir: Path, out: Path, *overrides: str) -> GRPORunConfig:
     base = [
-        f"model.path={tiny_dir}",
-        f"run.output_dir={out}",
-        "run.progress=false",
-        "rewards.functions=[toy_rewards:digit_fraction]",
+        *tiny_rl_overrides(tiny_dir, out, group_size=8, prompts_per_step=8, train_size=200, eval_size=16),
         "rewards.monitors=[toy_rewards:non_digit_fraction]",
-        "rollout.max_new_tokens=8",
-        "rollout.group_size=8",
-        "train.prompts_per_step=8",
-        "optim.lr=3e-3",
         "algo.beta=0.01",
-        "data.arithmetic_train_size=200",
-        "data.arithmetic_eval_size=16",
-        "eval.num_prompts=16",
         "eval.greedy=false",
         "track.sample_every=0",
         "track.plot=false",

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.rl_configs import tiny_rl_overrides
 from safetensors.torch import load_file
 
 import aha.train.precision as precision_module
@@ -328,17 +329,7 @@ def test_rollouts_under_autocast_compute_what_the_hf_forward_computes(tiny_varie
 
 def _grpo_config(model_dir: Path, out: Path, *overrides: str) -> GRPORunConfig:
     base = [
-        f"model.path={model_dir}",
-        f"run.output_dir={out}",
-        "run.progress=false",
-        "rewards.functions=[toy_rewards:digit_fraction]",
-        "rollout.max_new_tokens=8",
-        "rollout.group_size=4",
-        "train.prompts_per_step=4",
-        "optim.lr=3e-3",
-        "data.arithmetic_train_size=64",
-        "data.arithmetic_eval_size=8",
-        "eval.num_prompts=8",
+        *tiny_rl_overrides(model_dir, out, group_size=4, prompts_per_step=4, train_size=64, eval_size=8),
         "eval.every=0",
         "track.sample_every=0",
         "track.plot=false",

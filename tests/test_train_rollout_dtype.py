@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.rl_configs import tiny_rl_overrides
 
 from aha.config import ConfigError, load_config
 from aha.models.tiny import create_tiny_model
@@ -28,20 +29,10 @@ def _toy_rewards_importable(monkeypatch):
 
 def _config(tiny_dir: Path, out: Path, *overrides: str) -> GRPORunConfig:
     base = [
-        f"model.path={tiny_dir}",
+        *tiny_rl_overrides(tiny_dir, out, group_size=8, prompts_per_step=8, train_size=200, eval_size=16),
         "model.precision=fp32",
-        f"run.output_dir={out}",
-        "run.progress=false",
         "run.seed=0",
-        "rewards.functions=[toy_rewards:digit_fraction]",
-        "rollout.max_new_tokens=8",
-        "rollout.group_size=8",
-        "train.prompts_per_step=8",
-        "optim.lr=3e-3",
         "algo.beta=0.01",
-        "data.arithmetic_train_size=200",
-        "data.arithmetic_eval_size=16",
-        "eval.num_prompts=16",
         "eval.every=0",
         "track.sample_every=0",
         "track.plot=false",
