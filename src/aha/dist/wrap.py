@@ -1,0 +1,176 @@
+"""Wrapping the policy for several processes with torch.distributed's own engines, and full-weight views
+of it for checkpoints, exports and sampling.
+
+- ddp: DDP's reducer through `torch.distributed._composable.replicate` (the same gradient all-reduce as
+  `DistributedDataParallel`), applied in place: the model keeps its class and attributes, so the scoring
+  code that reaches into it (`get_decoder`, `config`, peft's adapters) works unchanged. Every rank holds
+  the whole model; gradients are averaged across ranks during backward.
+- fsdp2: `torch.distributed.fsdp.fully_shard` on each decoder layer and then on the whole model: the
+  parameters become DTensors sharded across ranks, gathered layer by layer for each forward and backward;
+  gradients are reduce-scattered (averaged). Under bf16-mixed the gathered weights are bf16
+  (MixedPrecisionPolicy) and gradients are reduced in float32; the float32 shards are the master weights.
+
+Both average gradients over ranks, so a loss that is each rank's share of the global loss times the
+number of ranks (`aha.dist.weights`) gives exactly the one-process gradient.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from aha.config import ConfigError
+from aha.dist.env import check_strategy
+
+
+def wrap_model(model: nn.Module, strategy: str, precision: str) -> nn.Module:
+    """Apply `strategy` (ddp or fsdp2) to `model` in place and return it. Build the optimizer after
+    this: under fsdp2 the parameters are replaced by sharded ones. `precision` is the run's resolved
+    model.precision (fp32, bf16-mixed or fp16-mixed)."""
+    check_strategy(strategy)
+    if strategy == "ddp":
+        from torch.distributed._composable.replicate import replicate
+
+        # No buffer broadcast before each forward: the buffers (rotary tables) are the same on every
+        # rank, and a broadcast would make sampling, whose forwards differ in number across ranks, hang.
+        replicate(model, forward_sync_buffers=False)
+        return model
+    if precision == "fp16-mixed":
+        raise ConfigError(
+            "model.precision=fp16-mixed is not supported with dist.strategy=fsdp2 (its loss scaler does "
+            "not handle sharded gradients here); use bf16-mixed or fp32, or dist.strategy=ddp"
+        )
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    policy = MixedPrecisionPolicy()
+    if precision == "bf16-mixed":
+        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    for layer in decoder_layers(model):
+        fully_shard(layer, mp_policy=policy)
+    fully_shard(model, mp_policy=policy)
+    return model
+
+
+def decoder_layers(model: nn.Module) -> list[nn.Module]:
+    """The repeated transformer blocks (the unit FSDP2 gathers at a time), found through HF's own
+    `_no_split_modules` class names, which every decoder model declares."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    names = set(getattr(base, "_no_split_modules", None) or [])
+    layers = [m for m in model.modules() if type(m).__name__ in names]
+    if not layers:
+        raise ConfigError(
+            f"dist.strategy=fsdp2: {type(base).__name__} names no decoder layer class (_no_split_modules)"
+        )
+    return layers
+
+
+def is_wrapped(model: nn.Module) -> bool:
+    """Whether `wrap_model` applied either strategy: its hooks run on `model`'s own forward, so the
+    scoring code must call that forward (not its backbone and head separately)."""
+    from torch.distributed._composable.replicate import DDP
+
+    return isinstance(model, DDP) or is_sharded(model)
+
+
+def is_sharded(model: nn.Module) -> bool:
+    """Whether `model` is under FSDP2 (its parameters are shards, not the weights)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The whole model's weights as plain CPU tensors, on every rank. Under fsdp2 this gathers the
+    shards: a collective, so every rank must call it at the same point."""
+    if not is_sharded(model):
+        return model.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """The optimizer's state for the whole model, in `optimizer.state_dict()`'s layout (collective
+    under fsdp2)."""
+    if not is_sharded(model):
+        return optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True, flatten_optimizer_state_dict=False)
+    return _as_param_ids(get_optimizer_state_dict(model, optimizer, options=options), optimizer)
+
+
+def load_full_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load whole-model weights (as `full_state_dict` returns them) into `model`, sharding them under
+    fsdp2. Every rank passes the same full weights."""
+    if not is_sharded(model):
+        model.load_state_dict(state, strict=False)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=False))
+
+
+def load_full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Restore `full_optimizer_state`'s output (sharding it under fsdp2)."""
+    if not is_sharded(model):
+        optimizer.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    names = _param_names(model, optimizer)
+    by_name = {
+        "state": {names[i]: s for i, s in state["state"].items()},
+        "param_groups": [
+            {**g, "params": [names[i] for i in g["params"]]} for g in state["param_groups"]
+        ],
+    }
+    set_optimizer_state_dict(model, optimizer, by_name, options=StateDictOptions(full_state_dict=True))
+
+
+@contextlib.contextmanager
+def full_weights(model: nn.Module) -> Iterator[None]:
+    """Within the block every rank holds the whole model's weights, gathered once on entry: forwards
+    inside communicate nothing, so ranks may run different numbers of them (sampling stops at
+    different lengths on different ranks). Resharded on exit. A no-op unless under fsdp2."""
+    if not is_sharded(model):
+        yield
+        return
+    from torch.distributed.fsdp import FSDPModule
+
+    units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    for unit in units:
+        unit.unshard()
+    for unit in units:
+        unit.set_reshard_after_forward(False, recurse=False)
+    try:
+        yield
+    finally:
+        for unit in units:
+            unit.set_reshard_after_forward(True, recurse=False)
+            unit.reshard()
+
+
+def _param_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[int, str]:
+    """Optimizer parameter index -> the parameter's name in the model."""
+    name_of = {id(p): n for n, p in model.named_parameters()}
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    return {i: name_of[id(p)] for i, p in enumerate(params)}
+
+
+def _as_param_ids(state: dict, optimizer: torch.optim.Optimizer) -> dict:
+    """torch.distributed.checkpoint keys optimizer state by parameter name; `optimizer.state_dict()`
+    (what checkpoints hold) by position. Convert, so one checkpoint layout serves both strategies."""
+    positions = {}
+    for g in state["param_groups"]:
+        for name in g["params"]:
+            positions.setdefault(name, len(positions))
+    return {
+        "state": {positions[n]: s for n, s in state["state"].items()},
+        "param_groups": [
+            {**g, "params": [positions[n] for n in g["params"]]} for g in state["param_groups"]
+        ],
+    }

@@ -1,0 +1,88 @@
+"""Workers for the 2-process gloo tests (tests/test_dist_*.py): each joins a process group as torchrun
+would set it up (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT), runs its share, and rank 0 saves what
+the test compares. Run with `spawn_workers`."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spawn_workers(fn, world: int, *args) -> None:
+    """Run `fn(*args)` in `world` fresh processes joined in one gloo process group."""
+    mp.spawn(_entry, args=(world, free_port(), fn, args), nprocs=world, join=True)
+
+
+def _entry(rank: int, world: int, port: int, fn, args) -> None:
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        OMP_NUM_THREADS="1",
+    )
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        fn(*args)
+    finally:
+        dist.destroy_process_group()
+
+
+def update_worker(model_dir: str, strategy: str, cases: dict, out: str) -> None:
+    """For each case (name -> (PolicyLossSettings, micro_batch_size)): one policy_update on this rank's
+    groups of the shared test batch; then one SFT step on this rank's rows of the SFT test batch. The
+    model is wrapped by `strategy` each time; rank 0 saves the whole updated weights and the metrics."""
+    from test_dist_update import GROUP, make_batch, sft_batch, sgd
+
+    from aha.dist.wrap import full_state_dict, wrap_model
+    from aha.models.loading import load_model
+    from aha.train.policy_update import policy_update
+    from aha.train.sft import rank_scaled_nll
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    results = {}
+    for name, (settings, micro) in cases.items():
+        model = load_model(model_dir)
+        batch = make_batch(model)  # the same on every rank (seeded), made before wrapping
+        per_rank = batch.input_ids.shape[0] // world
+        mine = batch.select(torch.arange(rank * per_rank, (rank + 1) * per_rank))
+        wrap_model(model, strategy, "fp32")
+        metrics = policy_update(
+            model,
+            sgd(model),
+            mine,
+            settings,
+            passes=1,
+            minibatches=1,
+            group_size=GROUP,
+            grad_clip=1e9,  # measured, never clipping
+            generator=torch.Generator().manual_seed(0),
+            micro_batch_size=micro,
+        )
+        results[name] = {"weights": full_state_dict(model), "metrics": metrics}
+
+    model = load_model(model_dir)
+    batch = sft_batch()
+    per_rank = batch.input_ids.shape[0] // world
+    rows = slice(rank * per_rank, (rank + 1) * per_rank)
+    wrap_model(model, strategy, "fp32")
+    optimizer = sgd(model)
+    loss, batch_loss = rank_scaled_nll(model, type(batch)(batch.input_ids[rows], batch.loss_mask[rows]))
+    loss.backward()
+    optimizer.step()
+    results["sft"] = {"weights": full_state_dict(model), "loss": batch_loss}
+    if rank == 0:
+        torch.save(results, Path(out))
