@@ -93,42 +93,40 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
-    """The optimizer's state for the whole model, in `optimizer.state_dict()`'s layout (collective
-    under fsdp2)."""
+    """`optimizer.state_dict()` with each sharded state tensor (AdamW's moments) made whole: the
+    layout of an unsharded run's, so one checkpoint serves either strategy (collective under fsdp2)."""
+    state = optimizer.state_dict()
     if not is_sharded(model):
-        return optimizer.state_dict()
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True, flatten_optimizer_state_dict=False)
-    return _as_param_ids(get_optimizer_state_dict(model, optimizer, options=options), optimizer)
-
-
-def load_full_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Load whole-model weights (as `full_state_dict` returns them) into `model`, sharding them under
-    fsdp2. Every rank passes the same full weights."""
-    if not is_sharded(model):
-        model.load_state_dict(state, strict=False)
-        return
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-
-    set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=False))
+        return state
+    return {
+        "state": {i: {k: _whole(v) for k, v in s.items()} for i, s in state["state"].items()},
+        "param_groups": state["param_groups"],
+    }
 
 
 def load_full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
-    """Restore `full_optimizer_state`'s output (sharding it under fsdp2)."""
-    if not is_sharded(model):
-        optimizer.load_state_dict(state)
-        return
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    """Restore `full_optimizer_state`'s output, cutting each whole state tensor to this rank's shard
+    of its parameter under fsdp2 (a collective)."""
+    if is_sharded(model):
+        from torch.distributed.tensor import DTensor, distribute_tensor
 
-    names = _param_names(model, optimizer)
-    by_name = {
-        "state": {names[i]: s for i, s in state["state"].items()},
-        "param_groups": [
-            {**g, "params": [names[i] for i in g["params"]]} for g in state["param_groups"]
-        ],
-    }
-    set_optimizer_state_dict(model, optimizer, by_name, options=StateDictOptions(full_state_dict=True))
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+
+        def cut(param: torch.Tensor, value: object) -> object:
+            if isinstance(param, DTensor) and torch.is_tensor(value) and value.shape == param.shape:
+                local = value.to(param.device_mesh.device_type)
+                return distribute_tensor(local, param.device_mesh, param.placements)
+            return value  # AdamW's step count
+
+        state = {
+            "state": {i: {k: cut(params[i], v) for k, v in s.items()} for i, s in state["state"].items()},
+            "param_groups": state["param_groups"],
+        }
+    optimizer.load_state_dict(state)
+
+
+def _whole(value: object) -> object:
+    return value.full_tensor().cpu() if hasattr(value, "full_tensor") else value
 
 
 @contextlib.contextmanager
@@ -152,25 +150,3 @@ def full_weights(model: nn.Module) -> Iterator[None]:
         for unit in units:
             unit.set_reshard_after_forward(True, recurse=False)
             unit.reshard()
-
-
-def _param_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[int, str]:
-    """Optimizer parameter index -> the parameter's name in the model."""
-    name_of = {id(p): n for n, p in model.named_parameters()}
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    return {i: name_of[id(p)] for i, p in enumerate(params)}
-
-
-def _as_param_ids(state: dict, optimizer: torch.optim.Optimizer) -> dict:
-    """torch.distributed.checkpoint keys optimizer state by parameter name; `optimizer.state_dict()`
-    (what checkpoints hold) by position. Convert, so one checkpoint layout serves both strategies."""
-    positions = {}
-    for g in state["param_groups"]:
-        for name in g["params"]:
-            positions.setdefault(name, len(positions))
-    return {
-        "state": {positions[n]: s for n, s in state["state"].items()},
-        "param_groups": [
-            {**g, "params": [positions[n] for n in g["params"]]} for g in state["param_groups"]
-        ],
-    }

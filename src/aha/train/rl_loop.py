@@ -295,10 +295,6 @@ def _check_distributable(cfg: Any) -> None:
             "algo.drop_zero_variance_groups is not supported under torchrun with several processes: "
             "ranks would train on different numbers of groups"
         )
-    if cfg.track.hacking.keep_best:
-        raise ConfigError(
-            "track.hacking.keep_best is not supported under torchrun with several processes yet"
-        )
 
 
 def step_seed(cfg: Any, step: int) -> int:
