@@ -2,6 +2,9 @@
 global batch, split across 2 ranks by whole groups (rows) and wrapped by DDP or FSDP2, leave the same
 weights and log the same loss and metrics as one process on the whole batch.
 
+Also under LoRA (only the adapters train), gradient checkpointing (layers recomputed in backward, through
+the wrappers' hooks) and bf16-mixed (FSDP2 gathers bf16 weights; one process autocasts float32 ones).
+
 SGD, not AdamW: SGD's step is the gradient itself, so equal weights mean equal gradients (AdamW's first
 step is about lr * sign(gradient) and would hide most of a gradient's error). The tolerance is the one
 of `forward_atol` applied to the size of the step: splitting the rows across ranks only changes in which
@@ -11,14 +14,19 @@ order the same float32 terms are summed.
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
 from helpers.dist_workers import spawn_workers, update_worker
-from helpers.tolerances import forward_atol
+from helpers.tolerances import BF16_UNIT_ROUNDOFF, forward_atol
 
+from aha.models.checkpointing import enable_gradient_checkpointing
 from aha.models.loading import load_model
+from aha.models.lora import apply_lora
+from aha.models.lora_config import LoRAConfig
 from aha.train.policy_update import PolicyLossSettings, UpdateBatch, completion_logprobs, policy_update
+from aha.train.precision import Precision
 from aha.train.sft import TokenBatch, rank_scaled_nll
 
 GROUP, GROUPS, PROMPT, COMPLETION = 2, 4, 4, 6
@@ -35,6 +43,17 @@ SETTINGS = {
     )
     for loss_agg in ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 }
+
+
+def build(model_dir, variant: str = ""):
+    """The tiny model as a case runs it: plain, with LoRA adapters, or with gradient checkpointing."""
+    model = load_model(str(model_dir))
+    if variant == "lora":
+        torch.manual_seed(0)  # the adapters' A matrices: the same draw in every process
+        model = apply_lora(model, LoRAConfig(r=4, alpha=8.0), str(model_dir))
+    if variant == "checkpointing":
+        enable_gradient_checkpointing(model)
+    return model
 
 
 def make_batch(model) -> UpdateBatch:
@@ -70,20 +89,38 @@ def sgd(model) -> torch.optim.SGD:
     return torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=LR)
 
 
-def _assert_same_weights(base, one, two) -> None:
-    """`two` (2 ranks) equals `one` (one process), both a step from `base`, to float rounding."""
+def _assert_same_weights(base, one, two, precision: str = "fp32", what: str = "") -> None:
+    """`two` (2 ranks) equals `one` (one process), both a step from `base`, to float rounding: float32's
+    (`forward_atol`), or under bf16-mixed one bf16 rounding (2^-8) of each of the 2 * layers + 1 passes
+    over the residual stream, twice (forward and backward), of the step."""
     step = max((one[k] - base[k]).abs().max().item() for k in one)
     assert step > 1e-3  # the update moved the weights: the comparison below is not vacuous
     atol = forward_atol(_CONFIG, step)
+    if precision == "bf16-mixed":
+        atol = 2 * (2 * _CONFIG.num_hidden_layers + 1) * BF16_UNIT_ROUNDOFF * step
     assert one.keys() == two.keys()
     for k in one:
-        torch.testing.assert_close(two[k], one[k], rtol=0, atol=atol, msg=k)
+        err = (two[k] - one[k]).abs().max().item()
+        assert err <= atol, (what, k, err, atol, step)
 
 
 _CONFIG = None
-CASES = {  # loss aggregation -> micro-batch size (token-mean: accumulated over micro-batches too)
-    loss_agg: (settings, GROUP if loss_agg == "token-mean" else 0) for loss_agg, settings in SETTINGS.items()
+# name -> (settings, micro-batch size, model variant, precision); token-mean also accumulates over
+# micro-batches
+CASES = {
+    loss_agg: (settings, GROUP if loss_agg == "token-mean" else 0, "", "fp32")
+    for loss_agg, settings in SETTINGS.items()
 }
+CASES["lora"] = (SETTINGS["token-mean"], 0, "lora", "fp32")
+CASES["checkpointing"] = (SETTINGS["token-mean"], GROUP, "checkpointing", "fp32")
+# bf16 rounds log-probs by ~1e-2: a token near a clip boundary could land on either side in the two
+# computations and swing its whole gradient, so this case clips nowhere (the surrogate stays smooth)
+CASES["bf16-mixed"] = (
+    dataclasses.replace(SETTINGS["token-mean"], clip_low=10.0, clip_high=10.0),
+    0,
+    "",
+    "bf16-mixed",
+)
 
 
 @pytest.fixture(scope="module")
@@ -104,8 +141,9 @@ def two_ranks(request, model_dir, tmp_path_factory):
 def test_grpo_update_on_two_ranks_equals_one_process(model_dir, two_ranks):
     base = load_model(str(model_dir))
     batch = make_batch(base)
-    for loss_agg, (settings, micro) in CASES.items():
-        model = copy.deepcopy(base)
+    for name, (settings, micro, variant, precision) in CASES.items():
+        model = build(model_dir, variant)
+        start = {k: v.clone() for k, v in model.state_dict().items()}
         one_metrics = policy_update(
             model,
             sgd(model),
@@ -117,13 +155,15 @@ def test_grpo_update_on_two_ranks_equals_one_process(model_dir, two_ranks):
             grad_clip=1e9,
             generator=torch.Generator().manual_seed(0),
             micro_batch_size=micro,
+            precision=Precision(precision),
         )
-        two = two_ranks[loss_agg]
-        _assert_same_weights(base.state_dict(), model.state_dict(), two["weights"])
-        assert one_metrics["clip_frac"] > 0 and one_metrics["kl"] > 0
+        two = two_ranks[name]
+        _assert_same_weights(start, model.state_dict(), two["weights"], precision, name)
+        assert one_metrics["kl"] > 0 and (one_metrics["clip_frac"] > 0 or name == "bf16-mixed")
         assert two["metrics"].keys() == one_metrics.keys()
+        rel = 1e-5 if precision == "fp32" else 2 * (2 * _CONFIG.num_hidden_layers + 1) * BF16_UNIT_ROUNDOFF
         for k, v in one_metrics.items():  # global numbers, not rank 0's
-            assert two["metrics"][k] == pytest.approx(v, rel=1e-5, abs=1e-7), (loss_agg, k)
+            assert two["metrics"][k] == pytest.approx(v, rel=rel, abs=1e-7), (name, k)
 
 
 def test_sft_step_on_two_ranks_equals_one_process(model_dir, two_ranks):

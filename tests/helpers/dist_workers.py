@@ -42,24 +42,26 @@ def _entry(rank: int, world: int, port: int, fn, args) -> None:
 
 
 def update_worker(model_dir: str, strategy: str, cases: dict, out: str) -> None:
-    """For each case (name -> (PolicyLossSettings, micro_batch_size)): one policy_update on this rank's
+    """For each case (name -> (PolicyLossSettings, micro_batch_size, model variant, precision)): one
+    policy_update on this rank's
     groups of the shared test batch; then one SFT step on this rank's rows of the SFT test batch. The
     model is wrapped by `strategy` each time; rank 0 saves the whole updated weights and the metrics."""
-    from test_dist_update import GROUP, make_batch, sft_batch, sgd
+    from test_dist_update import GROUP, build, make_batch, sft_batch, sgd
 
     from aha.dist.wrap import full_state_dict, wrap_model
     from aha.models.loading import load_model
     from aha.train.policy_update import policy_update
+    from aha.train.precision import Precision
     from aha.train.sft import rank_scaled_nll
 
     rank, world = dist.get_rank(), dist.get_world_size()
     results = {}
-    for name, (settings, micro) in cases.items():
-        model = load_model(model_dir)
-        batch = make_batch(model)  # the same on every rank (seeded), made before wrapping
+    for name, (settings, micro, variant, precision) in cases.items():
+        model = build(model_dir, variant)
+        batch = make_batch(load_model(model_dir))  # the same on every rank (seeded)
         per_rank = batch.input_ids.shape[0] // world
         mine = batch.select(torch.arange(rank * per_rank, (rank + 1) * per_rank))
-        wrap_model(model, strategy, "fp32")
+        wrap_model(model, strategy, precision)
         metrics = policy_update(
             model,
             sgd(model),
@@ -71,6 +73,7 @@ def update_worker(model_dir: str, strategy: str, cases: dict, out: str) -> None:
             grad_clip=1e9,  # measured, never clipping
             generator=torch.Generator().manual_seed(0),
             micro_batch_size=micro,
+            precision=Precision(precision),
         )
         results[name] = {"weights": full_state_dict(model), "metrics": metrics}
 
