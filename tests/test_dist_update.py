@@ -2,6 +2,7 @@
 global batch, split across 2 ranks by whole groups (rows) and wrapped by DDP or FSDP2, leave the same
 weights and log the same loss and metrics as one process on the whole batch.
 
+Sampling from the wrapped model (FSDP2: on weights gathered once) gives the one-process completions.
 Also under LoRA (only the adapters train), gradient checkpointing (layers recomputed in backward, through
 the wrappers' hooks) and bf16-mixed (FSDP2 gathers bf16 weights; one process autocasts float32 ones).
 
@@ -22,9 +23,11 @@ from helpers.dist_workers import spawn_workers, update_worker
 from helpers.tolerances import BF16_UNIT_ROUNDOFF, forward_atol
 
 from aha.models.checkpointing import enable_gradient_checkpointing
-from aha.models.loading import load_model
+from aha.models.loading import load_model, load_tokenizer
 from aha.models.lora import apply_lora
 from aha.models.lora_config import LoRAConfig
+from aha.rollout import make_engine
+from aha.rollout.base import SamplingParams
 from aha.train.policy_update import PolicyLossSettings, UpdateBatch, completion_logprobs, policy_update
 from aha.train.precision import Precision
 from aha.train.sft import TokenBatch, rank_scaled_nll
@@ -123,6 +126,12 @@ CASES["bf16-mixed"] = (
 )
 
 
+GENERATION = [  # per rank: prompts and greedy sampling settings (different lengths on purpose)
+    (["12+7=", "3+3=", "40+2="], SamplingParams(max_new_tokens=3, temperature=0.0)),
+    (["9+9=", "100+1="], SamplingParams(max_new_tokens=9, temperature=0.0)),
+]
+
+
 @pytest.fixture(scope="module")
 def model_dir(tiny_varied_model_dir):
     global _CONFIG
@@ -164,6 +173,16 @@ def test_grpo_update_on_two_ranks_equals_one_process(model_dir, two_ranks):
         rel = 1e-5 if precision == "fp32" else 2 * (2 * _CONFIG.num_hidden_layers + 1) * BF16_UNIT_ROUNDOFF
         for k, v in one_metrics.items():  # global numbers, not rank 0's
             assert two["metrics"][k] == pytest.approx(v, rel=rel, abs=1e-7), (name, k)
+
+
+def test_sampling_from_sharded_weights_equals_one_process(model_dir, two_ranks):
+    """Each rank samples its own prompts for its own length from the wrapped model (under FSDP2 the
+    weights gathered once, then no communication): the completions are one process's, token for token
+    (the same HF forward over the same rows and the same weights, so the same argmax)."""
+    engine = make_engine("native", load_model(str(model_dir)), load_tokenizer(str(model_dir)), decode="hf")
+    one = [engine.generate(prompts, params).completions for prompts, params in GENERATION]
+    assert two_ranks["generation"] == one
+    assert len(set(sum(one, []))) > 1  # varied text: the comparison is not vacuous
 
 
 def test_sft_step_on_two_ranks_equals_one_process(model_dir, two_ranks):

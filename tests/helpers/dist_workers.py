@@ -87,5 +87,25 @@ def update_worker(model_dir: str, strategy: str, cases: dict, out: str) -> None:
     loss.backward()
     optimizer.step()
     results["sft"] = {"weights": full_state_dict(model), "loss": batch_loss}
+    results["generation"] = generation_case(model_dir, strategy, rank)
     if rank == 0:
         torch.save(results, Path(out))
+
+
+def generation_case(model_dir: str, strategy: str, rank: int) -> list[list[str]]:
+    """Greedy completions of this rank's prompts (GENERATION[rank]: other prompts, another length, so
+    the ranks run different numbers of forwards) from the wrapped model on weights gathered once
+    (`full_weights`); every rank's, gathered to rank 0."""
+    from test_dist_update import GENERATION
+
+    from aha.dist.reduce import gather_lists
+    from aha.dist.wrap import full_weights, wrap_model
+    from aha.models.loading import load_model, load_tokenizer
+    from aha.rollout import make_engine
+
+    model = wrap_model(load_model(model_dir), strategy, "fp32")
+    engine = make_engine("native", model, load_tokenizer(model_dir), decode="hf")
+    prompts, params = GENERATION[rank]
+    with full_weights(model):
+        completions = engine.generate(prompts, params).completions
+    return gather_lists([completions])
