@@ -56,8 +56,10 @@ def current() -> DistEnv:
     return DistEnv(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def launched_by_torchrun() -> bool:
-    return env_from(os.environ) is not None
+def in_process_group() -> bool:
+    """Whether this process joined a process group (launched by torchrun, even as its only process:
+    `--nproc_per_node 1` with fsdp2 still wraps the model)."""
+    return dist.is_available() and dist.is_initialized()
 
 
 def world_size_from_environ() -> int:

@@ -28,7 +28,7 @@ import torch
 from aha.config import ConfigError
 from aha.data.chat import chat_format
 from aha.data.prompts import PromptExample, batch_fields
-from aha.dist.env import rank_seed, shard
+from aha.dist.env import in_process_group, rank_seed, shard
 from aha.dist.reduce import gather_lists, gather_tensor, reduce_metrics, sum_across_ranks
 from aha.dist.wrap import full_weights
 from aha.models.lora import export_merged
@@ -130,7 +130,7 @@ def run_rl(
     monitors = RunMonitors.start(session, cfg.rewards, cfg.track.hacking)  # logged, never optimised
     # Under fsdp2 the sampler runs the HF forward on weights gathered once per call (`full_weights`): the
     # hand-written decode steps read the parameters, which are shards there.
-    decode = "hf" if env.distributed and cfg.dist.strategy == "fsdp2" else "kernel"
+    decode = "hf" if in_process_group() and cfg.dist.strategy == "fsdp2" else "kernel"
     engine = make_engine(
         cfg.rollout.engine, model, tokenizer, add_special_tokens=chat.add_special_tokens, decode=decode
     )

@@ -117,7 +117,7 @@ class TrainingSession:
             model = apply_lora(model, cfg.model.lora, cfg.model.path)
         if cfg.model.lean_activations:
             blocker = lean_activations_blocker(device, precision.name, lora_enabled=cfg.model.lora.r > 0)
-            if blocker is None and env.distributed and _strategy(cfg) == "fsdp2":
+            if blocker is None and dist_env.in_process_group() and _strategy(cfg) == "fsdp2":
                 blocker = "it does not apply to FSDP2-sharded models"
             if blocker is None:
                 use_lean_activations(model)
@@ -204,8 +204,8 @@ class TrainingSession:
         """Under torchrun with several processes, wrap the policy for `dist.strategy` (ddp or fsdp2) and
         rebuild its optimizer and scheduler over the wrapped parameters, carrying over their state (a
         resumed run's). Call once, after `restore_latest` and after any copy of the policy is taken (the
-        reference): those then see a plain model. A no-op in a single process."""
-        if not self.dist.distributed:
+        reference): those then see a plain model. A no-op without torchrun."""
+        if not dist_env.in_process_group():
             return
         optimizer_state = self.optimizer.state_dict()
         scheduler_state = self.scheduler.state_dict()

@@ -30,7 +30,7 @@ from aha.data.chat import CHAT_TEMPLATE_HELP, CHAT_TEMPLATE_MODES, SYSTEM_PROMPT
 from aha.data.prompts import DataError, PromptExample, load_prompt_file
 from aha.dist.env import shard
 from aha.dist.reduce import rank_weight, reduce_metrics
-from aha.dist.wrap import full_state_dict, full_weights
+from aha.dist.wrap import full_state_dict, full_weights, is_sharded
 from aha.models.forward import next_token_logprobs
 from aha.models.loading import save_model_atomically
 from aha.models.lora import export_merged
@@ -311,7 +311,7 @@ def run_sft(cfg: SFTRunConfig, resume: bool = False) -> SFTResult:
     if eval_set and final_eval is None:  # resumed a finished run
         final_eval = eval_loss()
     session.finish()
-    weights = full_state_dict(model) if session.dist.distributed else None  # gathered on every rank
+    weights = full_state_dict(model) if is_sharded(model) else None  # gathered on every rank
     final_dir = session.run_dir / FINAL_DIR
     if not session.dist.is_main:
         return SFTResult(session.run_dir, final_dir, session.history, final_eval)
