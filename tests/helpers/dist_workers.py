@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+
+HELPERS = Path(__file__).resolve().parent
 
 
 def free_port() -> int:
@@ -20,8 +23,15 @@ def free_port() -> int:
 
 
 def spawn_workers(fn, world: int, *args) -> None:
-    """Run `fn(*args)` in `world` fresh processes joined in one gloo process group."""
-    mp.spawn(_entry, args=(world, free_port(), fn, args), nprocs=world, join=True)
+    """Run `fn(*args)` in `world` fresh processes joined in one gloo process group. The children start
+    with this process's sys.path less tests/helpers itself, which other tests may have added: its
+    `kernels` module would shadow the package transformers imports."""
+    saved = sys.path[:]
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HELPERS]
+    try:
+        mp.spawn(_entry, args=(world, free_port(), fn, args), nprocs=world, join=True)
+    finally:
+        sys.path[:] = saved
 
 
 def _entry(rank: int, world: int, port: int, fn, args) -> None:
