@@ -12,10 +12,11 @@ of it for checkpoints, exports and sampling.
   Gathering bf16 weights instead (MixedPrecisionPolicy(param_dtype=bfloat16)) would halve the
   all-gather traffic but also run the norms, embeddings and residual stream in bf16: on the tiny test
   model one GRPO step then landed up to 8% of the step's size away from the one-process bf16-mixed
-  step (tests/test_dist_update.py's bf16 case), against 0.15% for DDP.
+  step (measured with tests/test_dist_update.py's bf16 case before settling on float32 gathers),
+  against 0.15% for DDP and for float32 gathers.
 
 Both average gradients over ranks, so a loss that is each rank's share of the global loss times the
-number of ranks (`aha.dist.weights`) gives exactly the one-process gradient.
+number of ranks (`aha.dist.reduce.rank_weight`) gives the one-process gradient, to float rounding.
 """
 
 from __future__ import annotations
