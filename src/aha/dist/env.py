@@ -2,17 +2,17 @@
 
 torchrun sets RANK, WORLD_SIZE and LOCAL_RANK (and MASTER_ADDR/MASTER_PORT for the rendezvous); a
 plain `python -m aha ...` sets none of them and runs as rank 0 of 1 without any process group.
+torch is imported only inside the functions that need it: the CLI checks a command (`aha report`
+included, which never loads torch) before anything heavy is imported.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
-
-import torch
-import torch.distributed as dist
 
 from aha.config import ConfigError
 
@@ -51,7 +51,9 @@ def env_from(environ: Mapping[str, str]) -> DistEnv | None:
 
 def current() -> DistEnv:
     """This process's place in the process group (rank 0 of 1 when there is none)."""
-    if not (dist.is_available() and dist.is_initialized()):
+    import torch.distributed as dist
+
+    if not in_process_group():
         return DistEnv()
     return DistEnv(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
@@ -59,6 +61,8 @@ def current() -> DistEnv:
 def in_process_group() -> bool:
     """Whether this process joined a process group (launched by torchrun, even as its only process:
     `--nproc_per_node 1` with fsdp2 still wraps the model)."""
+    import torch.distributed as dist
+
     return dist.is_available() and dist.is_initialized()
 
 
@@ -71,6 +75,9 @@ def init(device: str) -> tuple[DistEnv, str]:
     """Join torchrun's process group (NCCL on CUDA, gloo on the CPU) if launched by it; returns this
     process's place and its device (`cuda` becomes `cuda:LOCAL_RANK`). Idempotent; without torchrun
     it returns (rank 0 of 1, `device`) and starts nothing."""
+    import torch
+    import torch.distributed as dist
+
     env = env_from(os.environ)
     if env is None:
         return current(), device
@@ -89,13 +96,16 @@ def init(device: str) -> tuple[DistEnv, str]:
 
 
 def shutdown() -> None:
-    """Leave the process group (at the end of a command), if one was joined."""
-    if dist.is_available() and dist.is_initialized():
+    """Leave the process group (at the end of a command), if one was joined. Never imports torch."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
 
 def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
+    import torch.distributed as dist
+
+    if in_process_group():
         dist.barrier()
 
 
