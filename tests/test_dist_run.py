@@ -1,6 +1,6 @@
 """`torchrun --nproc_per_node 2 -m aha grpo|sft` on the CPU (gloo): real launches of the CLI.
 
-- GRPO, for DDP and FSDP2: a run SIGKILLed (the whole torchrun process group) after its second step and
+- GRPO (FSDP2): a run SIGKILLed (the whole torchrun process group) after its second step and
   resumed ends bit for bit where the uninterrupted 2-process run ends: final weights, every metric that
   is not a clock reading, every sample; rank 0 alone wrote the run's files, and samples.jsonl holds
   every rank's completions.
@@ -101,7 +101,10 @@ def last_logged_step(out: Path) -> int:
         return -1
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+# fsdp2 only, to stay within the CI budget (each strategy costs 3 launches, ~50 s here): it is the
+# strategy whose checkpoints are gathered from shards and re-sharded on resume; ddp's checkpoints are the
+# one-process ones. ["ddp", "fsdp2"] passes as well (docs/scaling.md).
+@pytest.mark.parametrize("strategy", ["fsdp2"])
 def test_two_process_grpo_killed_and_resumed_ends_where_the_uninterrupted_run_ends(
     tiny_dir, launch_env, tmp_path, strategy
 ):
