@@ -23,6 +23,9 @@ from aha.config import ConfigError, config_to_yaml, describe_options, describe_s
 from aha.train.interrupt import RunInterrupted
 from aha.write_errors import WriteFailed
 
+# Commands that run as several processes under torchrun (docs/scaling.md); the others refuse to.
+DISTRIBUTED_COMMANDS = ("grpo", "sft")
+
 # name -> ("module:ConfigClass", "module:run_function", one-line description)
 CommandTable = Mapping[str, tuple[str, str, str]]
 
@@ -136,14 +139,27 @@ def _dispatch(argv: list[str], commands: CommandTable) -> int:
     if args["print_config"]:
         print(config_to_yaml(cfg), end="")
         return 0
+    if name not in DISTRIBUTED_COMMANDS:
+        from aha.dist.env import require_single_process
+
+        require_single_process(f"aha {name}")
     run = _import(run_spec)
-    if args["resume"]:
+    try:
+        _run(run, cfg, name, run_spec, args["resume"])
+    finally:
+        from aha.dist.env import shutdown
+
+        shutdown()  # leave torchrun's process group, if the command joined one
+    return 0
+
+
+def _run(run: Any, cfg: Any, name: str, run_spec: str, resume: bool) -> None:
+    if resume:
         if not _accepts_resume(run):
             raise UsageError(f"aha {name} cannot resume: {run_spec} has no 'resume' parameter")
         run(cfg, resume=True)
     else:
         run(cfg)
-    return 0
 
 
 def _parse_command_args(name: str, rest: list[str]) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from transformers.cache_utils import DynamicCache
 
 from aha.algos.head_logprobs import chunk_tokens_for, head_logprobs
 from aha.algos.logprobs import effective_temperature, token_entropy, token_entropy_with_grad, token_logprobs
+from aha.dist.wrap import is_wrapped
 from aha.models.checkpointing import is_checkpointing
 from aha.models.positions import left_padded_position_ids
 
@@ -61,6 +62,8 @@ def chunked_head(model: PreTrainedModel) -> torch.nn.Linear | None:
     `nn.Linear` head, no soft-capping in the config); None sends scoring down the full-logits path."""
     if getattr(getattr(model, "active_peft_config", None), "is_prompt_learning", False):
         return None  # peft's prompt tuning adds virtual tokens in its own forward, which the backbone skips
+    if is_wrapped(model):
+        return None  # DDP's and FSDP2's hooks run on the model's forward, which the chunked path skips
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft wrapper
     if type(base).__name__ not in PLAIN_HEAD_MODELS:
         return None

@@ -43,9 +43,15 @@ def load_model(
     return model.to(device)
 
 
-def save_model_atomically(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: Path) -> Path:
+def save_model_atomically(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    out_dir: Path,
+    state_dict: dict | None = None,
+) -> Path:
     """Write model + tokenizer to a temp dir beside `out_dir`, then rename: never a half-written model,
-    and a failed write (a full disk) leaves the model that was there before."""
+    and a failed write (a full disk) leaves the model that was there before. `state_dict`: the whole
+    weights when the model's own tensors are shards (FSDP2, aha.dist.wrap.full_state_dict)."""
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(f".tmp-{out_dir.name}-{os.getpid()}")
     replaced = out_dir.with_name(f".replaced-{out_dir.name}-{os.getpid()}")
@@ -55,7 +61,10 @@ def save_model_atomically(model: PreTrainedModel, tokenizer: PreTrainedTokenizer
     ]:
         shutil.rmtree(stale, ignore_errors=True)  # left by a killed save (this one's pid or another's)
     try:
-        model.save_pretrained(tmp)
+        if state_dict is None:
+            model.save_pretrained(tmp)
+        else:
+            model.save_pretrained(tmp, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -16,12 +16,18 @@ ENGINES = ("native", "hf")
 
 
 def make_engine(
-    name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, add_special_tokens: bool = True
+    name: str,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    add_special_tokens: bool = True,
+    decode: str = "kernel",
 ) -> RolloutEngine:
     """The engine called `name`, sampling from `model` (in-process engines hold a reference, not a copy).
-    `add_special_tokens=False` for chat-rendered prompts, which already hold the template's BOS etc."""
+    `add_special_tokens=False` for chat-rendered prompts, which already hold the template's BOS etc.
+    `decode`: the native sampler's fastest allowed decoding step (NativeSampler; "hf" for the model's
+    own forward)."""
     if name == "native":
-        return NativeSampler(model, tokenizer, add_special_tokens=add_special_tokens)
+        return NativeSampler(model, tokenizer, decode=decode, add_special_tokens=add_special_tokens)
     if name == "hf":
         return HFGenerateEngine(model, tokenizer, add_special_tokens=add_special_tokens)
     raise ValueError(f"rollout.engine={name!r} is not one of {list(ENGINES)}")

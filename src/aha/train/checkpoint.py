@@ -13,7 +13,9 @@ Layout: run_dir/checkpoints/step-00000042/ holds
 
 A checkpoint is written into a hidden temp dir beside its final place, fsync'ed, then renamed: a crash
 leaves either the previous checkpoints or the complete new one, never a half-written `step-*`. Leftover
-temp dirs are ignored by `latest_checkpoint` and removed by the next save. One process (rank 0) writes.
+temp dirs are ignored by `latest_checkpoint` and removed by the next save. One process (rank 0) writes;
+under torchrun the other ranks wait at a barrier until it has (TrainingSession.save_if_due), so the
+cleanup never meets another process's save.
 
 Everything is read back with `torch.load(weights_only=True)` (no arbitrary unpickling): the numpy RNG
 state is stored as plain ints and a tensor for that reason, and `extra_state` is checked at save time to
@@ -59,10 +61,13 @@ def save_checkpoint(
     keep_last: int | None = 2,
     extra_state: dict | None = None,
     models: dict[str, ModelState] | None = None,
+    policy_state: tuple[dict, dict] | None = None,
 ) -> Path:
     """Atomically write run_dir/checkpoints/step-<step:08d>/ and prune all but the newest `keep_last`
     (None keeps all). `trainer_state` must be JSON-able; tensors and the like go in `extra_state`.
-    `models` maps a name to (model, optimizer, scheduler) of further models, each saved in <name>/."""
+    `models` maps a name to (model, optimizer, scheduler) of further models, each saved in <name>/.
+    `policy_state`: (whole weights, optimizer state) already gathered, for a model whose own tensors
+    are shards (FSDP2, aha.dist.wrap); written in the same layout as an unsharded model's."""
     if step < 0:
         raise ValueError(f"step must be >= 0, got {step}")
     if keep_last is not None and keep_last < 1:
@@ -80,7 +85,7 @@ def save_checkpoint(
     name = f"step-{step:08d}"
     tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{name}-", dir=root))
     try:
-        _save_model(tmp, model, optimizer, scheduler)
+        _save_model(tmp, model, optimizer, scheduler, policy_state)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         for sub_name, (sub_model, sub_optimizer, sub_scheduler) in (models or {}).items():
@@ -169,10 +174,19 @@ def _trainer_state_json(step: int, trainer_state: dict) -> str:
         ) from None
 
 
-def _save_model(out: Path, model: Any, optimizer: torch.optim.Optimizer | None, scheduler: Any) -> None:
-    model.save_pretrained(out)
+def _save_model(
+    out: Path,
+    model: Any,
+    optimizer: torch.optim.Optimizer | None,
+    scheduler: Any,
+    gathered: tuple[dict, dict] | None = None,
+) -> None:
+    if gathered is None:
+        model.save_pretrained(out)
+    else:
+        model.save_pretrained(out, state_dict=gathered[0])
     if optimizer is not None:
-        torch.save(optimizer.state_dict(), out / "optimizer.pt")
+        torch.save(optimizer.state_dict() if gathered is None else gathered[1], out / "optimizer.pt")
     if scheduler is not None:
         torch.save(scheduler.state_dict(), out / "scheduler.pt")
 

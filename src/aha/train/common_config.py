@@ -73,6 +73,19 @@ class RunConfig:
 
 
 @dataclass
+class DistConfig:
+    strategy: str = option(
+        "ddp",
+        choices=("ddp", "fsdp2"),
+        help="How the policy is spread over processes under torchrun (ignored without torchrun). ddp: every "
+        "rank holds the whole model, gradients are all-reduced (fastest while the model, its gradients "
+        "and AdamW state fit on one device). fsdp2: torch's fully_shard on each decoder layer, so each "
+        "rank holds 1/N of the weights, gradients and optimizer state (for models that do not fit). "
+        "docs/scaling.md.",
+    )
+
+
+@dataclass
 class TrackingConfig:
     report_to: list[str] = option(
         ["jsonl"],

@@ -11,7 +11,7 @@ from aha.algos.rollout_correction import DEFAULT_CAP
 from aha.config import ConfigError, option
 from aha.data.chat import CHAT_TEMPLATE_HELP, CHAT_TEMPLATE_MODES, SYSTEM_PROMPT_HELP
 from aha.track.hacking import HackingConfig
-from aha.train.common_config import ModelConfig, OptimConfig, RunConfig, TrackingConfig
+from aha.train.common_config import DistConfig, ModelConfig, OptimConfig, RunConfig, TrackingConfig
 from aha.train.nonfinite import ON_NONFINITE, ON_NONFINITE_HELP
 from aha.train.precision import ROLLOUT_DTYPES
 
@@ -244,6 +244,7 @@ class GRPORunConfig:
     run: RunConfig = option(
         default_factory=lambda: RunConfig(output_dir="runs/grpo"), help="Run directory, seed, checkpoints."
     )
+    dist: DistConfig = option(default_factory=DistConfig, help="Several processes under torchrun.")
 
     def validate(self) -> None:
         check_hacking_watch(self)

@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aha.config import ConfigError
+from aha.dist.wrap import full_state_dict, is_sharded
 from aha.models.loading import save_model_atomically
 from aha.rewards.base import RewardSpec, compute_rewards, make_reward_specs
 from aha.track.hacking import HackingConfig, HackingWatch
@@ -89,8 +90,14 @@ class RunMonitors:
         return out
 
     def _keep_best(self, name: str, step: int, ev: EvalResult) -> None:
+        """Every rank calls this (evaluations agree across ranks); under fsdp2 they gather the weights
+        together, and rank 0 writes them."""
+        model = self.session.model
+        weights = full_state_dict(model) if is_sharded(model) else None
+        if not self.session.dist.is_main:
+            return
         out = save_model_atomically(
-            self.session.model, self.session.tokenizer, self.session.run_dir / BEST_DIR / name
+            model, self.session.tokenizer, self.session.run_dir / BEST_DIR / name, state_dict=weights
         )
         best = {"step": step, "monitor": ev.monitors[name], "reward_mean": ev.reward_mean}
         (out / "best.json").write_text(json.dumps(best, indent=2) + "\n")

@@ -14,6 +14,9 @@ from aha.algos.kl import kl_penalty
 from aha.algos.masked import masked_mean
 from aha.algos.policy_loss import aggregate_loss, clipped_surrogate, entropy_bonus, micro_batch_weight
 from aha.algos.rollout_correction import DEFAULT_CAP, rollout_mismatch_metrics, truncated_importance_weights
+from aha.dist.env import current
+from aha.dist.reduce import rank_weight, reduce_metrics
+from aha.dist.wrap import full_weights
 from aha.models.forward import score_completions
 from aha.train.nonfinite import NonFiniteGuard
 from aha.train.precision import Precision
@@ -72,7 +75,8 @@ def completion_logprobs(
     rows = rows_per_pass(
         model, batch.input_ids.shape[1], completion_len, scoring_budget_bytes(batch.input_ids.device)
     )
-    with precision.autocast():
+    # full_weights (fsdp2): ranks' rows differ in length, so they may run different numbers of passes
+    with precision.autocast(), full_weights(model):
         parts = [
             score_completions(model, ids, mask, completion_len, temperature).logprobs
             for ids, mask in zip(batch.input_ids.split(rows), batch.attention_mask.split(rows), strict=True)
@@ -166,6 +170,12 @@ def policy_update(
     in `amp/step_skipped`, averaged over the optimizer steps). `guard` (default: stop) checks each
     minibatch's loss and gradient norm before its optimizer step; a step it skips is counted in
     `update/nonfinite_skipped` and adds nothing else to the metrics.
+
+    Under torchrun (`model` wrapped by aha.dist.wrap) each rank holds whole groups of the batch and
+    its minibatch k is its share of the global minibatch k: each rank's loss is weighted by its share
+    of the global minibatch (`rank_weight`), so the averaged gradient, the loss and the metrics are the
+    one-process numbers for that minibatch (to float rounding; tested). Every rank must hold the same
+    number of groups.
     """
     guard = guard or NonFiniteGuard("stop")
     num_groups = batch.input_ids.shape[0] // group_size
@@ -179,19 +189,24 @@ def policy_update(
         for group_ids in order.tensor_split(min(minibatches, num_groups)):
             optimizer.zero_grad(set_to_none=True)
             full_mask = batch.completion_mask[_rows(group_ids, group_size)]
+            # this rank's part of the global minibatch (1.0 and 1.0 in a single process)
+            loss_share = _rank_share(full_mask, settings.loss_agg)
+            token_share = rank_weight(float(full_mask.bool().sum()))
             metrics: dict[str, float] = {}
             loss_total = 0.0
             for micro_groups in group_ids.split(groups_per_pass):
                 mb = batch.select(_rows(micro_groups, group_size).to(batch.input_ids.device))
                 loss, micro_metrics = minibatch_loss(model, mb, settings, p == 0, precision)
-                weight = micro_batch_weight(mb.completion_mask, full_mask, settings.loss_agg)
+                weight = micro_batch_weight(mb.completion_mask, full_mask, settings.loss_agg) * loss_share
                 precision.backward(loss * weight)
                 loss_total += float(loss.detach()) * weight
                 _accumulate(
                     metrics,
                     micro_metrics,
-                    token_share=micro_batch_weight(mb.completion_mask, full_mask, "token-mean"),
+                    token_share=micro_batch_weight(mb.completion_mask, full_mask, "token-mean") * token_share,
                 )
+            metrics = reduce_metrics({**metrics, "loss": loss_total})  # the global minibatch's numbers
+            loss_total = metrics.pop("loss")
             where = f"pass {p + 1}, optimizer step {mb_index + 1} of the update"
             mb_index += 1
             result = None
@@ -214,6 +229,16 @@ def policy_update(
                 counts[k] = counts.get(k, 0) + 1
     # each metric is the mean over the steps that produced it (entropy: the first pass only)
     return {k: v / counts[k] for k, v in totals.items()}
+
+
+def _rank_share(full_mask: torch.Tensor, loss_agg: str) -> float:
+    """`rank_weight` for the unit `loss_agg` averages over: tokens, sequences with a token, or none
+    (seq-mean-token-sum-norm divides by a constant: each rank's sum counts whole)."""
+    if loss_agg == "token-mean":
+        return rank_weight(float(full_mask.bool().sum()))
+    if loss_agg == "seq-mean-token-mean":
+        return rank_weight(float(full_mask.bool().any(-1).sum()))
+    return float(current().world_size)  # undoes the ranks' gradient averaging
 
 
 def _rows(group_ids: torch.Tensor, group_size: int) -> torch.Tensor:

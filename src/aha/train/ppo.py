@@ -24,6 +24,7 @@ from aha.algos.kl_control import AdaptiveKLController, FixedKLController
 from aha.algos.masked import explained_variance, masked_mean, masked_sum, masked_summary, masked_whiten
 from aha.algos.reward_shaping import kl_shaped_rewards, sequence_rewards_to_tokens, truncation_penalty
 from aha.config import ConfigError
+from aha.dist.env import require_single_process
 from aha.models.critic import build_critic, token_values
 from aha.train.critic_update import ValueTargets, critic_update
 from aha.train.optim import build_optimizer, build_scheduler
@@ -41,6 +42,7 @@ PLOT_KEYS = [("reward/mean", "eval/accuracy"), "kl", "critic/value_loss", "criti
 
 def run_ppo(cfg: PPORunConfig, resume: bool = False) -> RLResult:
     """Train with PPO as configured; with `resume`, continue from the run directory's last checkpoint."""
+    require_single_process("aha ppo (its critic is not wrapped for DDP/FSDP2 yet)")
     return run_rl(cfg, PPO, resume=resume, plot_keys=PLOT_KEYS)
 
 

@@ -88,7 +88,7 @@ class Precision:
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         if self.scaler is not None:
             self.scaler.unscale_(optimizer)
-        norm = None if max_norm is None else float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        norm = None if max_norm is None else _as_float(torch.nn.utils.clip_grad_norm_(params, max_norm))
         if self.scaler is None:
             if guard is not None:
                 measured = norm if norm is not None else _total_norm(params)
@@ -128,7 +128,12 @@ def rollout_precision(dtype: str, training: Precision) -> Precision:
 
 def _total_norm(params: list[torch.Tensor]) -> float:
     """The global L2 norm of the gradients, read only (nothing is clipped)."""
-    return float(torch.nn.utils.get_total_norm([p.grad for p in params])) if params else 0.0
+    return _as_float(torch.nn.utils.get_total_norm([p.grad for p in params])) if params else 0.0
+
+
+def _as_float(norm: torch.Tensor) -> float:
+    """A gradient norm as a number; under FSDP2 it is a DTensor over the shards, made whole first."""
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 
 
 def lean_activations_blocker(device: str | torch.device, precision: str, lora_enabled: bool) -> str | None:

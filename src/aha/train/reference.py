@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
+from aha.dist.wrap import full_state_dict
 from aha.models.lean_activations import is_plain_linear
 from aha.models.lora import adapters_disabled, is_lora_model
 from aha.train.policy_update import UpdateBatch, completion_logprobs
@@ -52,7 +53,7 @@ class ReferencePolicy:
 
     def sync_from(self, policy: nn.Module) -> None:
         """The R1-Zero style reset: the reference becomes the current policy (cast as at the start)."""
-        self.model.load_state_dict(policy.state_dict())
+        self.model.load_state_dict(full_state_dict(policy))  # gathered from the shards under fsdp2
 
 
 def frozen_copy(model: nn.Module, device: str, linear_dtype: torch.dtype | None = None) -> nn.Module:

@@ -28,6 +28,7 @@ from aha.algos.ranking import bradley_terry_loss, centering_loss, kwise_ranking_
 from aha.config import ConfigError, option
 from aha.data.preferences import FORMATS, Ranking, load_preferences, split_by_prompt
 from aha.data.prompts import PromptExample
+from aha.dist.env import require_single_process
 from aha.models.loading import save_model_atomically
 from aha.models.reward_scorer import TextFormat, encode_texts, pad_id_of, pad_right, score_ids, write_meta
 from aha.models.scalar_head import (
@@ -263,6 +264,7 @@ def load_sets(d: RMDataConfig, seed: int) -> tuple[list[Ranking], list[Ranking]]
 
 def run_rm(cfg: RMRunConfig, resume: bool = False) -> RMResult:
     """Train a reward model; with `resume`, continue from the run directory's last checkpoint."""
+    require_single_process("aha rm")
     train_set, held_set = load_sets(cfg.data, cfg.run.seed)
     total_steps = cfg.train.steps or math.ceil(cfg.train.epochs * len(train_set) / cfg.train.batch_size)
     if cfg.optim.warmup_steps > total_steps:

@@ -6,6 +6,13 @@ critic's values for PPO), its update, its extra models (registered on the sessio
 checkpoints hold them and resume restores them) and its own resume state. Everything else (prompts,
 rollouts, rewards, non-finite handling, schedulers, evaluation, metrics, samples, checkpoints, the
 early stop through `TrainingSession.stop_reason`) is here, once.
+
+Under torchrun every rank draws the same global batch of prompts and takes its contiguous share of them,
+each with its whole group of completions: group statistics (GRPO's advantages, zero-variance groups)
+then need no communication. Each rank samples with its own seed (`rank_seed`), scores its completions,
+and trains on them; the update averages gradients across ranks (aha.dist.wrap). Metrics are reduced
+across ranks, samples gathered, and rank 0 alone writes them; evaluation runs the whole held-out set on
+every rank (the same numbers everywhere, so early stops agree).
 """
 
 from __future__ import annotations
@@ -18,8 +25,12 @@ from typing import Any, Protocol
 
 import torch
 
+from aha.config import ConfigError
 from aha.data.chat import chat_format
 from aha.data.prompts import PromptExample, batch_fields
+from aha.dist.env import in_process_group, rank_seed, shard
+from aha.dist.reduce import gather_lists, gather_tensor, reduce_metrics, sum_across_ranks
+from aha.dist.wrap import full_weights
 from aha.models.lora import export_merged
 from aha.rewards.base import RewardResult, compute_rewards
 from aha.rewards.signals import completion_signals
@@ -108,13 +119,21 @@ def run_rl(
     if on_session is not None:
         on_session(session)
     model, tokenizer, device, precision = session.model, session.tokenizer, session.device, session.precision
+    env = session.dist
+    if env.distributed:
+        _check_distributable(cfg)
     train_set, eval_set = load_prompt_sets(cfg.data, cfg.run.seed)
     chat = chat_format(cfg.data.chat_template, cfg.data.system_prompt, tokenizer, train_set + eval_set)
     train_set, eval_set = chat.apply(train_set, tokenizer), chat.apply(eval_set, tokenizer)
     sampler = session.prompt_sampler(train_set, cfg.train.prompts_per_step)
     rewards = session.reward_specs(cfg.rewards)
     monitors = RunMonitors.start(session, cfg.rewards, cfg.track.hacking)  # logged, never optimised
-    engine = make_engine(cfg.rollout.engine, model, tokenizer, add_special_tokens=chat.add_special_tokens)
+    # Under fsdp2 the sampler runs the HF forward on weights gathered once per call (`full_weights`): the
+    # hand-written decode steps read the parameters, which are shards there.
+    decode = "hf" if in_process_group() and cfg.dist.strategy == "fsdp2" else "kernel"
+    engine = make_engine(
+        cfg.rollout.engine, model, tokenizer, add_special_tokens=chat.add_special_tokens, decode=decode
+    )
     # rollout.dtype: sampling may run at another precision than training (then corrected in the update)
     sampling_precision = rollout_precision(cfg.rollout.dtype, precision)
     off_policy_rollouts = sampling_precision.compute_dtype != precision.compute_dtype
@@ -129,7 +148,7 @@ def run_rl(
     eval_examples = eval_set[: cfg.eval.num_prompts]
 
     def run_eval() -> EvalResult:
-        with sampling_precision.autocast():  # rollout.dtype (default: the training precision)
+        with sampling_precision.autocast(), full_weights(model):  # rollout.dtype (default: training's)
             return evaluate(
                 engine,
                 eval_examples,
@@ -144,6 +163,7 @@ def run_rl(
         return {**_eval_metrics(ev), **monitors.eval_metrics(step, ev)}
 
     start_step, extra = session.restore_latest(sampler) if resume else (0, {})
+    session.distribute()  # under torchrun: wrap the policy (after the reference copied it, and resume)
     algorithm.load_resume_state(extra)
     monitors.load_state_dict(extra)
     if start_step == 0:
@@ -153,7 +173,7 @@ def run_rl(
     for step in range(start_step + 1, cfg.train.steps + 1):
         t0 = time.perf_counter()
         reset_peak_memory(device)
-        examples = next(sampler)
+        examples = shard(next(sampler), env, "train.prompts_per_step")  # whole groups on each rank
         prompts = [ex.prompt for ex in examples for _ in range(G)]
         fields = batch_fields([ex for ex in examples for _ in range(G)])
         params = SamplingParams(
@@ -163,10 +183,11 @@ def run_rl(
             top_p=cfg.rollout.top_p,
             top_k=cfg.rollout.top_k,
             stop_strings=tuple(cfg.rollout.stop_strings),
-            seed=step_seed(cfg, step),  # per-step seed: a resumed run samples what it would have
+            # per-step (and per-rank) seed: a resumed run samples what it would have
+            seed=rank_seed(step_seed(cfg, step), env.rank),
         )
         model.eval()
-        with sampling_precision.autocast():
+        with sampling_precision.autocast(), full_weights(model):
             rollout = engine.generate(prompts, params)
         t_gen = time.perf_counter()
 
@@ -176,6 +197,7 @@ def run_rl(
         bad_reward = not guard.ok(
             "total reward", _worst(scored.total), "weighted sum of the reward functions"
         )
+        bad_reward = sum_across_ranks(float(bad_reward), op="max") > 0  # every rank skips, or none
         total = scored.total.nan_to_num(0.0, 0.0, 0.0) if bad_reward else scored.total
         rollout_logprobs = rollout.logprobs.to(device) if off_policy_rollouts else None
         s = RLStep(step, examples, prompts, rollout, scored, total, bad_reward, guard, rollout_logprobs)
@@ -195,10 +217,11 @@ def run_rl(
         metrics.update(
             completion_signals(rollout.completions, rollout.completion_mask.sum(1), rollout.truncated)
         )
+        all_rewards = gather_tensor(scored.total)  # every rank's, for the batch's mean and spread
         metrics.update(
             {
-                "reward/mean": float(scored.total.mean()),
-                "reward/std": float(scored.total.std()),
+                "reward/mean": float(all_rewards.mean()),
+                "reward/std": float(all_rewards.std()),
                 "lr": session.scheduler.get_last_lr()[0],
                 "time/generate_s": t_gen - t0,
                 "time/reward_s": t_reward - t_gen,
@@ -211,16 +234,18 @@ def run_rl(
         if cfg.eval.every and step % cfg.eval.every == 0 and step != cfg.train.steps:
             metrics.update(eval_row(step, run_eval()))
         if cfg.track.sample_every and step % cfg.track.sample_every == 0:
-            rows = [
-                {"prompt": p, "completion": c, "reward": r, "advantage": a}
-                for p, c, r, a in zip(
-                    prompts,
-                    rollout.completions,
-                    scored.total.tolist(),
-                    adv.per_completion.tolist(),
-                    strict=True,
-                )
-            ]
+            rows = gather_lists(
+                [
+                    {"prompt": p, "completion": c, "reward": r, "advantage": a}
+                    for p, c, r, a in zip(
+                        prompts,
+                        rollout.completions,
+                        scored.total.tolist(),
+                        adv.per_completion.tolist(),
+                        strict=True,
+                    )
+                ]
+            )
             session.samples.log(step, rows)
             session.progress.write(
                 f"step {step}\n" + format_samples_table(rows[::G], max_rows=cfg.track.samples_shown)
@@ -229,6 +254,9 @@ def run_rl(
             final = run_eval()
             metrics.update(eval_row(step, final))
         metrics.update(peak_memory_metrics(device))  # the step's peak, evaluation included
+        # the update's metrics are global already, evaluations the same on every rank; the rest (rewards
+        # per function, lengths, timings, memory) become the mean over ranks
+        metrics = reduce_metrics(metrics)
         session.log(step, metrics)
         session.progress.update(
             step,
@@ -251,11 +279,22 @@ def run_rl(
     if start_step >= cfg.train.steps:  # resumed a finished run: report its final evaluation again
         final = run_eval()
     session.finish()
+    if not env.is_main:
+        return RLResult(session.run_dir, session.history, final, session.stop_reason)
     if cfg.model.lora.r and cfg.model.lora.save_merged:
         export_merged(latest_checkpoint(session.run_dir), session.run_dir / MERGED_DIR, dtype="float32")
     if cfg.track.plot and session.history and plot_keys:
         plot_metrics(session.history, plot_keys, session.run_dir / "plots.png", title=algorithm.stage.upper())
     return RLResult(session.run_dir, session.history, final, session.stop_reason)
+
+
+def _check_distributable(cfg: Any) -> None:
+    """What the loop cannot split across ranks yet: refused in one line rather than run wrong."""
+    if getattr(cfg.algo, "drop_zero_variance_groups", False):
+        raise ConfigError(
+            "algo.drop_zero_variance_groups is not supported under torchrun with several processes: "
+            "ranks would train on different numbers of groups"
+        )
 
 
 def step_seed(cfg: Any, step: int) -> int:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from aha.config import ConfigError, config_to_dict, option
+from aha.dist.env import require_single_process
 from aha.train.grpo import GRPORunConfig, run_grpo
 from aha.train.ppo import run_ppo
 from aha.train.ppo_config import PPORunConfig
@@ -118,6 +119,7 @@ def stage_configs(cfg: RLHFConfig) -> tuple[SFTRunConfig, RMRunConfig, Any]:
 
 def run_rlhf(cfg: RLHFConfig) -> RLHFResult:
     """Run the stages that are not finished, in order; each continues from its checkpoint if it has one."""
+    require_single_process("aha rlhf")
     root = Path(cfg.pipeline.output_dir)
     root.mkdir(parents=True, exist_ok=True)
     state = _read_state(root)

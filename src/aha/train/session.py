@@ -22,6 +22,15 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from aha.config import config_to_dict, config_to_yaml, save_config
 from aha.data.arithmetic import split_train_eval
 from aha.data.prompts import PromptExample, PromptSampler, load_prompt_file
+from aha.dist import env as dist_env
+from aha.dist.reduce import sum_across_ranks
+from aha.dist.wrap import (
+    full_optimizer_state,
+    full_state_dict,
+    is_sharded,
+    load_full_optimizer_state,
+    wrap_model,
+)
 from aha.models.checkpointing import enable_gradient_checkpointing
 from aha.models.lean_activations import use_lean_activations
 from aha.models.loading import load_model, load_tokenizer
@@ -77,6 +86,8 @@ class TrainingSession:
     # Set by whoever wants the run to end early (a hacking watch, SIGTERM, ...): the loop checks it after
     # each step's logging, saves a checkpoint and returns.
     stop_reason: str | None = None
+    # This process's place under torchrun (rank 0 of 1 otherwise); only rank 0 writes run files.
+    dist: dist_env.DistEnv = field(default_factory=dist_env.DistEnv)
 
     @classmethod
     def start(
@@ -87,15 +98,17 @@ class TrainingSession:
         scalar-head model (aha.models.scalar_head.load_scalar_model) for reward models."""
         started = time.perf_counter()
         run_dir = Path(cfg.run.output_dir)
+        env, device = dist_env.init(resolve_device(cfg.model.device))
         if (run_dir / "metrics.jsonl").exists() and not resume:
             raise RunDirectoryError(
                 f"{run_dir} already holds a run; pass --resume to continue it, or set run.output_dir elsewhere"
             )
-        run_dir.mkdir(parents=True, exist_ok=True)
-        seed_everything(cfg.run.seed)
+        dist_env.barrier()  # every rank has looked before rank 0 creates the run's files
+        if env.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        seed_everything(cfg.run.seed)  # the same initialisation on every rank (LoRA adapters included)
         if cfg.run.threads:
             torch.set_num_threads(cfg.run.threads)
-        device = resolve_device(cfg.model.device)
         tokenizer = load_tokenizer(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
         precision = Precision(cfg.model.precision, device)
         # float32 master weights whatever the precision: autocast computes in bf16/fp16 (precision.py)
@@ -104,6 +117,8 @@ class TrainingSession:
             model = apply_lora(model, cfg.model.lora, cfg.model.path)
         if cfg.model.lean_activations:
             blocker = lean_activations_blocker(device, precision.name, lora_enabled=cfg.model.lora.r > 0)
+            if blocker is None and dist_env.in_process_group() and _strategy(cfg) == "fsdp2":
+                blocker = "it does not apply to FSDP2-sharded models"
             if blocker is None:
                 use_lean_activations(model)
             else:
@@ -112,11 +127,14 @@ class TrainingSession:
             enable_gradient_checkpointing(model)
         optimizer = build_optimizer(model, cfg.optim.lr, cfg.optim.weight_decay)
         scheduler = build_scheduler(optimizer, cfg.optim.warmup_steps, total_steps, kind=cfg.optim.schedule)
-        save_config(cfg, run_dir / "config.yaml")
         track = getattr(cfg, "track", None) or TrackingConfig()
-        trackers = open_trackers(
-            track.report_to, run_dir, config_to_dict(cfg), config_to_yaml(cfg), track.wandb_project
-        )
+        trackers = Trackers([])
+        if env.is_main:
+            save_config(cfg, run_dir / "config.yaml")
+            trackers = open_trackers(
+                track.report_to, run_dir, config_to_dict(cfg), config_to_yaml(cfg), track.wandb_project
+            )
+        dist_env.barrier()  # the run directory exists for every rank
         session = cls(
             cfg=cfg,
             run_dir=run_dir,
@@ -125,13 +143,14 @@ class TrainingSession:
             tokenizer=tokenizer,
             optimizer=optimizer,
             scheduler=scheduler,
-            metrics=MetricsWriter(run_dir),
-            samples=SampleWriter(run_dir, sinks=[trackers]),
-            progress=Progress(total_steps, desc=run_dir.name, enabled=cfg.run.progress),
+            metrics=MetricsWriter(run_dir) if env.is_main else _Discard(),
+            samples=SampleWriter(run_dir, sinks=[trackers]) if env.is_main else _Discard(),
+            progress=Progress(total_steps, desc=run_dir.name, enabled=cfg.run.progress and env.is_main),
             total_steps=total_steps,
             precision=precision,
             trackers=trackers,
             started=started,
+            dist=env,
         )
         session.signals.install()
         return session
@@ -141,13 +160,20 @@ class TrainingSession:
         are redone; -1 keeps none: a run killed before its first checkpoint starts over)."""
         self.metrics.close()
         self.samples.close()
-        self.history = _cut_jsonl(self.run_dir / METRICS_FILE, step, read_metrics)
-        _cut_jsonl(self.run_dir / SAMPLES_FILE, step, lambda path: read_jsonl(path, torn_tail_ok=True))
-        self.metrics = MetricsWriter(self.run_dir)
-        self.samples = SampleWriter(self.run_dir, sinks=[self.trackers])
+        if self.dist.is_main:
+            self.history = _cut_jsonl(self.run_dir / METRICS_FILE, step, read_metrics)
+            _cut_jsonl(self.run_dir / SAMPLES_FILE, step, lambda path: read_jsonl(path, torn_tail_ok=True))
+            self.metrics = MetricsWriter(self.run_dir)
+            self.samples = SampleWriter(self.run_dir, sinks=[self.trackers])
+        dist_env.barrier()  # the other ranks read the history rank 0 kept
+        if not self.dist.is_main:
+            self.history = [row for row in read_metrics(self.run_dir / METRICS_FILE) if row["step"] <= step]
         self.progress.close()
         self.progress = Progress(
-            self.total_steps, desc=self.run_dir.name, initial=step, enabled=self.cfg.run.progress
+            self.total_steps,
+            desc=self.run_dir.name,
+            initial=step,
+            enabled=self.cfg.run.progress and self.dist.is_main,
         )
         for row in self.history:
             self.progress.observe(row)
@@ -174,6 +200,24 @@ class TrainingSession:
         self.progress_from(state["step"])
         return state["step"], state["extra"]
 
+    def distribute(self) -> None:
+        """Under torchrun with several processes, wrap the policy for `dist.strategy` (ddp or fsdp2) and
+        rebuild its optimizer and scheduler over the wrapped parameters, carrying over their state (a
+        resumed run's). Call once, after `restore_latest` and after any copy of the policy is taken (the
+        reference): those then see a plain model. A no-op without torchrun."""
+        if not dist_env.in_process_group():
+            return
+        optimizer_state = self.optimizer.state_dict()
+        scheduler_state = self.scheduler.state_dict()
+        wrap_model(self.model, _strategy(self.cfg), self.precision.name)
+        optim = self.cfg.optim
+        self.optimizer = build_optimizer(self.model, optim.lr, optim.weight_decay)
+        load_full_optimizer_state(self.model, self.optimizer, optimizer_state)
+        self.scheduler = build_scheduler(
+            self.optimizer, optim.warmup_steps, self.total_steps, kind=optim.schedule
+        )
+        self.scheduler.load_state_dict(scheduler_state)
+
     def prompt_sampler(self, examples: list[PromptExample], batch_size: int) -> PromptSampler:
         return PromptSampler(examples, batch_size, seed=self.cfg.run.seed)
 
@@ -184,6 +228,7 @@ class TrainingSession:
         return make_reward_specs([{"fn": f, "weight": w, "options": options.get(f)} for f, w in entries])
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
+        """Record a step's metrics (the same on every rank: they are reduced before)."""
         self.history.append({"step": step, **metrics})
         self.metrics.log(step, metrics)
         self.trackers.log_scalars(step, metrics)
@@ -196,6 +241,7 @@ class TrainingSession:
         stopping early). `extra_state` is called only when a checkpoint is written: gathering it (e.g.
         hashing the prompts) is not free."""
         every = self.cfg.run.save_every
+        self._agree_on_signals()
         if not (
             force
             or (every and step % every == 0)
@@ -207,18 +253,33 @@ class TrainingSession:
         trainer_state = {"stage": stage}
         if self.stop_reason is not None:
             trainer_state["stop_reason"] = self.stop_reason
-        save_checkpoint(
-            self.run_dir,
-            step,
-            self.model,
-            self.tokenizer,
-            self.optimizer,
-            self.scheduler,
-            trainer_state=trainer_state,
-            extra_state={**extra_state(), **self.precision.state_dict()},
-            keep_last=self.cfg.run.keep_checkpoints,
-            models=self._model_states(),
-        )
+        # Under fsdp2 the whole weights and optimizer state are gathered from every rank (a collective);
+        # rank 0 alone writes them, then every rank waits for the checkpoint to be complete.
+        sharded = is_sharded(self.model)
+        weights = full_state_dict(self.model) if sharded else None
+        optimizer_state = full_optimizer_state(self.model, self.optimizer) if sharded else None
+        extra = {**extra_state(), **self.precision.state_dict()}
+        if self.dist.is_main:
+            save_checkpoint(
+                self.run_dir,
+                step,
+                self.model,
+                self.tokenizer,
+                self.optimizer,
+                self.scheduler,
+                trainer_state=trainer_state,
+                extra_state=extra,
+                keep_last=self.cfg.run.keep_checkpoints,
+                models=self._model_states(),
+                policy_state=None if weights is None else (weights, optimizer_state),
+            )
+        dist_env.barrier()
+
+    def _agree_on_signals(self) -> None:
+        """A SIGTERM reaches the ranks at slightly different times: all stop at the step any saw it."""
+        if self.dist.distributed:
+            received = sum_across_ranks(float(self.signals.received or 0), op="max")
+            self.signals.received = int(received) or None
 
     def end_if_signalled(self, step: int) -> None:
         """Call after a step's `save_if_due`: on SIGTERM / Ctrl-C, close the writers and raise
@@ -236,7 +297,24 @@ class TrainingSession:
         self.metrics.close()
         self.trackers.close()
         last_step = self.history[-1]["step"] if self.history else None
-        record_resources(self.run_dir, last_step, time.perf_counter() - self.started)
+        if self.dist.is_main:
+            record_resources(self.run_dir, last_step, time.perf_counter() - self.started)
+
+
+class _Discard:
+    """The metrics and samples writers of ranks other than 0: rank 0 writes the run's files."""
+
+    def log(self, *args: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _strategy(cfg: Any) -> str:
+    """`dist.strategy` of a config (ddp for stages whose config has no dist section)."""
+    section = getattr(cfg, "dist", None)
+    return "ddp" if section is None else section.strategy
 
 
 def _cut_jsonl(path: Path, step: int, read: Callable[[Path], list[dict]]) -> list[dict]:

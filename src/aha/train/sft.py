@@ -6,6 +6,9 @@ appended to every completion so the model learns to stop, which the rollout engi
 rendered (chat template, `data.chat_template`) and tokenised exactly as the GRPO trainer and the rollout
 engines do, so the model sees the same prefix at SFT and at RL time.
 
+Under torchrun each rank takes its contiguous share of every batch; its loss is weighted by its share of
+the batch's completion tokens (`rank_weight`), so the averaged gradient is the one-process gradient.
+
 The run directory holds config.yaml, metrics.jsonl, checkpoints/ (atomic, for --resume), plots.png and
 final/: the trained model and tokenizer in `save_pretrained` layout, ready for `model.path` of GRPO.
 Under LoRA final/ holds the adapters (peft's layout; `load_model` merges them into the base they name)
@@ -25,13 +28,18 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from aha.config import ConfigError, option
 from aha.data.chat import CHAT_TEMPLATE_HELP, CHAT_TEMPLATE_MODES, SYSTEM_PROMPT_HELP, chat_format
 from aha.data.prompts import DataError, PromptExample, load_prompt_file
+from aha.dist.env import shard
+from aha.dist.reduce import rank_weight, reduce_metrics
+from aha.dist.wrap import full_state_dict, full_weights, is_sharded
 from aha.models.forward import next_token_logprobs
 from aha.models.loading import save_model_atomically
 from aha.models.lora import export_merged
 from aha.track.memory import peak_memory_metrics, reset_peak_memory
 from aha.track.plots import plot_metrics
-from aha.train.common_config import ModelConfig, OptimConfig, RunConfig, TrackingConfig
+from aha.train.common_config import DistConfig, ModelConfig, OptimConfig, RunConfig, TrackingConfig
 from aha.train.nonfinite import ON_NONFINITE, ON_NONFINITE_HELP, NonFiniteGuard
+from aha.train.policy_update import FP32
+from aha.train.precision import Precision
 from aha.train.session import TrainingSession
 
 FINAL_DIR = "final"
@@ -98,6 +106,7 @@ class SFTRunConfig:
     run: RunConfig = option(
         default_factory=lambda: RunConfig(output_dir="runs/sft"), help="Run directory, seed, checkpoints."
     )
+    dist: DistConfig = option(default_factory=DistConfig, help="Several processes under torchrun.")
 
 
 @dataclass
@@ -193,6 +202,19 @@ def completion_nll(model: PreTrainedModel, batch: TokenBatch) -> torch.Tensor:
     return -logprobs.sum() / max(logprobs.numel(), 1)
 
 
+def rank_scaled_nll(
+    model: PreTrainedModel, batch: TokenBatch, precision: Precision = FP32
+) -> tuple[torch.Tensor, float]:
+    """(the loss to backpropagate, the whole batch's NLL) for this rank's share of a batch: its NLL
+    weighted by its share of the batch's completion tokens times the number of ranks (`rank_weight`),
+    so the gradient averaged over ranks is the one-process gradient of the whole batch. In a single
+    process: (completion_nll, its value)."""
+    with precision.autocast():
+        loss = completion_nll(model, batch)
+    loss = loss * rank_weight(float(batch.loss_mask[:, 1:].sum()))
+    return loss, reduce_metrics({"loss": loss.item()})["loss"]
+
+
 @torch.no_grad()
 def heldout_loss(
     model: PreTrainedModel, rows: list[EncodedDemonstration], pad_id: int, batch_size: int, device: str
@@ -239,11 +261,12 @@ def run_sft(cfg: SFTRunConfig, resume: bool = False) -> SFTResult:
     encoded_train = encode(train_set, d.train_file)
     encoded_eval = encode(eval_set, d.eval_file) if eval_set else []
 
-    def eval_loss() -> float:
-        with precision.autocast():
+    def eval_loss() -> float:  # every rank the whole held-out set, on gathered weights (fsdp2)
+        with precision.autocast(), full_weights(model):
             return heldout_loss(model, encoded_eval, pad_id, cfg.eval.batch_size, device)
 
     start_step = session.restore_latest(sampler)[0] if resume else 0
+    session.distribute()  # under torchrun: wrap the model for dist.strategy (after a resume)
     if start_step == 0 and eval_set:
         session.log(0, {"eval/loss": eval_loss()})
 
@@ -252,13 +275,13 @@ def run_sft(cfg: SFTRunConfig, resume: bool = False) -> SFTResult:
     for step in range(start_step + 1, total_steps + 1):
         t0 = time.perf_counter()
         reset_peak_memory(device)
-        batch = pad_demonstrations([encoded_train[i] for i in sampler.next_indices()], pad_id, device)
-        with precision.autocast():
-            loss = completion_nll(model, batch)
+        rows = shard(sampler.next_indices(), session.dist, "train.batch_size")
+        batch = pad_demonstrations([encoded_train[i] for i in rows], pad_id, device)
+        loss, batch_loss = rank_scaled_nll(model, batch, precision)
         session.optimizer.zero_grad(set_to_none=True)
         guard = NonFiniteGuard(cfg.train.on_nonfinite, step)
         result = None
-        if guard.ok("loss", loss.item()):
+        if guard.ok("loss", batch_loss):
             precision.backward(loss)
             clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf  # inf: measure, don't clip
             result = precision.step(session.optimizer, clip, guard)
@@ -266,18 +289,20 @@ def run_sft(cfg: SFTRunConfig, resume: bool = False) -> SFTResult:
         session.scheduler.step()
         metrics = {
             "lr": session.scheduler.get_last_lr()[0],
-            "tokens/completion": float(batch.loss_mask.sum()),
+            "tokens/completion": float(batch.loss_mask.sum()),  # this rank's (summed below)
             "update/nonfinite_skipped": float(result is None or result.nonfinite),
             "time/step_s": time.perf_counter() - t0,
             **precision.metrics(),
         }
         if result is not None and not result.nonfinite:  # a skipped step's loss / norm are not logged
-            metrics.update({"loss": loss.item(), "grad_norm": result.grad_norm})
+            metrics.update({"loss": batch_loss, "grad_norm": result.grad_norm})
             if precision.scaler is not None:
                 metrics["amp/step_skipped"] = float(result.skipped)
         if eval_set and ((cfg.eval.every and step % cfg.eval.every == 0) or step == total_steps):
             metrics["eval/loss"] = final_eval = eval_loss()
         metrics.update(peak_memory_metrics(device))
+        metrics = reduce_metrics(metrics)  # the mean over ranks (the same numbers in one process)
+        metrics["tokens/completion"] *= session.dist.world_size
         session.log(step, metrics)
         session.progress.update(step, loss=metrics.get("loss", math.nan))
         session.save_if_due(step, "sft", lambda: {"sampler": sampler.state_dict()})
@@ -286,7 +311,11 @@ def run_sft(cfg: SFTRunConfig, resume: bool = False) -> SFTResult:
     if eval_set and final_eval is None:  # resumed a finished run
         final_eval = eval_loss()
     session.finish()
-    final_dir = save_model_atomically(model, tokenizer, session.run_dir / FINAL_DIR)
+    weights = full_state_dict(model) if is_sharded(model) else None  # gathered on every rank
+    final_dir = session.run_dir / FINAL_DIR
+    if not session.dist.is_main:
+        return SFTResult(session.run_dir, final_dir, session.history, final_eval)
+    final_dir = save_model_atomically(model, tokenizer, final_dir, state_dict=weights)
     if cfg.model.lora.r and cfg.model.lora.save_merged:
         export_merged(final_dir, session.run_dir / MERGED_DIR, dtype="float32")
     if session.history:

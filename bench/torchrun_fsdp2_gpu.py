@@ -1,0 +1,140 @@
+"""`aha grpo` under torchrun with FSDP2 and bf16-mixed on a GPU: does it train, and what does it cost?
+
+Issue 23's GPU check. A randomly initialised model of Qwen2-0.5B's shape (494M parameters, built here
+by bench/gpu_real_model.py's `build_model`: no hub access) is trained for a few GRPO steps by
+`run_grpo`, the code behind `aha grpo`, with dist.strategy=fsdp2 (every decoder layer and the model
+fully_shard-ed) and model.precision=bf16-mixed. Reported: seconds per step (median after the first),
+sampling and update seconds, the peak CUDA memory of rank 0, whether every loss was finite, and the
+share of the weights that moved (read back from the final checkpoint, which rank 0 wrote from the
+gathered shards).
+
+    PYTHONPATH=src torchrun --nproc_per_node 1 bench/torchrun_fsdp2_gpu.py --out gpu-out/fsdp2.json
+    PYTHONPATH=src torchrun --nproc_per_node 8 bench/torchrun_fsdp2_gpu.py --out gpu-out/fsdp2x8.json
+    # the CPU smoke run its test uses (gloo, 2 processes, a tiny shape):
+    PYTHONPATH=src torchrun --nproc_per_node 2 bench/torchrun_fsdp2_gpu.py --device cpu --shape tiny \\
+        --precision fp32 --steps 2 --prompts 4 --group 4 --tokens 8 --out /tmp/fsdp2.json
+
+Sampling runs the HF forward on weights gathered once per step (aha.dist.wrap.full_weights), not the
+CUDA-graph decode step of one-process runs, so generation is slower here than in gpu_real_model.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _hardware import machine_description  # noqa: E402
+from gpu_real_model import SHAPES, build_model, load_tensors, moved_share  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="qwen2-0.5b")
+    parser.add_argument("--precision", default="bf16-mixed")
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--prompts", type=int, default=16, help="prompts per step, over all ranks")
+    parser.add_argument("--group", type=int, default=8)
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=1e-6)
+    parser.add_argument("--workdir", type=Path, default=Path("runs/torchrun_fsdp2_gpu"))
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print(
+            "error: this benchmark needs CUDA (no CUDA device is visible); see its docstring for the CPU smoke run"
+        )
+        return 2
+    if "RANK" not in os.environ:
+        print(
+            "error: launch it with torchrun: PYTHONPATH=src torchrun --nproc_per_node 1 " + " ".join(sys.argv)
+        )
+        return 2
+
+    from aha.config import load_config
+    from aha.dist import env as dist_env
+    from aha.train.checkpoint import latest_checkpoint
+    from aha.train.grpo import GRPORunConfig, run_grpo
+
+    env, device = dist_env.init(args.device)
+    model_dir, run_dir = args.workdir / "model", args.workdir / "run"
+    params = 0
+    if env.is_main:
+        shutil.rmtree(args.workdir, ignore_errors=True)  # a fresh run, timed from its first step
+        params = build_model(model_dir, SHAPES[args.shape])
+        print(f"{args.shape}: {params / 1e6:.1f}M parameters, {env.world_size} process(es)", flush=True)
+    dist_env.barrier()
+    overrides = [
+        f"model.path={model_dir}",
+        f"model.device={args.device}",
+        f"model.precision={args.precision}",
+        "dist.strategy=fsdp2",
+        f"train.steps={args.steps}",
+        f"train.prompts_per_step={args.prompts}",
+        f"rollout.group_size={args.group}",
+        f"rollout.max_new_tokens={args.tokens}",
+        f"rollout.min_new_tokens={args.tokens}",
+        "rewards.functions=[_bench_rewards:digit_fraction]",
+        "algo.beta=0.04",
+        f"optim.lr={args.lr}",
+        "eval.every=0",
+        f"eval.num_prompts={args.prompts}",
+        "track.sample_every=0",
+        "track.plot=false",
+        "run.progress=false",
+        f"run.output_dir={run_dir}",
+    ]
+    cfg = load_config(GRPORunConfig, overrides=overrides)
+    t0 = time.perf_counter()
+    result = run_grpo(cfg)
+    wall = time.perf_counter() - t0
+    if not env.is_main:
+        dist_env.shutdown()
+        return 0
+    steps = [row for row in result.history if row["step"] > 0 and "time/step_s" in row]
+    step_times = [row["time/step_s"] for row in steps]
+    after = load_tensors(latest_checkpoint(run_dir))
+    report = {
+        "machine": machine_description(),
+        "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
+        "torch": torch.__version__,
+        "command": f"torchrun --nproc_per_node {env.world_size} bench/torchrun_fsdp2_gpu.py "
+        + " ".join(sys.argv[1:]),
+        "world_size": env.world_size,
+        "shape": args.shape,
+        "parameters": params,
+        "workload": {k: getattr(args, k) for k in ("precision", "steps", "prompts", "group", "tokens", "lr")},
+        "wall_s": wall,
+        "step_s_median": statistics.median(step_times[1:] or step_times),
+        "generate_s_median": statistics.median([r["time/generate_s"] for r in steps][1:] or [0.0]),
+        "update_s_median": statistics.median([r["time/update_s"] for r in steps][1:] or [0.0]),
+        "losses_finite": all(math.isfinite(r["loss"]) for r in steps if "loss" in r),
+        "loss_rows": sum("loss" in r for r in steps),
+        "cuda_allocated_peak_gb": max(
+            (r.get("memory/cuda_allocated_peak_gb", 0.0) for r in steps), default=0.0
+        ),
+        "cuda_reserved_peak_gb": max(
+            (r.get("memory/cuda_reserved_peak_gb", 0.0) for r in steps), default=0.0
+        ),
+        "weights_moved_share": moved_share(load_tensors(model_dir), after),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1))
+    print(json.dumps(report, indent=1))
+    dist_env.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""aha.dist.env: torchrun's variables, per-rank seeds, whole-group sharding, and the one-line refusal of
+stages that do not run on several processes."""
+
+from __future__ import annotations
+
+import pytest
+
+from aha.config import ConfigError
+from aha.dist.env import DistEnv, env_from, rank_seed, require_single_process, shard
+from aha.dist.reduce import gather_lists, rank_weight, reduce_metrics, sum_across_ranks
+
+
+def test_env_from_torchrun_variables():
+    assert env_from({}) is None  # plain python: no torchrun
+    env = env_from({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1"})
+    assert env == DistEnv(rank=3, world_size=8, local_rank=1)
+    assert not env.is_main and env.distributed
+    assert env_from({"RANK": "0", "WORLD_SIZE": "1"}).is_main  # torchrun --nproc_per_node 1
+    with pytest.raises(ConfigError, match="RANK=2 is not in"):
+        env_from({"RANK": "2", "WORLD_SIZE": "2"})
+    with pytest.raises(ConfigError, match="must be integers"):
+        env_from({"RANK": "x", "WORLD_SIZE": "2"})
+
+
+def test_rank_seed():
+    assert rank_seed(1234, 0) == 1234  # one process samples exactly as before
+    seeds = [rank_seed(1234, r) for r in range(64)]
+    assert len(set(seeds)) == 64  # no two ranks share a stream
+    assert seeds == [rank_seed(1234, r) for r in range(64)]  # stable: a resume draws the same
+    assert rank_seed(1235, 1) != seeds[1]  # and it follows the step seed
+    assert all(0 <= s < 2**63 for s in seeds)  # a valid torch.Generator seed
+
+
+def test_shard_gives_contiguous_equal_shares():
+    groups = list(range(12))
+    shares = [shard(groups, DistEnv(r, 3), "train.prompts_per_step") for r in range(3)]
+    assert shares == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]  # gathered in rank order: the batch
+    assert shard(groups, DistEnv(), "x") == groups
+    with pytest.raises(ConfigError, match=r"train.prompts_per_step=12 must be divisible .* \(5\)"):
+        shard(groups, DistEnv(0, 5), "train.prompts_per_step")
+
+
+def test_single_process_reductions_are_identities():
+    metrics = {"loss": 0.5, "ratio_max": 2.0}
+    assert reduce_metrics(metrics) == metrics
+    assert sum_across_ranks(1.5) == 1.5 and rank_weight(7.0) == 1.0
+    assert gather_lists([1, 2]) == [1, 2]
+
+
+def test_unsupported_stages_refuse_several_processes(monkeypatch):
+    require_single_process("aha ppo")  # one process: fine
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(
+        ConfigError, match=r"aha ppo does not support several processes yet \(torchrun WORLD_SIZE=2\)"
+    ):
+        require_single_process("aha ppo")
+
+
+def test_cli_refuses_ppo_under_torchrun(monkeypatch, capsys, tiny_model_dir, tmp_path):
+    from aha.cli import main
+
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    code = main(["ppo", f"model.path={tiny_model_dir}", f"run.output_dir={tmp_path / 'run'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "aha ppo does not support several processes" in err
+    assert not (tmp_path / "run").exists()  # refused before anything was written
