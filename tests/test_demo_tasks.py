@@ -72,14 +72,16 @@ def test_scratchpad_teacher_and_checker():
     teacher = ScratchpadTeacher(scratchpad_prob=0.25)
     rng = random.Random(0)
     completions = [teacher.complete(ParityProblem("0100"), rng) for _ in range(4000)]
-    assert set(completions) == {"1", "[0111]1"}
+    assert set(completions) == {"1", "[0111]"}
     assert sum(map(uses_scratchpad, completions)) / 4000 == pytest.approx(0.25, abs=0.03)
-    assert final_answer("[0111]1") == "1"
-    assert is_correct(" 825 ", "825") and is_correct("[0110]0", "0") and is_correct("[0111]1", "1")
-    assert not is_correct("1]0", "1") and not is_correct("11", "1") and not is_correct("[0111", "1")
+    # The working ends on the answer: a closed scratchpad's last state; else the whole completion.
+    assert final_answer("[0111]") == "1" and final_answer(" [0110] ") == "0" and final_answer("125") == "125"
+    assert is_correct(" 825 ", "825") and is_correct("[0110]", "0") and is_correct("[1]", "1")
+    assert not is_correct("[0111", "1")  # not closed (cut off): no answer
+    assert not is_correct("[0111]1", "1") and not is_correct("11", "1") and final_answer("[]") == ""
 
 
 def test_gold_answer_reward_scores_and_counts_scratchpads():
-    scores = gold_answer(["1+2="] * 3, ["3", "[03]3", "4"], answer=["3", "3", "3"])
+    scores = gold_answer(["0011="] * 3, ["0", "[0010]", "1"], answer=["0", "0", "0"])
     assert list(scores) == [1.0, 1.0, 0.0]
     assert scores.metrics == {"scratchpad_share": pytest.approx(1 / 3)}

@@ -9,7 +9,7 @@ Run directory (default runs/demo-<scenario>):
   data/        sft.jsonl, grpo_train.jsonl, heldout.jsonl      tiny-model/  the untrained model
   sft/         the SFT run (final/ is the model GRPO starts from and keeps as KL reference)
   grpo/        the GRPO run (metrics.jsonl, samples.jsonl, checkpoints/); ppo/ with algo=ppo
-  report.md    accuracy table and samples     demo.png   reward, held-out accuracy, KL, length
+  report.md    accuracy table and samples     demo.png   accuracy, length, KL (cot: scratchpad share)
   sft/report.html, grpo/report.html   each stage's run report (`aha report`): curves, samples, timing
 """
 

@@ -88,7 +88,7 @@ SCENARIOS: dict[str, Scenario] = {
         "reward alone RL makes the model write its working (think longer).",
         split=partial(split_parity_problems, N_BITS),
         teacher=ScratchpadTeacher(scratchpad_prob=0.25),
-        max_new_tokens=N_BITS + 4,  # "[" + one state per bit + "]" + answer + EOS
+        max_new_tokens=N_BITS + 3,  # "[" + one state per bit (the last is the answer) + "]" + EOS
         hidden_size=96,
         intermediate_size=256,
         train_problems=20_000,

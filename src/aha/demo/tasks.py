@@ -17,11 +17,14 @@ from dataclasses import dataclass
 
 from aha.rewards.base import RewardScores
 
-# A scratchpad completion looks like "[0111]1" for the bits 0100: the parity after each bit, in brackets;
-# the final answer follows the last ANSWER_MARK. The opening bracket is the model's one-token decision to
-# "think first", like R1's <think>.
+# A scratchpad completion looks like "[0111]" for the bits 0100: the parity after each bit, in brackets.
+# The working ends on the answer: its last state, just before the closing bracket, is the parity of the
+# whole string. The opening bracket is the model's one-token decision to "think first", like R1's
+# <think>. (Repeating the last state after the bracket, as an answer of its own, asks the model for one
+# more skill, copying the token before the bracket, which one seed in five had not learned after 560 SFT
+# steps though its working was right: the answer then was a guess.)
 SCRATCHPAD_OPEN = "["
-ANSWER_MARK = "]"
+SCRATCHPAD_CLOSE = "]"
 
 
 @dataclass(frozen=True)
@@ -63,12 +66,16 @@ def split_problems(
 
 
 def is_correct(completion: str, answer: str) -> bool:
-    """The gold checker: the text after the last ANSWER_MARK (or the whole completion) equals the answer."""
+    """The gold checker: the completion's final answer (see final_answer) equals the answer."""
     return final_answer(completion) == answer
 
 
 def final_answer(completion: str) -> str:
-    return completion.rsplit(ANSWER_MARK, 1)[-1].strip()
+    """The whole completion, or for a closed scratchpad `[...]` its last state ("" if it is not closed)."""
+    text = completion.strip()
+    if not uses_scratchpad(text):
+        return text
+    return text[-2] if len(text) > 2 and text.endswith(SCRATCHPAD_CLOSE) else ""
 
 
 def uses_scratchpad(completion: str) -> bool:
@@ -142,7 +149,7 @@ class ScratchpadTeacher:
 
     def complete(self, problem: ParityProblem, rng: random.Random) -> str:
         if rng.random() < self.scratchpad_prob:
-            return f"{SCRATCHPAD_OPEN}{problem.working}{ANSWER_MARK}{problem.answer}"
+            return f"{SCRATCHPAD_OPEN}{problem.working}{SCRATCHPAD_CLOSE}"
         return problem.answer
 
     def expected_accuracy(self, problems: list[AdditionProblem]) -> float:
