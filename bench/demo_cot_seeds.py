@@ -122,16 +122,15 @@ def plot_seeds(curves: dict[int, list[dict]], out_png: Path, title: str) -> Path
     fig = Figure(figsize=(15, 4.2), layout="constrained")
     FigureCanvasAgg(fig)
     panels = [
-        ("eval/accuracy", "held-out accuracy (greedy)"),
+        ("reward/mean", "accuracy: training samples (solid), held-out greedy (dotted)"),
         ("completion/length_mean", "mean response length (tokens, training samples)"),
         (SHARE_KEY, "scratchpad share (training samples)"),
     ]
     for ax, (key, label) in zip(fig.subplots(1, 3), panels, strict=True):
         for seed, history in curves.items():
-            points = [(r["step"], r[key]) for r in history if isinstance(r.get(key), (int, float))]
-            if points:
-                steps, values = zip(*points, strict=True)
-                ax.plot(steps, values, label=f"seed {seed}", marker="." if len(points) < 30 else None)
+            line = _plot_key(ax, history, key, f"seed {seed}", "-")
+            if key == "reward/mean":
+                _plot_key(ax, history, "eval/accuracy", None, ":", line.get_color() if line else None)
         ax.set_title(label, fontsize=10)
         ax.set_xlabel("GRPO step")
         ax.grid(alpha=0.3)
@@ -142,6 +141,16 @@ def plot_seeds(curves: dict[int, list[dict]], out_png: Path, title: str) -> Path
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, dpi=100)
     return out_png
+
+
+def _plot_key(ax, history: list[dict], key: str, label: str | None, style: str, color=None):
+    points = [(r["step"], r[key]) for r in history if isinstance(r.get(key), (int, float))]
+    if not points:
+        return None
+    steps, values = zip(*points, strict=True)
+    return ax.plot(steps, values, style, label=label, color=color, marker="." if len(points) < 30 else None)[
+        0
+    ]
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ Two teachers, one per lesson of the article:
 - `CarryForgettingTeacher` (part 1) answers 2-digit additions but forgets the carry most of the time, so
   imitating it caps accuracy below the truth while the right answer still occurs in its data.
 - `ScratchpadTeacher` (part 2) is always right but only sometimes shows its work. On the parity of a
-  16-bit string it writes the running parity, bit by bit, before the answer. The direct answer needs the
+  16-bit string it writes the running parity, bit by bit, ending on the answer. The direct answer needs the
   whole chain in one forward pass, which the tiny model does not learn (bench/demo_cot_capacity.py); each
   step of the working is a one-bit update it learns at once. So thinking pays by construction, and a
   correctness reward alone should push the policy toward the scratchpad.
