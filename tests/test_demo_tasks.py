@@ -9,11 +9,12 @@ import pytest
 from aha.demo.tasks import (
     AdditionProblem,
     CarryForgettingTeacher,
+    ParityProblem,
     ScratchpadTeacher,
     final_answer,
     gold_answer,
     is_correct,
-    scratchpad,
+    split_parity_problems,
     split_problems,
     uses_scratchpad,
 )
@@ -47,22 +48,40 @@ def test_carry_forgetting_teacher():
     assert teacher.expected_accuracy([no_carry, carry]) == pytest.approx(0.625)
 
 
-def test_scratchpad_format_and_checker():
-    # 358 + 467: units 8+7=15 (carry), tens 5+6+1=12 (carry), hundreds 3+4+1=08 -> 825.
-    assert scratchpad(AdditionProblem(358, 467)) == "15,12,08"
-    assert scratchpad(AdditionProblem(999, 111)) == "10,11,11"  # 9+1, 9+1+1, 9+1+1 -> 1110
-    assert scratchpad(AdditionProblem(100, 200)) == "00,00,03"
+def test_parity_problem_and_its_running_parity():
+    # 0100: ones so far 0, 1, 1, 1 -> parities 0, 1, 1, 1; the answer is the last one.
+    problem = ParityProblem("0100")
+    assert (problem.prompt, problem.answer, problem.working) == ("0100=", "1", "0111")
+    both = ParityProblem("1101001000000001")  # five ones: odd
+    assert both.answer == "1" and both.working == "1001110000000001"
+    assert ParityProblem("0000").working == "0000" and ParityProblem("1111").answer == "0"
+
+
+def test_parity_split_is_disjoint_seeded_and_bounded():
+    train, heldout = split_parity_problems(16, 100, 2000, seed=0)
+    assert len(train) == 2000 and len(heldout) == 100 and not set(train) & set(heldout)
+    assert all(len(p.bits) == 16 and set(p.bits) <= {"0", "1"} for p in train + heldout)
+    assert split_parity_problems(16, 100, 2000, seed=0) == (train, heldout)
+    assert split_parity_problems(16, 100, 2000, seed=1)[1] != heldout
+    assert len(split_parity_problems(4, 6, None, seed=0)[0]) == 10  # every 4-bit string used once
+    with pytest.raises(ValueError, match="only 16 exist"):
+        split_parity_problems(4, 6, 11, seed=0)
+
+
+def test_scratchpad_teacher_and_checker():
     teacher = ScratchpadTeacher(scratchpad_prob=0.25)
     rng = random.Random(0)
-    completions = [teacher.complete(AdditionProblem(358, 467), rng) for _ in range(4000)]
-    assert set(completions) == {"825", "[15,12,08]825"}
+    completions = [teacher.complete(ParityProblem("0100"), rng) for _ in range(4000)]
+    assert set(completions) == {"1", "[0111]"}
     assert sum(map(uses_scratchpad, completions)) / 4000 == pytest.approx(0.25, abs=0.03)
-    assert final_answer("[15,12,08]825") == "825"
-    assert is_correct(" 825 ", "825") and is_correct("[05,02,08]825", "825")
-    assert not is_correct("825]1", "825") and not is_correct("8255", "825")
+    # The working ends on the answer: a closed scratchpad's last state; else the whole completion.
+    assert final_answer("[0111]") == "1" and final_answer(" [0110] ") == "0" and final_answer("125") == "125"
+    assert is_correct(" 825 ", "825") and is_correct("[0110]", "0") and is_correct("[1]", "1")
+    assert not is_correct("[0111", "1")  # not closed (cut off): no answer
+    assert not is_correct("[0111]1", "1") and not is_correct("11", "1") and final_answer("[]") == ""
 
 
 def test_gold_answer_reward_scores_and_counts_scratchpads():
-    scores = gold_answer(["1+2="] * 3, ["3", "[03]3", "4"], answer=["3", "3", "3"])
+    scores = gold_answer(["0011="] * 3, ["0", "[0010]", "1"], answer=["0", "0", "0"])
     assert list(scores) == [1.0, 1.0, 0.0]
     assert scores.metrics == {"scratchpad_share": pytest.approx(1 / 3)}

@@ -9,7 +9,7 @@ Run directory (default runs/demo-<scenario>):
   data/        sft.jsonl, grpo_train.jsonl, heldout.jsonl      tiny-model/  the untrained model
   sft/         the SFT run (final/ is the model GRPO starts from and keeps as KL reference)
   grpo/        the GRPO run (metrics.jsonl, samples.jsonl, checkpoints/); ppo/ with algo=ppo
-  report.md    accuracy table and samples     demo.png   reward, held-out accuracy, KL, length
+  report.md    accuracy table and samples     demo.png   accuracy, length, KL (cot: scratchpad share)
   sft/report.html, grpo/report.html   each stage's run report (`aha report`): curves, samples, timing
 """
 
@@ -91,7 +91,9 @@ class DemoConfig:
     output_dir: str | None = option(None, help="Run directory (default runs/demo-<scenario>, + '-quick').")
     overwrite: bool = option(False, help="Delete an existing run directory first (else use --resume).")
     seed: int = option(0, help="Seed for the problems, the teacher, the initial weights and sampling.")
-    threads: int = option(0, help="torch CPU threads (0 = torch's default).")
+    threads: int = option(
+        0, help="torch CPU threads (0 = the scenario's default: 1 for cot and hacking, else torch's)."
+    )
     precision: str = option(
         "fp32",
         choices=("fp32", "bf16-mixed"),
@@ -134,8 +136,9 @@ def run_demo(cfg: DemoConfig, resume: bool = False) -> DemoResult | HackingResul
     scenario = SCENARIOS[cfg.scenario]
     budget = scenario.quick if cfg.quick else scenario.full
     run_dir = _prepare_run_dir(cfg, resume)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    threads = cfg.threads or scenario.threads
+    if threads:
+        torch.set_num_threads(threads)
     heldout_size = cfg.heldout_size or budget.heldout_size
     files = write_task_files(scenario, run_dir / "data", heldout_size, cfg.seed)
 

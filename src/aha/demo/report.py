@@ -124,26 +124,25 @@ def _mark(completion: str, answer: str) -> str:
 
 
 def plot_demo(history: list[dict], out_png: Path, title: str, show_scratchpad: bool) -> Path:
-    """GRPO curves: reward and held-out accuracy, KL to the SFT model, completion length (with the
-    scratchpad share and held-out accuracy beside it in the chain-of-thought scenario)."""
+    """GRPO curves. Chain of thought: accuracy and mean response length side by side (as R1-Zero's paper
+    plots them), then the scratchpad share and the KL; otherwise reward and accuracy, KL, length, entropy."""
     fig = Figure(figsize=(12, 6.4), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(2, 2).ravel()
-    _curves(
-        axes[0],
-        history,
-        [("reward/mean", "training reward"), ("eval/accuracy", "held-out accuracy (greedy)")],
-    )
-    axes[0].set_ylim(-0.02, 1.02)
-    _curves(axes[1], history, [("kl", "KL(policy || SFT model)")])
-    _curves(axes[2], history, [("completion/length_mean", "mean completion length (tokens)")])
+    accuracy = [
+        ("reward/mean", "training reward (sampled accuracy)"),
+        ("eval/accuracy", "held-out accuracy (greedy)"),
+    ]
+    length = [("completion/length_mean", "mean response length (tokens, training samples)")]
+    kl = [("kl", "KL(policy || SFT model)")]
     if show_scratchpad:
-        _curves(
-            axes[3], history, [(SCRATCHPAD_KEY, "scratchpad share"), ("eval/accuracy", "held-out accuracy")]
-        )
-        axes[3].set_ylim(-0.02, 1.02)
+        panels = [accuracy, length, [(SCRATCHPAD_KEY, "scratchpad share (training samples)")], kl]
     else:
-        _curves(axes[3], history, [("entropy", "policy entropy (nats/token)")])
+        panels = [accuracy, kl, length, [("entropy", "policy entropy (nats/token)")]]
+    for ax, keys in zip(axes, panels, strict=True):
+        _curves(ax, history, keys)
+        if keys[0][0] in ("reward/mean", SCRATCHPAD_KEY):
+            ax.set_ylim(-0.02, 1.02)
     fig.suptitle(title)
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, dpi=100)

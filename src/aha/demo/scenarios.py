@@ -8,12 +8,24 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
-from aha.demo.tasks import AdditionProblem, CarryForgettingTeacher, ScratchpadTeacher, split_problems
+from aha.demo.tasks import (
+    AdditionProblem,
+    CarryForgettingTeacher,
+    ParityProblem,
+    ScratchpadTeacher,
+    split_parity_problems,
+    split_problems,
+)
 
 Teacher = CarryForgettingTeacher | ScratchpadTeacher
+Problem = AdditionProblem | ParityProblem
+# (n_heldout, n_train, seed) -> disjoint (train, held-out) problems
+Splitter = Callable[[int, int | None, int], tuple[list[Problem], list[Problem]]]
 
 
 @dataclass(frozen=True)
@@ -31,7 +43,7 @@ class Budget:
 class Scenario:
     name: str
     summary: str
-    digits: int
+    split: Splitter
     teacher: Teacher
     max_new_tokens: int
     hidden_size: int  # the tiny model's width and MLP width (measured to make the lesson visible)
@@ -40,12 +52,13 @@ class Scenario:
     demos_per_problem: int  # teacher demonstrations drawn per training problem
     full: Budget
     quick: Budget
+    threads: int = 0  # torch threads unless `threads=` says (0: torch's default)
 
 
 CARRY = Scenario(
     name="carry",
     summary="2-digit addition; the teacher forgets the carry 3 times in 4. RL goes past its teacher.",
-    digits=2,
+    split=partial(split_problems, 2),
     teacher=CarryForgettingTeacher(forget_prob=0.75),
     max_new_tokens=6,
     hidden_size=128,
@@ -58,6 +71,8 @@ CARRY = Scenario(
     quick=Budget(sft_steps=800, grpo_steps=80, heldout_size=200, grpo_eval_size=100, grpo_eval_every=10),
 )
 
+N_BITS = 16  # cot: bits per parity problem
+
 SCENARIOS: dict[str, Scenario] = {
     "carry": CARRY,
     "limit": replace(
@@ -68,20 +83,22 @@ SCENARIOS: dict[str, Scenario] = {
     ),
     "cot": Scenario(
         name="cot",
-        summary="4-digit addition; the teacher shows its column-by-column working 1 time in 4. "
-        "With a correctness reward alone the model can learn to write the working (to think longer), "
-        "but whether it does turns on rounding: not reliable yet (docs/demo.md).",
-        digits=4,
+        summary="Parity of 16 bits; the teacher shows its working (the running parity) 1 time in 4. "
+        "The direct answer is out of the tiny model's reach, the working is not: with a correctness "
+        "reward alone RL makes the model write its working (think longer).",
+        split=partial(split_parity_problems, N_BITS),
         teacher=ScratchpadTeacher(scratchpad_prob=0.25),
-        max_new_tokens=20,  # "[15,12,08,09]10825" + EOS
-        # Smaller than for 2 digits on purpose: with 128/512 the model also learned direct 3-digit answers
-        # (98% after SFT), leaving the scratchpad nothing to win.
+        max_new_tokens=N_BITS + 3,  # "[" + one state per bit (the last is the answer) + "]" + EOS
         hidden_size=96,
         intermediate_size=256,
         train_problems=20_000,
         demos_per_problem=1,
-        full=Budget(sft_steps=1500, grpo_steps=100, heldout_size=500, grpo_eval_size=200, grpo_eval_every=10),
-        quick=Budget(sft_steps=600, grpo_steps=40, heldout_size=200, grpo_eval_size=100, grpo_eval_every=10),
+        full=Budget(sft_steps=300, grpo_steps=60, heldout_size=500, grpo_eval_size=200, grpo_eval_every=5),
+        # SFT's loss reaches its floor (the working learned, the direct answers at chance) in ~150 steps.
+        quick=Budget(sft_steps=200, grpo_steps=30, heldout_size=200, grpo_eval_size=100, grpo_eval_every=10),
+        # One thread: on the shared 2-core machine, under load average ~4, an SFT step took 3 s with
+        # torch's two threads spinning against each other and 0.13 s with one.
+        threads=1,
     ),
 }
 
@@ -93,7 +110,7 @@ class TaskFiles:
     sft: Path  # teacher demonstrations on training problems: prompt, completion, answer
     grpo_train: Path  # training problems: prompt, answer
     heldout: Path  # problems never trained on: prompt, answer
-    heldout_problems: list[AdditionProblem]
+    heldout_problems: list[Problem]
 
 
 def write_task_files(scenario: Scenario, out_dir: Path, heldout_size: int, seed: int) -> TaskFiles:
@@ -103,7 +120,7 @@ def write_task_files(scenario: Scenario, out_dir: Path, heldout_size: int, seed:
     teacher's mistakes and its occasional right answers in the teacher's proportions rather than one
     fixed (memorisable) draw per problem.
     """
-    train, heldout = split_problems(scenario.digits, heldout_size, scenario.train_problems, seed)
+    train, heldout = scenario.split(heldout_size, scenario.train_problems, seed)
     rng = random.Random(seed + 1)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = TaskFiles(out_dir / "sft.jsonl", out_dir / "grpo_train.jsonl", out_dir / "heldout.jsonl", heldout)

@@ -1,11 +1,13 @@
-"""The demo's built-in tasks: addition problems, their gold checker, and the teachers that write demonstrations.
+"""The demo's built-in tasks: addition and parity problems, their gold checker, and the teachers.
 
 Two teachers, one per lesson of the article:
 - `CarryForgettingTeacher` (part 1) answers 2-digit additions but forgets the carry most of the time, so
   imitating it caps accuracy below the truth while the right answer still occurs in its data.
-- `ScratchpadTeacher` (part 2) is always right but only sometimes shows its work: a column-by-column
-  scratchpad (units first, carries written out) before the answer. Direct answers are harder for a tiny
-  model to get right, so a correctness reward alone should push the policy toward the scratchpad.
+- `ScratchpadTeacher` (part 2) is always right but only sometimes shows its work. On the parity of a
+  16-bit string it writes the running parity, bit by bit, ending on the answer. The direct answer needs the
+  whole chain in one forward pass, which the tiny model does not learn (bench/demo_cot_capacity.py); each
+  step of the working is a one-bit update it learns at once. So thinking pays by construction, and a
+  correctness reward alone should push the policy toward the scratchpad.
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ from dataclasses import dataclass
 
 from aha.rewards.base import RewardScores
 
-# A scratchpad completion looks like "[15,12,08]825" for 358+467: the column sums, units first (8+7=15,
-# 5+6+1=12, 3+4+1=08), in brackets; the final answer follows the last ANSWER_MARK. The opening bracket is
-# the model's one-token decision to "think first", like R1's <think>.
+# A scratchpad completion looks like "[0111]" for the bits 0100: the parity after each bit, in brackets.
+# The working ends on the answer: its last state, just before the closing bracket, is the parity of the
+# whole string. The opening bracket is the model's one-token decision to "think first", like R1's
+# <think>. (Repeating the last state after the bracket, as an answer of its own, asks the model for one
+# more skill, copying the token before the bracket, which one seed in five had not learned after 560 SFT
+# steps though its working was right: the answer then was a guess.)
 SCRATCHPAD_OPEN = "["
-STEP_SEPARATOR = ","
-ANSWER_MARK = "]"
+SCRATCHPAD_CLOSE = "]"
 
 
 @dataclass(frozen=True)
@@ -62,12 +66,16 @@ def split_problems(
 
 
 def is_correct(completion: str, answer: str) -> bool:
-    """The gold checker: the text after the last ANSWER_MARK (or the whole completion) equals the answer."""
+    """The gold checker: the completion's final answer (see final_answer) equals the answer."""
     return final_answer(completion) == answer
 
 
 def final_answer(completion: str) -> str:
-    return completion.rsplit(ANSWER_MARK, 1)[-1].strip()
+    """The whole completion, or for a closed scratchpad `[...]` its last state ("" if it is not closed)."""
+    text = completion.strip()
+    if not uses_scratchpad(text):
+        return text
+    return text[-2] if len(text) > 2 and text.endswith(SCRATCHPAD_CLOSE) else ""
 
 
 def uses_scratchpad(completion: str) -> bool:
@@ -96,18 +104,41 @@ class CarryForgettingTeacher:
         return correct / len(problems)
 
 
-def scratchpad(problem: AdditionProblem) -> str:
-    """The column sums, units first, carries included, two digits each: "15,12,08" for 358+467.
+@dataclass(frozen=True)
+class ParityProblem:
+    """Is the number of ones in a bit string odd? `0110100=` -> `1`."""
 
-    Fixed-width steps keep every step at the same offset, which a tiny model learns far more easily than
-    variable-length working; each step only adds two prompt digits and the carry just written.
-    """
-    a, b, carry, sums = problem.a, problem.b, 0, []
-    while a or b:
-        total = a % 10 + b % 10 + carry
-        sums.append(f"{total:02d}")
-        carry, a, b = total // 10, a // 10, b // 10
-    return STEP_SEPARATOR.join(sums)
+    bits: str
+
+    @property
+    def prompt(self) -> str:
+        return f"{self.bits}="
+
+    @property
+    def answer(self) -> str:
+        return str(self.bits.count("1") % 2)
+
+    @property
+    def working(self) -> str:
+        """The running parity after each bit ("0111" for 0100): each step XORs one bit into the last."""
+        states, parity = [], 0
+        for bit in self.bits:
+            parity ^= bit == "1"
+            states.append(str(parity))
+        return "".join(states)
+
+
+def split_parity_problems(
+    n_bits: int, n_heldout: int, n_train: int | None, seed: int
+) -> tuple[list[ParityProblem], list[ParityProblem]]:
+    """Disjoint (train, held-out) sets of `n_bits`-bit strings, drawn without replacement (as split_problems)."""
+    n_all = 2**n_bits
+    wanted = n_heldout + (n_all - n_heldout if n_train is None else n_train)
+    if wanted > n_all:
+        raise ValueError(f"asked for {wanted} distinct {n_bits}-bit strings but only {n_all} exist")
+    indices = random.Random(seed).sample(range(n_all), wanted)
+    problems = [ParityProblem(format(i, f"0{n_bits}b")) for i in indices]
+    return problems[n_heldout:], problems[:n_heldout]
 
 
 @dataclass(frozen=True)
@@ -116,9 +147,9 @@ class ScratchpadTeacher:
 
     scratchpad_prob: float = 0.25
 
-    def complete(self, problem: AdditionProblem, rng: random.Random) -> str:
+    def complete(self, problem: ParityProblem, rng: random.Random) -> str:
         if rng.random() < self.scratchpad_prob:
-            return f"{SCRATCHPAD_OPEN}{scratchpad(problem)}{ANSWER_MARK}{problem.answer}"
+            return f"{SCRATCHPAD_OPEN}{problem.working}{SCRATCHPAD_CLOSE}"
         return problem.answer
 
     def expected_accuracy(self, problems: list[AdditionProblem]) -> float:
