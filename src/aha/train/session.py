@@ -141,8 +141,8 @@ class TrainingSession:
         are redone; -1 keeps none: a run killed before its first checkpoint starts over)."""
         self.metrics.close()
         self.samples.close()
-        self.history = _cut_jsonl(self.run_dir / METRICS_FILE, step, read_metrics)
-        _cut_jsonl(self.run_dir / SAMPLES_FILE, step, lambda path: read_jsonl(path, torn_tail_ok=True))
+        self.history = cut_jsonl(self.run_dir / METRICS_FILE, step, read_metrics)
+        cut_jsonl(self.run_dir / SAMPLES_FILE, step, lambda path: read_jsonl(path, torn_tail_ok=True))
         self.metrics = MetricsWriter(self.run_dir)
         self.samples = SampleWriter(self.run_dir, sinks=[self.trackers])
         self.progress.close()
@@ -239,7 +239,7 @@ class TrainingSession:
         record_resources(self.run_dir, last_step, time.perf_counter() - self.started)
 
 
-def _cut_jsonl(path: Path, step: int, read: Callable[[Path], list[dict]]) -> list[dict]:
+def cut_jsonl(path: Path, step: int, read: Callable[[Path], list[dict]]) -> list[dict]:
     """Rewrite a JSON-lines run file (atomically) keeping only the rows of steps <= `step`; returns them
     as `read` gives them."""
     rows = [row for row in read(path) if row["step"] <= step] if path.exists() else []
