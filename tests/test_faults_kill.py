@@ -296,8 +296,8 @@ def kill_and_resume(
     logs a step-0 evaluation before its first checkpoint would be killed in its start-up every time,
     never getting further), it is SIGKILLed after a seeded random delay of up to 1.5 steps
     (`step_s[stage]`: landing in the checkpoint write, the next step's sampling, update or evaluation,
-    or what follows a stage's last step). Then one attempt runs to the end. Returns, for each kill made, `where(out)` at that moment
-    (or the `Die` point)."""
+    or what follows a stage's last step). Then one attempt runs to the end. Returns, for each kill
+    made, `where(out)` at that moment (or the `Die` point)."""
     rng = random.Random(seed)
     log = out.parent / f"{out.name}.log"
     where = where or (lambda run: "{}: step {}".format(*stages.logged(run)))
