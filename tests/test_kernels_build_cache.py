@@ -41,6 +41,24 @@ def test_a_group_writable_cache_directory_is_refused(cache, caplog):
     assert "is writable by its group" in caplog.text
 
 
+def test_a_cache_directory_owned_by_another_user_is_refused(cache, caplog, monkeypatch):
+    cache.mkdir(mode=0o700)
+    real_stat = os.stat
+
+    def stat_with_a_foreign_directory(path, *args, **kwargs):
+        info = real_stat(path, *args, **kwargs)
+        if Path(path) == cache:  # as if another uid had made the cache directory
+            return os.stat_result(
+                (info.st_mode, info.st_ino, info.st_dev, info.st_nlink, os.getuid() + 1, *tuple(info)[5:10])
+            )
+        return info
+
+    monkeypatch.setattr(build.os, "stat", stat_with_a_foreign_directory)
+    assert _load(caplog) is None
+    assert f"cache directory {cache} is owned by uid {os.getuid() + 1}, not this user" in caplog.text
+    assert not list(cache.glob("*.so"))  # nothing built or loaded there
+
+
 @needs_compiler
 def test_a_fresh_build_is_private_and_loads(cache, caplog):
     assert _load(caplog) is not None

@@ -1,5 +1,7 @@
 """A NaN/inf loss, gradient norm or total reward, injected: stop names the step and the quantity and
-leaves parameters, optimizer state and checkpoints as they were; skip carries on and counts the skip."""
+leaves parameters, optimizer state and checkpoints as they were; skip carries on and counts the skip.
+A NaN/inf held-out reward or loss: stop raises before the step is logged or checkpointed; skip warns and
+logs it as null."""
 
 from __future__ import annotations
 
@@ -191,7 +193,8 @@ def test_grpo_nan_loss_stops_naming_step_and_loss(tiny_dir, tmp_path, monkeypatc
 
 
 def test_grpo_overflowing_reward_stops_before_the_advantages(tiny_dir, tmp_path, sessions):
-    cfg = _grpo(tiny_dir, tmp_path / "run", "rewards.functions=[toy_rewards:float32_overflow]")
+    # overflowing on training batches only: on the step-0 evaluation too it would stop there (below)
+    cfg = _grpo(tiny_dir, tmp_path / "run", "rewards.functions=[toy_rewards:float32_overflow_in_training]")
     with pytest.raises(
         NonFiniteError, match=r"step 1, weighted sum of the reward functions: total reward is inf"
     ):
@@ -215,6 +218,54 @@ def test_grpo_skip_mode_skips_overflowing_rewards_and_finishes(tiny_dir, tmp_pat
     initial = load_file(tiny_dir / "model.safetensors")
     final = load_file(tmp_path / "run" / "checkpoints" / "step-00000003" / "model.safetensors")
     _assert_same(initial, {k: v for k, v in final.items() if k in initial})
+
+
+def test_grpo_held_out_reward_overflow_stops_before_the_step_is_logged(tiny_dir, tmp_path):
+    cfg = _grpo(tiny_dir, tmp_path / "run", "rewards.functions=[toy_rewards:float32_overflow_held_out]")
+    with pytest.raises(NonFiniteError, match=r"step 0, held-out evaluation: reward mean is inf"):
+        run_grpo(cfg)
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == ""
+    assert not (tmp_path / "run" / "checkpoints").exists() or _checkpoints(tmp_path / "run") == []
+
+
+def test_grpo_held_out_reward_overflow_in_skip_mode_warns_and_logs_null(tiny_dir, tmp_path, capsys):
+    cfg = _grpo(
+        tiny_dir,
+        tmp_path / "run",
+        "rewards.functions=[toy_rewards:float32_overflow_held_out]",
+        "train.on_nonfinite=skip",
+        "eval.every=2",
+    )
+    run_grpo(cfg)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    evaluated = [r for r in rows if "eval/reward_mean" in r]
+    assert [r["step"] for r in evaluated] == [0, 2, 3]
+    assert all(r["eval/reward_mean"] is None for r in evaluated)
+    assert all(r["update/nonfinite_skipped"] == 0.0 for r in rows if r["step"] > 0)  # training unaffected
+    err = capsys.readouterr().err
+    for step in (0, 2, 3):
+        assert f"warning: step {step}, held-out evaluation: reward mean is inf; logged as null" in err
+
+
+def test_sft_nan_held_out_loss_stops_before_the_step_is_logged(tiny_dir, tmp_path, monkeypatch):
+    """A NaN held-out loss at step 2's evaluation: the step is neither logged nor checkpointed."""
+    original, calls = sft_module.heldout_loss, [0]
+
+    def heldout_loss(*args, **kwargs):
+        calls[0] += 1  # call 1: step 0, call 2: step 2
+        return math.nan if calls[0] == 2 else original(*args, **kwargs)
+
+    monkeypatch.setattr(sft_module, "heldout_loss", heldout_loss)
+    held_out = tmp_path / "held_out.jsonl"
+    held_out.write_text(
+        "".join(json.dumps({"prompt": f"{i}+2=", "completion": str(i + 2)}) + "\n" for i in range(4))
+    )
+    cfg = _sft(tiny_dir, tmp_path, f"data.eval_file={held_out}", "eval.every=2")
+    with pytest.raises(NonFiniteError, match=r"step 2, held-out evaluation: loss is nan"):
+        run_sft(cfg)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1]
+    assert _checkpoints(tmp_path / "run") == ["step-00000001"]
 
 
 def test_fp16_loss_scaler_overflow_is_not_a_fault():

@@ -4,6 +4,7 @@ scores like the trainer's own evaluation through the `reward_model` reward."""
 import json
 import math
 import random
+import shutil
 
 import pytest
 import torch
@@ -108,6 +109,24 @@ def test_resume_continues_to_the_same_end(tmp_path, tiny_path):
     # same batches, same RNG state, same float32 ops: identical up to summation order (1e-5 slack)
     assert b["loss"] == pytest.approx(a["loss"], abs=1e-5)
     assert b["eval/accuracy"] == pytest.approx(a["eval/accuracy"], abs=1e-9)
+
+
+def test_resume_keeps_one_calibration_row_per_evaluation(tmp_path, tiny_path):
+    """Resuming a finished run adds no second row for its last evaluation (it did, found by the rlhf
+    kill test); a run killed mid-way through writing a row drops that torn row and redoes it."""
+    cfg = make_cfg(tmp_path, tiny_path, "train.steps=8", "run.save_every=4", "eval.every=4")
+    calib = tmp_path / "run" / "calibration.jsonl"
+    run_rm(cfg)
+    straight = calib.read_text()
+    assert [json.loads(line)["step"] for line in straight.splitlines()] == [0, 4, 8]
+    run_rm(cfg, resume=True)  # finished: nothing to train
+    assert calib.read_text() == straight
+    ckpts = sorted((tmp_path / "run" / "checkpoints").iterdir())
+    shutil.rmtree(ckpts[-1])  # as if killed while writing step 8's calibration row, before its checkpoint
+    rows = straight.splitlines()
+    calib.write_text(f"{rows[0]}\n{rows[1]}\n{rows[2][:40]}")
+    run_rm(cfg, resume=True)
+    assert calib.read_text() == straight
 
 
 def test_cli_and_config_errors(tmp_path, tiny_path, capsys):

@@ -4,6 +4,8 @@ stages, an interrupted stage continues, and a changed config is refused rather t
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ from aha.config import ConfigError, load_config
 from aha.demo.hacking_task import write_task_files
 from aha.models.tiny import create_tiny_model
 from aha.train.rlhf import STATE_FILE, RLHFConfig, run_rlhf
+from aha.train.session import TrainingSession
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +91,33 @@ def test_an_interrupted_stage_continues_and_later_stages_follow(inputs, tmp_path
     assert result.skipped == ["sft"] and result.ran == ["rm", "grpo"]
     rm_steps = [json.loads(line)["step"] for line in (out / "rm" / "metrics.jsonl").read_text().splitlines()]
     assert rm_steps == sorted(set(rm_steps)), "the continued stage did not log its steps twice"
+
+
+def test_sigterm_in_a_stage_says_to_run_the_pipeline_again(inputs, tmp_path, monkeypatch, capsys):
+    """A real SIGTERM during the reward model's step 2: the step is checkpointed and the message says how
+    to continue `aha rlhf` (run it again), not `--resume`, which `aha rlhf` does not take."""
+    out = tmp_path / "pipe"
+    overrides = _overrides(inputs, out)
+    log = TrainingSession.log
+
+    def log_then_sigterm(self, step, metrics):
+        log(self, step, metrics)
+        if self.run_dir == out / "rm" and step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(TrainingSession, "log", log_then_sigterm)
+    assert main(["rlhf", *overrides]) == 128 + signal.SIGTERM
+    err = capsys.readouterr().err
+    assert (
+        "SIGTERM: stopped after step 2, checkpoint saved; stage rm; run the same aha rlhf command again"
+        in err
+    )
+    assert "--resume" not in err
+    monkeypatch.setattr(TrainingSession, "log", log)
+    assert main(["rlhf", *overrides]) == 0
+    assert "aha rlhf: continuing rm" in capsys.readouterr().err
+    rm_steps = [json.loads(line)["step"] for line in (out / "rm" / "metrics.jsonl").read_text().splitlines()]
+    assert rm_steps == [0, 1, 2, 3]
 
 
 def test_a_changed_stage_config_is_refused_not_skipped(inputs, tmp_path):

@@ -12,6 +12,19 @@ def float32_overflow(prompts, completions, **fields):
     return [1e39 for _ in completions]
 
 
+def float32_overflow_in_training(prompts, completions, **fields):
+    """float32_overflow on a training batch (each prompt repeated, one group per prompt), 1.0 on a
+    held-out evaluation (each prompt once): the training guard alone meets the overflow."""
+    training = len(set(prompts)) < len(prompts)
+    return [1e39 if training else 1.0 for _ in completions]
+
+
+def float32_overflow_held_out(prompts, completions, **fields):
+    """The opposite: 1.0 on training batches, 1e39 on the held-out evaluation (each prompt once)."""
+    training = len(set(prompts)) < len(prompts)
+    return [1.0 if training else 1e39 for _ in completions]
+
+
 def non_digit_fraction(prompts, completions, **fields):
     """1 - digit_fraction: falls exactly as digit_fraction rises (a monitor the watch must catch)."""
     return [1.0 - d for d in digit_fraction(prompts, completions)]

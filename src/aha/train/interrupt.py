@@ -19,11 +19,13 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT)
 class RunInterrupted(KeyboardInterrupt):
     """The run stopped at a step boundary on a signal, after saving its checkpoint."""
 
-    def __init__(self, signum: int, step: int, run_dir: object) -> None:
-        self.signum, self.step = signum, step
+    def __init__(
+        self, signum: int, step: int, run_dir: object, how_to_continue: str = "continue with --resume"
+    ) -> None:
+        self.signum, self.step, self.run_dir = signum, step, run_dir
         name = signal.Signals(signum).name
         super().__init__(
-            f"{name}: stopped after step {step}, checkpoint saved; continue with --resume ({run_dir})"
+            f"{name}: stopped after step {step}, checkpoint saved; {how_to_continue} ({run_dir})"
         )
 
 

@@ -1,5 +1,7 @@
 """What a run does when a loss, gradient norm or reward is NaN or inf: stop before the optimizer steps
 (the default) or skip the step. Either way no optimizer state, parameter or checkpoint sees the value.
+A held-out evaluation feeds no update, so there is nothing to skip: stop raises before the step is
+logged or checkpointed, skip warns and the value is logged as null.
 
 fp16-mixed's loss scaler skipping a step whose scaled gradients overflowed is normal operation, not a
 fault: under the scaler the gradient norm is left to it (aha.train.precision) and only the loss is checked.
@@ -8,12 +10,14 @@ fault: under the scaler the gradient norm is left to it (aha.train.precision) an
 from __future__ import annotations
 
 import math
+import sys
 
 ON_NONFINITE = ("stop", "skip")
 ON_NONFINITE_HELP = (
     "A NaN or inf loss, gradient norm or total reward: stop (raise NonFiniteError naming the step and "
     "the quantity, before the optimizer steps or a checkpoint is written) or skip (zero the gradients, "
-    "no optimizer step, counted in update/nonfinite_skipped)."
+    "no optimizer step, counted in update/nonfinite_skipped). A NaN or inf held-out reward or loss: "
+    "stop raises before the step is logged or checkpointed; skip warns and logs it as null."
 )
 
 
@@ -41,4 +45,19 @@ class NonFiniteGuard:
         raise NonFiniteError(
             f"{detail}: {quantity} is {value} (before the optimizer step; no checkpoint written). "
             "Lower optim.lr or set optim.grad_clip; train.on_nonfinite=skip skips such steps instead."
+        )
+
+    def ok_evaluated(self, quantity: str, value: float) -> bool:
+        """True if the held-out `quantity` is finite; otherwise raise (stop) or warn and return False
+        (skip: the caller logs it as null)."""
+        if math.isfinite(value):
+            return True
+        at = f"step {self.step}, held-out evaluation: {quantity} is {value}"
+        if self.mode == "skip":
+            print(f"warning: {at}; logged as null (train.on_nonfinite=skip)", file=sys.stderr)
+            return False
+        raise NonFiniteError(
+            f"{at} (before the step is logged or checkpointed). A reward that overflows float32 once "
+            "weighted, or a model that overflows, on the held-out set; train.on_nonfinite=skip logs it as "
+            "null and carries on."
         )

@@ -41,9 +41,10 @@ from aha.models.scalar_head import (
     sequence_scores,
     set_pooling,
 )
+from aha.track.jsonl import read_jsonl
 from aha.track.plots import plot_metrics
 from aha.train.common_config import ModelConfig, OptimConfig, RunConfig, TrackingConfig
-from aha.train.session import TrainingSession
+from aha.train.session import TrainingSession, cut_jsonl
 
 
 @dataclass
@@ -297,22 +298,20 @@ def run_rm(cfg: RMRunConfig, resume: bool = False) -> RMResult:
     sampler = session.prompt_sampler(keys, cfg.train.batch_size)
     calib_path = session.run_dir / "calibration.jsonl"
 
-    def evaluate(step: int) -> tuple[dict[str, float], torch.Tensor]:
+    def evaluate(step: int, record: bool = True) -> tuple[dict[str, float], torch.Tensor]:
+        """Held-out metrics and scores; `record` appends the calibration bins to calibration.jsonl."""
         with precision.autocast():
             metrics, calib, scores = evaluate_rankings(
                 model, held_enc, pad_id, cfg.eval.batch_size, device, cfg.eval.bins
             )
-        with calib_path.open("a") as f:
-            f.write(json.dumps({"step": step, "bins": calib}) + "\n")
+        if record:
+            with calib_path.open("a") as f:
+                f.write(json.dumps({"step": step, "bins": calib}) + "\n")
         return metrics, scores
 
     start_step = session.restore_latest(sampler)[0] if resume else 0
-    if start_step:
-        if calib_path.exists():  # evaluations after the checkpoint are redone
-            kept = [
-                line for line in calib_path.read_text().splitlines() if json.loads(line)["step"] <= start_step
-            ]
-            calib_path.write_text("".join(line + "\n" for line in kept))
+    if start_step:  # evaluations after the checkpoint are redone (a torn last row, a kill's, dropped)
+        cut_jsonl(calib_path, start_step, lambda path: read_jsonl(path, torn_tail_ok=True))
     else:
         calib_path.unlink(missing_ok=True)
         if cfg.eval.at_start:
@@ -354,8 +353,8 @@ def run_rm(cfg: RMRunConfig, resume: bool = False) -> RMResult:
         session.progress.update(step, loss=metrics["loss"])
         session.save_if_due(step, "rm", lambda: {"sampler": sampler.state_dict()})
         session.end_if_signalled(step)
-    if final is None:  # resumed a finished run
-        final = evaluate(total_steps)
+    if final is None:  # resumed a finished run: its calibration row is written already
+        final = evaluate(total_steps, record=False)
     session.finish()
     final_dir = save_model_atomically(model, tokenizer, session.run_dir / "final")
     eval_metrics, scores = final

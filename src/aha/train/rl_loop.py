@@ -160,6 +160,7 @@ def run_rl(
 
     def eval_row(step: int, ev: EvalResult) -> dict[str, float]:
         """The evaluation's metrics and the monitors' (which feed the hacking watch)."""
+        NonFiniteGuard(cfg.train.on_nonfinite, step).ok_evaluated("reward mean", ev.reward_mean)
         return {**_eval_metrics(ev), **monitors.eval_metrics(step, ev)}
 
     start_step, extra = session.restore_latest(sampler) if resume else (0, {})

@@ -11,7 +11,9 @@ section that wires them:
     section's rewards.functions must name) is the trained reward model.
 `pipeline.json` in the pipeline directory records each finished stage, its output and a hash of its
 resolved config. Running again skips finished stages (refusing one whose config has changed since),
-continues an interrupted one from its last checkpoint, and starts the rest.
+continues an interrupted one from its last checkpoint, and starts the rest. So the re-run is the
+resume, after a kill, a SIGTERM or a crash alike, and `aha rlhf` takes no --resume: a flag that changed
+nothing would suggest that running without it starts over.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any
 from aha.config import ConfigError, config_to_dict, option
 from aha.dist.env import require_single_process
 from aha.train.grpo import GRPORunConfig, run_grpo
+from aha.train.interrupt import RunInterrupted
 from aha.train.ppo import run_ppo
 from aha.train.ppo_config import PPORunConfig
 from aha.train.reward_model import RMRunConfig, run_rm
@@ -139,7 +142,12 @@ def run_rlhf(cfg: RLHFConfig) -> RLHFResult:
         resume = (Path(stage_cfg.run.output_dir) / "metrics.jsonl").exists()
         verb = "continuing" if resume else "running"
         print(f"aha rlhf: {verb} {name} in {stage_cfg.run.output_dir}", file=sys.stderr)
-        out = run(stage_cfg, resume=resume)
+        try:
+            out = run(stage_cfg, resume=resume)
+        except RunInterrupted as e:  # `aha rlhf` has no --resume: running it again continues
+            raise RunInterrupted(
+                e.signum, e.step, e.run_dir, f"stage {name}; run the same aha rlhf command again to continue"
+            ) from None
         output = getattr(out, "final_dir", None) or out.run_dir
         stop = getattr(out, "stop_reason", None)
         state[name] = {"output": str(output), "config_hash": digest, "stop_reason": stop}

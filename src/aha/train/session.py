@@ -161,8 +161,8 @@ class TrainingSession:
         self.metrics.close()
         self.samples.close()
         if self.dist.is_main:
-            self.history = _cut_jsonl(self.run_dir / METRICS_FILE, step, read_metrics)
-            _cut_jsonl(self.run_dir / SAMPLES_FILE, step, lambda path: read_jsonl(path, torn_tail_ok=True))
+            self.history = cut_jsonl(self.run_dir / METRICS_FILE, step, read_metrics)
+            cut_jsonl(self.run_dir / SAMPLES_FILE, step, lambda path: read_jsonl(path, torn_tail_ok=True))
             self.metrics = MetricsWriter(self.run_dir)
             self.samples = SampleWriter(self.run_dir, sinks=[self.trackers])
         dist_env.barrier()  # the other ranks read the history rank 0 kept
@@ -317,7 +317,7 @@ def _strategy(cfg: Any) -> str:
     return "ddp" if section is None else section.strategy
 
 
-def _cut_jsonl(path: Path, step: int, read: Callable[[Path], list[dict]]) -> list[dict]:
+def cut_jsonl(path: Path, step: int, read: Callable[[Path], list[dict]]) -> list[dict]:
     """Rewrite a JSON-lines run file (atomically) keeping only the rows of steps <= `step`; returns them
     as `read` gives them."""
     rows = [row for row in read(path) if row["step"] <= step] if path.exists() else []

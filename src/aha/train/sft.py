@@ -261,14 +261,16 @@ def run_sft(cfg: SFTRunConfig, resume: bool = False) -> SFTResult:
     encoded_train = encode(train_set, d.train_file)
     encoded_eval = encode(eval_set, d.eval_file) if eval_set else []
 
-    def eval_loss() -> float:  # every rank the whole held-out set, on gathered weights (fsdp2)
+    def eval_loss(step: int) -> float:  # every rank the whole held-out set, on gathered weights (fsdp2)
         with precision.autocast(), full_weights(model):
-            return heldout_loss(model, encoded_eval, pad_id, cfg.eval.batch_size, device)
+            loss = heldout_loss(model, encoded_eval, pad_id, cfg.eval.batch_size, device)
+        NonFiniteGuard(cfg.train.on_nonfinite, step).ok_evaluated("loss", loss)
+        return loss
 
     start_step = session.restore_latest(sampler)[0] if resume else 0
     session.distribute()  # under torchrun: wrap the model for dist.strategy (after a resume)
     if start_step == 0 and eval_set:
-        session.log(0, {"eval/loss": eval_loss()})
+        session.log(0, {"eval/loss": eval_loss(0)})
 
     model.train()
     final_eval = None
@@ -299,7 +301,7 @@ def run_sft(cfg: SFTRunConfig, resume: bool = False) -> SFTResult:
             if precision.scaler is not None:
                 metrics["amp/step_skipped"] = float(result.skipped)
         if eval_set and ((cfg.eval.every and step % cfg.eval.every == 0) or step == total_steps):
-            metrics["eval/loss"] = final_eval = eval_loss()
+            metrics["eval/loss"] = final_eval = eval_loss(step)
         metrics.update(peak_memory_metrics(device))
         metrics = reduce_metrics(metrics)  # the mean over ranks (the same numbers in one process)
         metrics["tokens/completion"] *= session.dist.world_size
@@ -309,7 +311,7 @@ def run_sft(cfg: SFTRunConfig, resume: bool = False) -> SFTResult:
         session.end_if_signalled(step)
 
     if eval_set and final_eval is None:  # resumed a finished run
-        final_eval = eval_loss()
+        final_eval = eval_loss(total_steps)
     session.finish()
     weights = full_state_dict(model) if is_sharded(model) else None  # gathered on every rank
     final_dir = session.run_dir / FINAL_DIR
