@@ -1,4 +1,4 @@
-"""`torchrun --nproc_per_node 2 -m aha grpo|sft` on the CPU (gloo): real launches of the CLI.
+"""`torchrun --nproc_per_node 2 -m aha grpo|sft|rm` on the CPU (gloo): real launches of the CLI.
 
 - GRPO (FSDP2): a run SIGKILLed (the whole torchrun process group) after its second step and
   resumed ends bit for bit where the uninterrupted 2-process run ends: final weights, every metric that
@@ -6,6 +6,8 @@
   every rank's completions.
 - SFT: the 2-process run's first step logs the one-process run's loss and gradient norm (the batch is
   split across ranks; the gradient averaged over them is the whole batch's).
+- RM (FSDP2): the 2-process run logs the one-process run's loss, pair accuracy and gradient norm at
+  each step and the same held-out accuracy; rank 0 alone writes final/ with reward_model.json.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from safetensors.torch import load_file
 import aha
 from aha.config import load_config
 from aha.models.tiny import create_tiny_model
+from aha.train.reward_model import RMRunConfig, run_rm
 from aha.train.sft import SFTRunConfig, run_sft
 
 HELPERS = Path(__file__).parent / "helpers"
@@ -168,3 +171,38 @@ def test_two_process_sft_first_step_equals_one_process(tiny_dir, launch_env, tmp
     for key in ("loss", "grad_norm", "tokens/completion"):
         assert two_rows[0][key] == pytest.approx(one[0][key], rel=1e-5), key
     assert (two / "final" / "model.safetensors").is_file()
+
+
+def test_two_process_rm_steps_equal_one_process(tiny_dir, launch_env, tmp_path):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text(
+        "".join(
+            json.dumps({"prompt": f"q{i}:", "chosen": " y" * (1 + i % 4), "rejected": " n" * (1 + i % 3)})
+            + "\n"
+            for i in range(40)
+        )
+    )
+    overrides = [
+        f"model.path={tiny_dir}",
+        f"data.train_file={data}",
+        "run.progress=false",
+        "train.batch_size=8",
+        "train.steps=2",
+        "train.center_coef=0.01",
+        "optim.lr=3e-3",
+        "eval.at_start=false",
+    ]
+    two = tmp_path / "two"
+    run_to_end(
+        ["rm", *overrides, f"run.output_dir={two}", "dist.strategy=fsdp2"], launch_env, tmp_path / "rm.log"
+    )
+    one = run_rm(load_config(RMRunConfig, None, [*overrides, f"run.output_dir={tmp_path / 'one'}"])).history
+    two_rows = rows(two / "metrics.jsonl")
+    assert len(two_rows) == len(one) == 2
+    for a, b in zip(one, two_rows, strict=True):
+        for key in ("loss", "accuracy", "grad_norm", "eval/accuracy"):
+            if key in a:
+                assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-7), (a["step"], key)
+    assert "eval/accuracy" in two_rows[-1]
+    assert (two / "final" / "model.safetensors").is_file() and (two / "final" / "reward_model.json").is_file()
+    assert len(rows(two / "calibration.jsonl")) == 1  # one evaluation, written once (rank 0)

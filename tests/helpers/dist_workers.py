@@ -119,3 +119,26 @@ def generation_case(model_dir: str, strategy: str, rank: int) -> list[list[str]]
     with full_weights(model):
         completions = engine.generate(prompts, params).completions
     return gather_lists([completions])
+
+
+def rm_worker(model_dir: str, strategy: str, cases: list[str], out: str) -> None:
+    """For each reward-model case of tests/test_dist_rm.py: one SGD step on this rank's rankings of the
+    case's batch, the scalar model wrapped by `strategy`; rank 0 saves the whole weights, the logged
+    loss and the batch's pair accuracy."""
+    from test_dist_rm import CASES, features_of, rm_model, sgd, step
+
+    from aha.dist.wrap import full_state_dict, wrap_model
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    results = {}
+    for name in cases:
+        batch, center_coef, frozen = CASES[name]
+        per_rank = len(batch) // world
+        mine = batch[rank * per_rank : (rank + 1) * per_rank]
+        model = rm_model(model_dir, frozen)
+        features = features_of(model, mine) if frozen else None
+        wrap_model(model, strategy, "fp32")
+        loss, accuracy = step(model, sgd(model), mine, center_coef, features)
+        results[name] = {"weights": full_state_dict(model), "loss": loss, "accuracy": accuracy}
+    if rank == 0:
+        torch.save(results, Path(out))

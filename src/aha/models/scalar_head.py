@@ -15,9 +15,15 @@ through the same linear head: the readout sentence-embedding encoders (all-MiniL
 for; their [CLS] pooler took no part in that training. The choice is stored in the model's config.json
 (`aha_score_pooling`), so a saved reward model is scored the same way wherever it is loaded.
 `freeze_lower_layers` stops gradients below the top blocks, which makes each step cheaper.
+
+Under torchrun the model is wrapped (DDP or FSDP2, aha.dist.wrap), whose hooks run only when the model
+itself is called: `through_hooks` runs a scoring function as the model's forward for that one call, so
+the hooks gather (FSDP2) and register for gradient averaging (DDP) what the function reads.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from transformers import AutoModelForSequenceClassification, PreTrainedModel
@@ -131,4 +137,22 @@ def sequence_scores(
     input_ids, attention_mask = right_align(input_ids, attention_mask)
     if not reads_hidden_state(model):  # an encoder's own head at [CLS]
         return model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0].float()
+    return through_hooks(model, _pooled_score, input_ids, attention_mask)
+
+
+def _pooled_score(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor):
     return linear_head(model)(pooled_hidden(model, input_ids, attention_mask)).squeeze(-1).float()
+
+
+def through_hooks(model: PreTrainedModel, fn: Callable[..., torch.Tensor], *args: torch.Tensor):
+    """fn(model, *args), run as `model`'s forward when the model is wrapped for several processes (its
+    DDP / FSDP2 hooks fire around it); a plain call otherwise."""
+    from aha.dist.wrap import is_wrapped
+
+    if not is_wrapped(model):
+        return fn(model, *args)
+    model.forward = lambda *a: fn(model, *a)  # an instance attribute: only this call, hooks unchanged
+    try:
+        return model(*args)
+    finally:
+        del model.forward

@@ -8,6 +8,12 @@ calibration (expected calibration error of sigmoid(score difference), bins in ca
 `head.pooling` chooses where the score is read and `train.freeze_layers` which layers train; with the
 whole backbone frozen, each training response's pooled vector is computed once and only the head trains.
 
+Under torchrun (dist.strategy ddp or fsdp2) each rank takes its contiguous share of every batch's
+rankings; its loss terms are weighted by its share of the batch's rankings and responses
+(`rank_scaled_ranking_loss`), so the averaged gradient is the one-process gradient. Every rank scores
+the whole held-out set (on gathered weights under fsdp2); rank 0 writes metrics, calibration, checkpoints
+and final/.
+
 The run directory holds config.yaml, metrics.jsonl, calibration.jsonl, checkpoints/ (for --resume),
 plots.png and final/: the model and tokenizer plus reward_model.json (text format and the held-out
 score mean/std), which the `reward_model` reward loads (aha.models.reward_scorer.RewardScorer).
@@ -28,7 +34,9 @@ from aha.algos.ranking import bradley_terry_loss, centering_loss, kwise_ranking_
 from aha.config import ConfigError, option
 from aha.data.preferences import FORMATS, Ranking, load_preferences, split_by_prompt
 from aha.data.prompts import PromptExample
-from aha.dist.env import require_single_process
+from aha.dist.env import shard
+from aha.dist.reduce import rank_weight, reduce_metrics, sum_across_ranks
+from aha.dist.wrap import full_state_dict, full_weights, is_sharded
 from aha.models.loading import save_model_atomically
 from aha.models.reward_scorer import TextFormat, encode_texts, pad_id_of, pad_right, score_ids, write_meta
 from aha.models.scalar_head import (
@@ -40,10 +48,11 @@ from aha.models.scalar_head import (
     reads_hidden_state,
     sequence_scores,
     set_pooling,
+    through_hooks,
 )
 from aha.track.jsonl import read_jsonl
 from aha.track.plots import plot_metrics
-from aha.train.common_config import ModelConfig, OptimConfig, RunConfig, TrackingConfig
+from aha.train.common_config import DistConfig, ModelConfig, OptimConfig, RunConfig, TrackingConfig
 from aha.train.session import TrainingSession, cut_jsonl
 
 
@@ -135,6 +144,7 @@ class RMRunConfig:
     run: RunConfig = option(
         default_factory=lambda: RunConfig(output_dir="runs/rm"), help="Run directory, seed, checkpoints."
     )
+    dist: DistConfig = option(default_factory=DistConfig, help="Several processes under torchrun.")
 
     def validate(self) -> None:
         if self.model.lora.r:
@@ -167,8 +177,41 @@ def encode_rankings(tokenizer, rankings: list[Ranking], fmt: TextFormat) -> list
     return [EncodedRanking([next(flat) for _ in r.responses], r.ties, r.margin, r.subset) for r in rankings]
 
 
-def ranking_loss(scores: torch.Tensor, batch: list[EncodedRanking], center_coef: float) -> torch.Tensor:
-    """The loss of one batch given the flat scores of its responses (ranking-major order)."""
+def rank_scaled_ranking_loss(
+    scores: torch.Tensor, batch: list[EncodedRanking], center_coef: float
+) -> tuple[torch.Tensor, float]:
+    """(the loss to backpropagate, the whole batch's loss) for this rank's share of a batch. The ranking
+    term is a mean over rankings (those with an untied pair) and the centering term a mean over
+    responses, so each is weighted by this rank's share of its own count (`rank_weight`): the gradient
+    averaged over ranks is then the one-process gradient. In a single process: (the batch's loss, its value).
+    A collective: every rank calls it at the same point."""
+    ranking, center = ranking_terms(scores, batch)
+    counted = len(batch) if _has_margins(batch) else sum(_has_untied_pair(r) for r in batch)
+    loss = ranking * rank_weight(float(counted))
+    if center_coef:
+        loss = loss + center_coef * center * rank_weight(float(sum(len(r.rows) for r in batch)))
+    return loss, reduce_metrics({"loss": loss.item()})["loss"]
+
+
+def _has_margins(batch: list[EncodedRanking]) -> bool:
+    return any(r.margin is not None for r in batch)  # pairs with margins (only pairs carry them)
+
+
+def _has_untied_pair(r: EncodedRanking) -> bool:
+    return len(set(r.ties)) > 1
+
+
+def batch_pair_accuracy(scores: torch.Tensor, batch: list[EncodedRanking]) -> float:
+    """The share of the batch's untied pairs whose better response scores higher, over every rank's
+    share of the batch (a collective)."""
+    better, worse = ordered_pairs(batch, scores.detach())
+    right = sum_across_ranks(float((better > worse).sum()))
+    return right / max(sum_across_ranks(float(len(better))), 1.0)
+
+
+def ranking_terms(scores: torch.Tensor, batch: list[EncodedRanking]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the ranking loss, the centering term mean(score^2) over responses) of one batch, given the flat
+    scores of its responses (ranking-major order)."""
     K = max(len(r.rows) for r in batch)
     grid = torch.zeros(len(batch), K, device=scores.device)
     mask = torch.zeros(len(batch), K, dtype=torch.bool, device=scores.device)
@@ -180,14 +223,12 @@ def ranking_loss(scores: torch.Tensor, batch: list[EncodedRanking], center_coef:
         mask[b, :k] = True
         ties[b, :k] = torch.tensor(r.ties, device=scores.device)
         start += k
-    if any(r.margin is not None for r in batch):  # pairs with margins (only pairs carry them)
+    if _has_margins(batch):
         margin = torch.tensor([r.margin or 0.0 for r in batch], device=scores.device)
         loss = bradley_terry_loss(grid[:, 0], grid[:, 1], margin)
     else:
         loss = kwise_ranking_loss(grid, mask, ties)
-    if center_coef:
-        loss = loss + center_coef * centering_loss(grid, mask)
-    return loss
+    return loss, centering_loss(grid, mask)
 
 
 def ordered_pairs(rankings: list[EncodedRanking], scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -253,6 +294,11 @@ def frozen_features(
     return score_ids(model, rows, pad_id, cfg.eval.batch_size, device, fn=pooled_hidden)
 
 
+def head_scores(model, features: torch.Tensor) -> torch.Tensor:
+    """The scores of cached pooled vectors (frozen backbone): the linear head alone."""
+    return linear_head(model)(features).squeeze(-1).float()
+
+
 def load_sets(d: RMDataConfig, seed: int) -> tuple[list[Ranking], list[Ranking]]:
     rows = load_preferences(d.train_file, d.format)
     if d.eval_file:
@@ -265,7 +311,6 @@ def load_sets(d: RMDataConfig, seed: int) -> tuple[list[Ranking], list[Ranking]]
 
 def run_rm(cfg: RMRunConfig, resume: bool = False) -> RMResult:
     """Train a reward model; with `resume`, continue from the run directory's last checkpoint."""
-    require_single_process("aha rm")
     train_set, held_set = load_sets(cfg.data, cfg.run.seed)
     total_steps = cfg.train.steps or math.ceil(cfg.train.epochs * len(train_set) / cfg.train.batch_size)
     if cfg.optim.warmup_steps > total_steps:
@@ -299,21 +344,25 @@ def run_rm(cfg: RMRunConfig, resume: bool = False) -> RMResult:
     calib_path = session.run_dir / "calibration.jsonl"
 
     def evaluate(step: int, record: bool = True) -> tuple[dict[str, float], torch.Tensor]:
-        """Held-out metrics and scores; `record` appends the calibration bins to calibration.jsonl."""
-        with precision.autocast():
+        """Held-out metrics and scores (every rank the whole held-out set); `record` appends the
+        calibration bins to calibration.jsonl (rank 0)."""
+        with precision.autocast(), full_weights(model):
             metrics, calib, scores = evaluate_rankings(
                 model, held_enc, pad_id, cfg.eval.batch_size, device, cfg.eval.bins
             )
-        if record:
+        if record and session.dist.is_main:
             with calib_path.open("a") as f:
                 f.write(json.dumps({"step": step, "bins": calib}) + "\n")
         return metrics, scores
 
     start_step = session.restore_latest(sampler)[0] if resume else 0
+    session.distribute()  # under torchrun: wrap the model for dist.strategy (after a resume)
     if start_step:  # evaluations after the checkpoint are redone (a torn last row, a kill's, dropped)
-        cut_jsonl(calib_path, start_step, lambda path: read_jsonl(path, torn_tail_ok=True))
+        if session.dist.is_main:
+            cut_jsonl(calib_path, start_step, lambda path: read_jsonl(path, torn_tail_ok=True))
     else:
-        calib_path.unlink(missing_ok=True)
+        if session.dist.is_main:
+            calib_path.unlink(missing_ok=True)
         if cfg.eval.at_start:
             session.log(0, evaluate(0)[0])
 
@@ -321,17 +370,17 @@ def run_rm(cfg: RMRunConfig, resume: bool = False) -> RMResult:
     final = None
     for step in range(start_step + 1, total_steps + 1):
         t0 = time.perf_counter()
-        indices = sampler.next_indices()
+        indices = shard(sampler.next_indices(), session.dist, "train.batch_size")
         batch = [train_enc[i] for i in indices]
         with precision.autocast():
             if features is not None:  # frozen backbone: only the head runs
                 rows = [k for i in indices for k in range(offsets[i], offsets[i + 1])]
-                scores = linear_head(model)(features[rows].to(device)).squeeze(-1).float()
+                scores = through_hooks(model, head_scores, features[rows].to(device))
             else:
                 scores = sequence_scores(
                     model, *pad_right([row for r in batch for row in r.rows], pad_id, device)
                 )
-        loss = ranking_loss(scores, batch, cfg.train.center_coef)
+        loss, batch_loss = rank_scaled_ranking_loss(scores, batch, cfg.train.center_coef)
         session.optimizer.zero_grad(set_to_none=True)
         precision.backward(loss)
         result = precision.step(
@@ -339,7 +388,8 @@ def run_rm(cfg: RMRunConfig, resume: bool = False) -> RMResult:
         )
         session.scheduler.step()
         metrics = {
-            "loss": loss.item(),
+            "loss": batch_loss,
+            "accuracy": batch_pair_accuracy(scores, batch),
             "grad_norm": result.grad_norm,
             "lr": session.scheduler.get_last_lr()[0],
             "time/step_s": time.perf_counter() - t0,
@@ -349,6 +399,7 @@ def run_rm(cfg: RMRunConfig, resume: bool = False) -> RMResult:
             final = evaluate(step)
             metrics.update(final[0])
             model.train()
+        metrics = reduce_metrics(metrics)  # the mean over ranks (the same numbers in one process)
         session.log(step, metrics)
         session.progress.update(step, loss=metrics["loss"])
         session.save_if_due(step, "rm", lambda: {"sampler": sampler.state_dict()})
@@ -356,8 +407,12 @@ def run_rm(cfg: RMRunConfig, resume: bool = False) -> RMResult:
     if final is None:  # resumed a finished run: its calibration row is written already
         final = evaluate(total_steps, record=False)
     session.finish()
-    final_dir = save_model_atomically(model, tokenizer, session.run_dir / "final")
+    weights = full_state_dict(model) if is_sharded(model) else None  # gathered on every rank
     eval_metrics, scores = final
+    final_dir = session.run_dir / "final"
+    if not session.dist.is_main:
+        return RMResult(session.run_dir, final_dir, session.history, eval_metrics, scores)
+    final_dir = save_model_atomically(model, tokenizer, final_dir, state_dict=weights)
     write_meta(final_dir, fmt, float(scores.mean()), float(scores.std()), held_out=eval_metrics)
     if session.history:
         plot_metrics(
