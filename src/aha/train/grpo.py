@@ -19,9 +19,9 @@ import torch
 
 from aha.algos.advantages import get_advantage_estimator, zero_variance_groups
 from aha.train.grpo_config import GRPORunConfig
-from aha.train.policy_update import PolicyLossSettings, UpdateBatch, completion_logprobs, policy_update
+from aha.train.policy_update import PolicyLossSettings, UpdateBatch, completion_logprobs
 from aha.train.reference import ReferencePolicy
-from aha.train.rl_loop import Advantages, RLResult, RLStep, run_rl, step_seed
+from aha.train.rl_loop import Advantages, RLResult, RLStep, run_rl, update_policy
 from aha.train.session import NamedModel, TrainingSession
 
 __all__ = ["GRPO", "GRPORunConfig", "GRPOResult", "run_grpo"]
@@ -95,21 +95,7 @@ class GRPO:
                 batch.old_logprobs = completion_logprobs(
                     session.model, batch, cfg.rollout.temperature, session.precision
                 )
-            metrics = policy_update(
-                session.model,
-                session.optimizer,
-                batch,
-                self.settings,
-                passes=cfg.algo.mu,
-                minibatches=cfg.algo.minibatches,
-                group_size=G,
-                grad_clip=cfg.optim.grad_clip,
-                # seeded per step, as sampling is: a resumed run shuffles what it would have
-                generator=torch.Generator().manual_seed(step_seed(cfg, s.step)),
-                micro_batch_size=cfg.train.micro_batch_size,
-                precision=session.precision,
-                guard=s.guard,
-            )
+            metrics = update_policy(session, cfg, s, batch, self.settings, G)
         metrics["update/skipped"] = float(batch.input_ids.shape[0] == 0)
         every = cfg.algo.ref_sync_every
         if self.ref_model is not None and every and s.step % every == 0:

@@ -28,10 +28,10 @@ from aha.dist.env import require_single_process
 from aha.models.critic import build_critic, token_values
 from aha.train.critic_update import ValueTargets, critic_update
 from aha.train.optim import build_optimizer, build_scheduler
-from aha.train.policy_update import PolicyLossSettings, UpdateBatch, completion_logprobs, policy_update
+from aha.train.policy_update import PolicyLossSettings, UpdateBatch, completion_logprobs
 from aha.train.ppo_config import PPORunConfig
 from aha.train.reference import ReferencePolicy
-from aha.train.rl_loop import Advantages, RLResult, RLStep, run_rl, step_seed
+from aha.train.rl_loop import Advantages, RLResult, RLStep, run_rl, step_seed, update_policy
 from aha.train.scoring_budget import rows_per_pass, scoring_budget_bytes
 from aha.train.session import NamedModel, TrainingSession
 
@@ -137,20 +137,7 @@ class PPO:
         warming_up = s.step <= cfg.critic.warmup_steps
         metrics: dict[str, float] = {"update/nonfinite_skipped": 0.0}
         if not (warming_up and cfg.critic.freeze_actor):
-            metrics = policy_update(
-                session.model,
-                session.optimizer,
-                batch,
-                self.settings,
-                passes=cfg.algo.mu,
-                minibatches=cfg.algo.minibatches,
-                group_size=G,
-                grad_clip=cfg.optim.grad_clip,
-                generator=torch.Generator().manual_seed(step_seed(cfg, s.step)),
-                micro_batch_size=cfg.train.micro_batch_size,
-                precision=session.precision,
-                guard=s.guard,
-            )
+            metrics = update_policy(session, cfg, s, batch, self.settings, G)
         metrics["update/actor_frozen"] = float(warming_up and cfg.critic.freeze_actor)
         metrics.update(
             critic_update(

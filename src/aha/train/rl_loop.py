@@ -43,6 +43,7 @@ from aha.train.checkpoint import latest_checkpoint
 from aha.train.evaluate import EvalResult, evaluate
 from aha.train.monitors import RunMonitors
 from aha.train.nonfinite import NonFiniteGuard
+from aha.train.policy_update import PolicyLossSettings, UpdateBatch, policy_update
 from aha.train.precision import rollout_precision
 from aha.train.session import TrainingSession, load_prompt_sets
 
@@ -296,6 +297,32 @@ def _check_distributable(cfg: Any) -> None:
             "algo.drop_zero_variance_groups is not supported under torchrun with several processes: "
             "ranks would train on different numbers of groups"
         )
+
+
+def update_policy(
+    session: TrainingSession,
+    cfg: Any,
+    s: RLStep,
+    batch: UpdateBatch,
+    settings: PolicyLossSettings,
+    group_size: int,
+) -> dict[str, float]:
+    """The clipped-ratio policy update on a step's batch, as GRPO and PPO run it: `algo.mu` passes over
+    `algo.minibatches`, shuffled with the step's seed so a resumed run shuffles what it would have."""
+    return policy_update(
+        session.model,
+        session.optimizer,
+        batch,
+        settings,
+        passes=cfg.algo.mu,
+        minibatches=cfg.algo.minibatches,
+        group_size=group_size,
+        grad_clip=cfg.optim.grad_clip,
+        generator=torch.Generator().manual_seed(step_seed(cfg, s.step)),
+        micro_batch_size=cfg.train.micro_batch_size,
+        precision=session.precision,
+        guard=s.guard,
+    )
 
 
 def step_seed(cfg: Any, step: int) -> int:
