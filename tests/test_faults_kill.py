@@ -380,7 +380,8 @@ def test_grpo_killed_20_times_ends_where_the_uninterrupted_run_ends(forkserver, 
     assert_same_run(straight, killed, f"checkpoints/step-{GRPO_STEPS:08d}")
 
 
-def test_sft_killed_20_times_ends_where_the_uninterrupted_run_ends(forkserver, tiny_dir, tmp_path):
+def sft_data(tmp_path: Path) -> Path:
+    """A folder with train.jsonl and heldout.jsonl: copy a 3-letter word."""
     data = tmp_path / "data"
     data.mkdir()
     rng = random.Random(0)
@@ -389,6 +390,19 @@ def test_sft_killed_20_times_ends_where_the_uninterrupted_run_ends(forkserver, t
         (data / name).write_text(
             "".join(json.dumps({"prompt": f"{w}=", "completion": w}) + "\n" for w in part)
         )
+    return data
+
+
+def rm_pairs(tmp_path: Path) -> Path:
+    from test_train_reward_model import synthetic_pairs
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in synthetic_pairs(400, seed=1)))
+    return pairs
+
+
+def test_sft_killed_20_times_ends_where_the_uninterrupted_run_ends(forkserver, tiny_dir, tmp_path):
+    data = sft_data(tmp_path)
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     duration = run_to_end(forkserver, sft_argv(data, tiny_dir, straight), tmp_path / "straight.log")
     assert (
@@ -416,10 +430,7 @@ def test_ppo_killed_20_times_ends_where_the_uninterrupted_run_ends(forkserver, t
 
 
 def test_reward_model_killed_20_times_ends_where_the_uninterrupted_run_ends(forkserver, tiny_dir, tmp_path):
-    from test_train_reward_model import synthetic_pairs
-
-    pairs = tmp_path / "pairs.jsonl"
-    pairs.write_text("".join(json.dumps(r) + "\n" for r in synthetic_pairs(400, seed=1)))
+    pairs = rm_pairs(tmp_path)
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     duration = run_to_end(forkserver, rm_argv(pairs, tiny_dir, straight), tmp_path / "straight.log")
     assert (
@@ -523,10 +534,28 @@ def test_rlhf_pipeline_killed_20_times_ends_where_the_uninterrupted_run_ends(for
     assert_same_run(straight / "grpo", killed / "grpo", f"checkpoints/step-{PIPELINE_STEPS['grpo']:08d}")
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_sigterm_and_ctrl_c_save_the_step_in_progress(forkserver, tiny_dir, tmp_path, signum):
+def stage_argv(stage: str, tiny_dir: Path, tmp_path: Path, out: Path) -> list[str]:
+    if stage == "sft":
+        return sft_argv(sft_data(tmp_path), tiny_dir, out)
+    if stage == "rm":
+        return rm_argv(rm_pairs(tmp_path), tiny_dir, out)
+    return {"grpo": grpo_argv, "ppo": ppo_argv}[stage](tiny_dir, out)
+
+
+@pytest.mark.parametrize(
+    "stage, signum",
+    [
+        ("grpo", signal.SIGTERM),
+        ("grpo", signal.SIGINT),
+        ("sft", signal.SIGTERM),
+        ("ppo", signal.SIGTERM),
+        ("rm", signal.SIGTERM),
+    ],
+)
+def test_sigterm_and_ctrl_c_save_the_step_in_progress(forkserver, tiny_dir, tmp_path, stage, signum):
     out, log = tmp_path / "run", tmp_path / "run.log"
-    argv = [*grpo_argv(tiny_dir, out), "train.steps=200", "run.save_every=0"]  # no checkpoint unless asked
+    # no checkpoint unless asked
+    argv = [*stage_argv(stage, tiny_dir, tmp_path, out), "train.steps=200", "run.save_every=0"]
     process = start(forkserver, argv, log)
     metrics = out / "metrics.jsonl"
     deadline = time.monotonic() + 300
