@@ -1,6 +1,6 @@
 """A NaN/inf loss, gradient norm or total reward, injected: stop names the step and the quantity and
 leaves parameters, optimizer state and checkpoints as they were; skip carries on and counts the skip.
-A NaN/inf held-out reward or loss: stop raises before the step is logged or checkpointed; skip warns and
+A NaN/inf held-out reward, loss or reward-model score: stop raises before the step is logged or checkpointed; skip warns and
 logs it as null."""
 
 from __future__ import annotations
@@ -17,10 +17,12 @@ from safetensors.torch import load_file
 from aha.config import load_config
 from aha.models.tiny import create_tiny_model
 from aha.train import policy_update as policy_update_module
+from aha.train import reward_model as rm_module
 from aha.train import sft as sft_module
 from aha.train.grpo import GRPORunConfig, run_grpo
 from aha.train.nonfinite import NonFiniteError, NonFiniteGuard
 from aha.train.precision import Precision
+from aha.train.reward_model import RMRunConfig, run_rm
 from aha.train.session import TrainingSession
 from aha.train.sft import SFTRunConfig, run_sft
 
@@ -89,6 +91,27 @@ def _sft(tiny_dir: Path, tmp_path: Path, *overrides: str) -> SFTRunConfig:
         "optim.warmup_steps=0",
     ]
     return load_config(SFTRunConfig, overrides=[*base, *overrides])
+
+
+def _rm(tiny_dir: Path, tmp_path: Path, *overrides: str) -> RMRunConfig:
+    from test_train_reward_model import synthetic_pairs
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in synthetic_pairs(64, seed=1)))
+    base = [
+        f"model.path={tiny_dir}",
+        "model.lean_activations=false",
+        f"data.train_file={pairs}",
+        "data.held_out_fraction=0.25",
+        f"run.output_dir={tmp_path / 'run'}",
+        "run.progress=false",
+        "run.save_every=1",
+        "run.keep_checkpoints=5",
+        "train.steps=3",
+        "train.batch_size=8",
+        "optim.warmup_steps=0",
+    ]
+    return load_config(RMRunConfig, overrides=[*base, *overrides])
 
 
 def _snapshot(session: TrainingSession) -> tuple[dict, dict]:
@@ -263,6 +286,46 @@ def test_sft_nan_held_out_loss_stops_before_the_step_is_logged(tiny_dir, tmp_pat
     cfg = _sft(tiny_dir, tmp_path, f"data.eval_file={held_out}", "eval.every=2")
     with pytest.raises(NonFiniteError, match=r"step 2, held-out evaluation: loss is nan"):
         run_sft(cfg)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1]
+    assert _checkpoints(tmp_path / "run") == ["step-00000001"]
+
+
+def test_rm_nan_loss_stops_before_the_step_and_the_checkpoint(tiny_dir, tmp_path, monkeypatch, sessions):
+    snapshots: list = []
+    _nan_loss_at_call(monkeypatch, rm_module, "ranking_terms", 2, sessions, snapshots)
+    with pytest.raises(NonFiniteError, match=r"step 2: loss is nan"):
+        run_rm(_rm(tiny_dir, tmp_path, "eval.at_start=false"))
+    model_before, optim_before = snapshots[0]
+    _assert_same(model_before, sessions[-1].model.state_dict())
+    _assert_same(optim_before, sessions[-1].optimizer.state_dict())
+    assert _checkpoints(tmp_path / "run") == ["step-00000001"]
+
+
+def test_rm_skip_mode_leaves_the_step_out_and_continues(tiny_dir, tmp_path, monkeypatch, sessions):
+    snapshots: list = []
+    _nan_loss_at_call(monkeypatch, rm_module, "ranking_terms", 2, sessions, snapshots)
+    result = run_rm(_rm(tiny_dir, tmp_path, "eval.at_start=false", "train.on_nonfinite=skip"))
+    assert [r["update/nonfinite_skipped"] for r in result.history] == [0.0, 1.0, 0.0]
+    assert "loss" not in result.history[1] and "loss" in result.history[2]
+    ckpt = tmp_path / "run" / "checkpoints"
+    step1, step2 = (load_file(ckpt / f"step-0000000{i}" / "model.safetensors") for i in (1, 2))
+    _assert_same(step1, step2)  # the skipped step moved no weight
+
+
+def test_rm_nan_held_out_score_stops_before_the_step_is_logged(tiny_dir, tmp_path, monkeypatch):
+    """A reward model whose held-out scores overflow at step 2's evaluation: the step is neither logged
+    nor checkpointed."""
+    original, calls = rm_module.evaluate_rankings, [0]
+
+    def evaluate_rankings(*args, **kwargs):
+        metrics, calib, scores = original(*args, **kwargs)
+        calls[0] += 1  # call 1: step 0, call 2: step 2
+        return ({**metrics, "eval/score_mean": math.inf} if calls[0] == 2 else metrics), calib, scores
+
+    monkeypatch.setattr(rm_module, "evaluate_rankings", evaluate_rankings)
+    with pytest.raises(NonFiniteError, match=r"step 2, held-out evaluation: score mean is inf"):
+        run_rm(_rm(tiny_dir, tmp_path, "eval.every=2"))
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1]
     assert _checkpoints(tmp_path / "run") == ["step-00000001"]

@@ -53,6 +53,7 @@ from aha.models.scalar_head import (
 from aha.track.jsonl import read_jsonl
 from aha.track.plots import plot_metrics
 from aha.train.common_config import DistConfig, ModelConfig, OptimConfig, RunConfig, TrackingConfig
+from aha.train.nonfinite import ON_NONFINITE, ON_NONFINITE_HELP, NonFiniteGuard
 from aha.train.session import TrainingSession, cut_jsonl
 
 
@@ -93,6 +94,7 @@ class RMTrainConfig:
         "the whole backbone: only the head trains, and with a linear head on one pooled vector (head.pooling"
         "=mean, or a decoder) each training response's vector is computed once and cached.",
     )
+    on_nonfinite: str = option("stop", choices=ON_NONFINITE, help=ON_NONFINITE_HELP)
 
     def validate(self) -> None:
         if self.steps < 0 or self.batch_size < 1 or self.center_coef < 0 or self.freeze_layers < -1:
@@ -350,6 +352,10 @@ def run_rm(cfg: RMRunConfig, resume: bool = False) -> RMResult:
             metrics, calib, scores = evaluate_rankings(
                 model, held_enc, pad_id, cfg.eval.batch_size, device, cfg.eval.bins
             )
+        # an overflowing score makes the mean non-finite: stop (or, with skip, log it as null) as SFT does
+        guard = NonFiniteGuard(cfg.train.on_nonfinite, step)
+        if not guard.ok_evaluated("score mean", metrics["eval/score_mean"]):
+            metrics["eval/score_mean"] = math.nan
         if record and session.dist.is_main:
             with calib_path.open("a") as f:
                 f.write(json.dumps({"step": step, "bins": calib}) + "\n")
@@ -382,26 +388,36 @@ def run_rm(cfg: RMRunConfig, resume: bool = False) -> RMResult:
                 )
         loss, batch_loss = rank_scaled_ranking_loss(scores, batch, cfg.train.center_coef)
         session.optimizer.zero_grad(set_to_none=True)
-        precision.backward(loss)
-        result = precision.step(
-            session.optimizer, cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf
-        )
+        guard = NonFiniteGuard(cfg.train.on_nonfinite, step)
+        result = None
+        if guard.ok("loss", batch_loss):
+            precision.backward(loss)
+            clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf  # inf: measure, don't clip
+            result = precision.step(session.optimizer, clip, guard)
+        session.optimizer.zero_grad(set_to_none=True)  # a skipped step's gradients are dropped
         session.scheduler.step()
+        skipped = result is None or result.nonfinite
         metrics = {
-            "loss": batch_loss,
-            "accuracy": batch_pair_accuracy(scores, batch),
-            "grad_norm": result.grad_norm,
+            "update/nonfinite_skipped": float(skipped),
             "lr": session.scheduler.get_last_lr()[0],
             "time/step_s": time.perf_counter() - t0,
             **precision.metrics(),
         }
+        if not skipped:  # a skipped step's loss / norm are not logged
+            metrics.update(
+                {
+                    "loss": batch_loss,
+                    "accuracy": batch_pair_accuracy(scores, batch),
+                    "grad_norm": result.grad_norm,
+                }
+            )
         if (cfg.eval.every and step % cfg.eval.every == 0) or step == total_steps:
             final = evaluate(step)
             metrics.update(final[0])
             model.train()
         metrics = reduce_metrics(metrics)  # the mean over ranks (the same numbers in one process)
         session.log(step, metrics)
-        session.progress.update(step, loss=metrics["loss"])
+        session.progress.update(step, loss=metrics.get("loss", math.nan))
         session.save_if_due(step, "rm", lambda: {"sampler": sampler.state_dict()})
         session.end_if_signalled(step)
     if final is None:  # resumed a finished run: its calibration row is written already
