@@ -78,6 +78,24 @@ class Precision:
         """`loss.backward()`, through the loss scaler under fp16-mixed."""
         (loss if self.scaler is None else self.scaler.scale(loss)).backward()
 
+    def guarded_step(
+        self,
+        optimizer: torch.optim.Optimizer,
+        loss: torch.Tensor,
+        loss_value: float,
+        grad_clip: float,
+        guard: NonFiniteGuard,
+    ) -> StepResult | None:
+        """One optimizer step on `loss` unless `guard` finds `loss_value` non-finite (None then) or, in
+        `step`, the gradient norm; `grad_clip` <= 0 measures the norm without clipping. The gradients
+        are dropped afterwards, so a skipped step leaves none behind."""
+        result = None
+        if guard.ok("loss", loss_value):
+            self.backward(loss)
+            result = self.step(optimizer, grad_clip if grad_clip > 0 else float("inf"), guard)
+        optimizer.zero_grad(set_to_none=True)
+        return result
+
     def step(
         self, optimizer: torch.optim.Optimizer, max_norm: float | None, guard: NonFiniteGuard | None = None
     ) -> StepResult:

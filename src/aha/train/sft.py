@@ -282,12 +282,7 @@ def run_sft(cfg: SFTRunConfig, resume: bool = False) -> SFTResult:
         loss, batch_loss = rank_scaled_nll(model, batch, precision)
         session.optimizer.zero_grad(set_to_none=True)
         guard = NonFiniteGuard(cfg.train.on_nonfinite, step)
-        result = None
-        if guard.ok("loss", batch_loss):
-            precision.backward(loss)
-            clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf  # inf: measure, don't clip
-            result = precision.step(session.optimizer, clip, guard)
-        session.optimizer.zero_grad(set_to_none=True)  # a skipped step's gradients are dropped
+        result = precision.guarded_step(session.optimizer, loss, batch_loss, cfg.optim.grad_clip, guard)
         session.scheduler.step()
         metrics = {
             "lr": session.scheduler.get_last_lr()[0],
