@@ -9,15 +9,22 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from helpers.kernels import require_decode_kernel
-from helpers.tolerances import forward_atol, logprob_atol
+from helpers.tolerances import BF16_UNIT_ROUNDOFF, forward_atol, logprob_atol
 
 from aha.models.lean_activations import LeanProjection, use_lean_activations
 from aha.models.loading import load_model, load_tokenizer
 from aha.models.positions import left_padded_position_ids
 from aha.rollout.base import SamplingParams
 from aha.rollout.decode_kernel import KernelDecodeStep, load_decode_kernel
-from aha.rollout.llama_decode import WEIGHTS_LEFT_MAX_ROWS, LlamaDecodeStep, Projection, decode_step_for
+from aha.rollout.llama_decode import (
+    WEIGHTS_LEFT_MAX_ROWS,
+    LlamaDecodeStep,
+    Projection,
+    decode_step_for,
+    low_precision_attention_cpu,
+)
 from aha.rollout.native import NativeSampler
 
 PROMPTS = ["Hi", "What is 12 + 30?", "x", "The quick brown fox jumps over"]
@@ -184,3 +191,34 @@ def test_other_architectures_use_the_generic_forward(tiny_gpt2, tiny_qwen2):
     finally:
         qwen2.config.layer_types = ["full_attention"] * qwen2.config.num_hidden_layers
     assert decode_step_for(qwen2, 64) is not None
+
+
+def test_cpu_bf16_attention_rounds_as_the_bf16_kernel():
+    """Under bf16 autocast on the CPU the torch step's attention is float32 products over bf16-rounded
+    inputs and attention weights (torch's bf16 SDPA kernel is several times slower at one query per row:
+    bench/decode_attention_cpu.py). Against that kernel on the same inputs, padding mask included, the
+    two differ only in where float32 sums are rounded: by at most one bf16 rounding of the output
+    (relative 2^-8) plus one of the weights carried through the value sum, each of max |value|."""
+    generator = torch.Generator().manual_seed(0)
+    batch, kv_heads, group, length, head_dim = 6, 2, 3, 37, 16
+    query = torch.randn(batch, kv_heads, group, head_dim, generator=generator)  # float32, as rotated
+    keys = torch.randn(batch, kv_heads, length, head_dim, generator=generator).bfloat16()
+    values = torch.randn(batch, kv_heads, length, head_dim, generator=generator).bfloat16()
+    mask = torch.zeros(batch, 1, 1, length)
+    mask[::2, :, :, :5] = float("-inf")  # left padding on every other row
+    scale = head_dim**-0.5
+    ours = low_precision_attention_cpu(query, keys, values, mask, scale, torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        kernel = F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=scale)
+    assert ours.dtype == kernel.dtype == torch.bfloat16
+    atol = 2 * BF16_UNIT_ROUNDOFF * values.float().abs().max().item()
+    torch.testing.assert_close(ours.float(), kernel.float(), atol=atol, rtol=0)
+    unmasked = low_precision_attention_cpu(query, keys, values, None, scale, torch.bfloat16)
+    assert not torch.allclose(unmasked.float(), kernel.float(), atol=atol, rtol=0)  # the check can fail
+
+
+def test_the_torch_step_attends_in_float32_only_on_the_cpu_under_autocast(tiny_llama):
+    model, _ = tiny_llama
+    assert not LlamaDecodeStep(model, 8).attend_in_float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert LlamaDecodeStep(model, 8).attend_in_float32

@@ -119,7 +119,7 @@ def test_the_step_is_kept_between_calls_and_sees_new_weights(tiny_varied_model_d
     assert list(sampler.static_steps) == [len(PROMPTS), 3 * len(PROMPTS)]
 
 
-def _assert_bf16_close(model, batch, temperature: float) -> None:
+def assert_bf16_close(model, batch, temperature: float) -> None:
     """The sampler's log-probs under bf16 autocast equal the teacher-forced forward's under the same
     autocast within bf16 rounding (helpers/tolerances.py: bf16_logprob_atol)."""
     device = batch.input_ids.device.type
@@ -139,7 +139,7 @@ def test_bf16_autocast_logprobs_equal_teacher_forced_forward(model_and_tokenizer
     with torch.autocast("cpu", dtype=torch.bfloat16):
         batch = static.generate(PROMPTS * 2, SamplingParams(max_new_tokens=16, temperature=1.0, seed=0))
     assert static.static_weights.dtype == torch.bfloat16
-    _assert_bf16_close(model, batch, 1.0)
+    assert_bf16_close(model, batch, 1.0)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
@@ -156,7 +156,7 @@ def test_cuda_graph_logprobs_equal_teacher_forced_forward_in_bf16(tiny_varied_mo
         assert batch.extras["decode"] == "static, CUDA graph", batch.extras.get("graph_capture_error")
         assert sampler.static_steps[len(PROMPTS) * 4].graph is not None
         assert (batch.completion_mask.sum(1) < 24).any()
-        _assert_bf16_close(model, batch, 1.0)
+        assert_bf16_close(model, batch, 1.0)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")

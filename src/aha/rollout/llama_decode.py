@@ -142,6 +142,7 @@ class LlamaDecodeStep:
         device_type = self.embed.device.type
         enabled = torch.is_autocast_enabled(device_type)
         self.matmul_dtype = torch.get_autocast_dtype(device_type) if enabled else None
+        self.attend_in_float32 = device_type == "cpu" and self.matmul_dtype is not None
         self.lm_head = self._projection(model.lm_head.weight)
         self.layers = [self._fuse(layer) for layer in model.model.layers]
         positions = torch.arange(max_positions, device=self.embed.device)[None]
@@ -173,6 +174,11 @@ class LlamaDecodeStep:
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return weight * x32.to(x.dtype)
+
+    def _attend(self, query, keys, values, mask) -> torch.Tensor:
+        if self.attend_in_float32:
+            return low_precision_attention_cpu(query, keys, values, mask, self.scaling, self.matmul_dtype)
+        return F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=self.scaling)
 
     def __call__(
         self,
@@ -207,13 +213,7 @@ class LlamaDecodeStep:
             values[:, :, length] = qkv[:, heads + kv_heads :]
             # One query per row: group query heads under their shared KV head (no repeat of K/V).
             query = qk[:, :heads].reshape(batch, kv_heads, heads // kv_heads, head_dim)
-            attended = F.scaled_dot_product_attention(
-                query,
-                keys[:, :, : length + 1],
-                values[:, :, : length + 1],
-                attn_mask=mask,
-                scale=self.scaling,
-            )
+            attended = self._attend(query, keys[:, :, : length + 1], values[:, :, : length + 1], mask)
             hidden = hidden + weights.out(attended.reshape(batch, heads * head_dim))
             x = self._rms_norm(hidden, weights.post_norm)
             gate_up = weights.gate_up(x)
@@ -221,3 +221,23 @@ class LlamaDecodeStep:
                 F.silu(gate_up[:, : self.intermediate]) * gate_up[:, self.intermediate :]
             )
         return self.lm_head(self._rms_norm(hidden, self.final_norm))
+
+
+def low_precision_attention_cpu(
+    query: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    mask: torch.Tensor | None,
+    scale: float,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """What torch's CPU SDPA kernel computes in `dtype` (bf16 under autocast): inputs and attention weights
+    rounded to `dtype`, products accumulated and the softmax taken in float32, the output in `dtype`.
+    Written out in float32 ops because that kernel took several times the float32 time for one query per
+    row, the decode step's case (`python bench/decode_attention_cpu.py`)."""
+    with torch.autocast("cpu", enabled=False):
+        scores = (query.to(dtype).float() @ keys.to(dtype).float().transpose(-1, -2)) * scale
+        if mask is not None:
+            scores = scores + mask
+        weights = torch.softmax(scores, dim=-1).to(dtype).float()
+        return (weights @ values.to(dtype).float()).to(dtype)
