@@ -1,5 +1,6 @@
 """Decode-step attention on the CPU: torch's bf16 SDPA kernel against the float32 kernel and against the
-torch decode step's own bf16 attention (float32 products over bf16-rounded inputs, aha.rollout.llama_decode).
+torch decode step's own bf16 attention (float32 products over bf16-rounded inputs and attention
+weights: aha.rollout.llama_decode.low_precision_attention_cpu).
 
 Why: with `rollout.dtype=bfloat16` the sampler's projections run as bf16 matmuls, which this CPU does
 faster than float32 ones, yet a bf16 rollout of the 25M model was no faster than a float32 one. The
@@ -46,9 +47,7 @@ def attention_runs(calls: int) -> dict:
     return {
         "sdpa_bf16": repeat(lambda: F.scaled_dot_product_attention(q16, keys, values, scale=scale)),
         "sdpa_fp32": repeat(lambda: F.scaled_dot_product_attention(q32, k32, v32, scale=scale)),
-        "aha_bf16": repeat(
-            lambda: low_precision_attention_cpu(query, keys, values, None, scale, torch.bfloat16)
-        ),
+        "aha_bf16": repeat(lambda: low_precision_attention_cpu(query, k32, v32, None, scale, torch.bfloat16)),
     }
 
 

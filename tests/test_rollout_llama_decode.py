@@ -195,10 +195,11 @@ def test_other_architectures_use_the_generic_forward(tiny_gpt2, tiny_qwen2):
 
 def test_cpu_bf16_attention_rounds_as_the_bf16_kernel():
     """Under bf16 autocast on the CPU the torch step's attention is float32 products over bf16-rounded
-    inputs and attention weights (torch's bf16 SDPA kernel is several times slower at one query per row:
-    bench/decode_attention_cpu.py). Against that kernel on the same inputs, padding mask included, the
-    two differ only in where float32 sums are rounded: by at most one bf16 rounding of the output
-    (relative 2^-8) plus one of the weights carried through the value sum, each of max |value|."""
+    inputs (keys and values kept so in float32 buffers) and attention weights: torch's bf16 SDPA kernel
+    is several times slower at one query per row (bench/decode_attention_cpu.py). Against that kernel on
+    the same inputs, padding mask included, the two differ only in where float32 sums are rounded: by at
+    most one bf16 rounding of the output (relative 2^-8) plus one of the weights carried through the
+    value sum, each of max |value|."""
     generator = torch.Generator().manual_seed(0)
     batch, kv_heads, group, length, head_dim = 6, 2, 3, 37, 16
     query = torch.randn(batch, kv_heads, group, head_dim, generator=generator)  # float32, as rotated
@@ -207,13 +208,13 @@ def test_cpu_bf16_attention_rounds_as_the_bf16_kernel():
     mask = torch.zeros(batch, 1, 1, length)
     mask[::2, :, :, :5] = float("-inf")  # left padding on every other row
     scale = head_dim**-0.5
-    ours = low_precision_attention_cpu(query, keys, values, mask, scale, torch.bfloat16)
+    ours = low_precision_attention_cpu(query, keys.float(), values.float(), mask, scale, torch.bfloat16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         kernel = F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=scale)
     assert ours.dtype == kernel.dtype == torch.bfloat16
     atol = 2 * BF16_UNIT_ROUNDOFF * values.float().abs().max().item()
     torch.testing.assert_close(ours.float(), kernel.float(), atol=atol, rtol=0)
-    unmasked = low_precision_attention_cpu(query, keys, values, None, scale, torch.bfloat16)
+    unmasked = low_precision_attention_cpu(query, keys.float(), values.float(), None, scale, torch.bfloat16)
     assert not torch.allclose(unmasked.float(), kernel.float(), atol=atol, rtol=0)  # the check can fail
 
 

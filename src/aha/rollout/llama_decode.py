@@ -209,8 +209,11 @@ class LlamaDecodeStep:
             qkv = qkv.view(batch, heads + 2 * kv_heads, head_dim)
             qk = qkv[:, : heads + kv_heads]
             qk = qk * cos + torch.cat([qk[..., half:], qk[..., :half]], dim=-1) * sin
-            keys[:, :, length] = qk[:, heads:]
-            values[:, :, length] = qkv[:, heads + kv_heads :]
+            new_keys, new_values = qk[:, heads:], qkv[:, heads + kv_heads :]
+            if self.attend_in_float32:  # float32 buffers hold bf16-rounded values (hold_rounded_in_float32)
+                new_keys, new_values = new_keys.to(self.matmul_dtype), new_values.to(self.matmul_dtype)
+            keys[:, :, length] = new_keys
+            values[:, :, length] = new_values
             # One query per row: group query heads under their shared KV head (no repeat of K/V).
             query = qk[:, :heads].reshape(batch, kv_heads, heads // kv_heads, head_dim)
             attended = self._attend(query, keys[:, :, : length + 1], values[:, :, : length + 1], mask)
@@ -233,11 +236,12 @@ def low_precision_attention_cpu(
 ) -> torch.Tensor:
     """What torch's CPU SDPA kernel computes in `dtype` (bf16 under autocast): inputs and attention weights
     rounded to `dtype`, products accumulated and the softmax taken in float32, the output in `dtype`.
-    Written out in float32 ops because that kernel took several times the float32 time for one query per
-    row, the decode step's case (`python bench/decode_attention_cpu.py`)."""
+    Written out in float32 ops because that kernel took several times as long for one query per row, the
+    decode step's case (`python bench/decode_attention_cpu.py`). `keys` and `values` are float32 tensors
+    already holding `dtype`-rounded values (the cache keeps them so: no conversion per token)."""
     with torch.autocast("cpu", enabled=False):
-        scores = (query.to(dtype).float() @ keys.to(dtype).float().transpose(-1, -2)) * scale
+        scores = (query.to(dtype).float() @ keys.transpose(-1, -2)) * scale
         if mask is not None:
             scores = scores + mask
         weights = torch.softmax(scores, dim=-1).to(dtype).float()
-        return (weights @ values.to(dtype).float()).to(dtype)
+        return (weights @ values).to(dtype)

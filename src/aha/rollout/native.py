@@ -85,6 +85,14 @@ class PreallocatedLayer(DynamicLayer):
         self.keys = self.key_buffer[:, :, : self.length]
         self.values = self.value_buffer[:, :, : self.length]
 
+    def hold_rounded_in_float32(self, dtype: torch.dtype) -> None:
+        """Re-store both buffers as float32 holding values rounded to `dtype`: what the torch decode step's
+        CPU attention under autocast reads (aha.rollout.llama_decode.low_precision_attention_cpu), once
+        here rather than converted at every token."""
+        self.key_buffer = self.key_buffer.to(dtype).float()
+        self.value_buffer = self.value_buffer.to(dtype).float()
+        self.mark_filled(self.length)
+
 
 class NativeSampler:
     """Samples from the live `model` in-process, so `sync_weights` has nothing to do.
@@ -188,6 +196,9 @@ class NativeSampler:
             logits = self._kernel_prefill(decode_step, ids, mask, cache)
         else:
             logits = self._forward(ids, mask, left_padded_position_ids(mask), cache)
+        if isinstance(decode_step, LlamaDecodeStep) and decode_step.attend_in_float32:
+            for layer in cache.layers:
+                layer.hold_rounded_in_float32(decode_step.matmul_dtype)
         if len(unique) < len(prompts):
             index = {prompt: i for i, prompt in enumerate(unique)}
             rows = torch.tensor([index[p] for p in prompts], device=device)
