@@ -223,3 +223,20 @@ def test_the_torch_step_attends_in_float32_only_on_the_cpu_under_autocast(tiny_l
     assert not LlamaDecodeStep(model, 8).attend_in_float32
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert LlamaDecodeStep(model, 8).attend_in_float32
+
+
+def test_under_cpu_autocast_the_cache_holds_bf16_values_in_float32(tiny_llama):
+    """The prefill's keys and values are rounded to bf16 once and kept in float32 buffers, which the
+    step's attention reads as they are; a float32 prefill's are not so rounded (the check can fail)."""
+    model, tokenizer = tiny_llama
+    sampler = NativeSampler(model, tokenizer, decode="torch")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cache, *_, step = sampler.prefill(PROMPTS, 4)
+    assert step.attend_in_float32
+    for layer in cache.layers:
+        for filled in (layer.keys, layer.values):
+            assert filled.dtype == torch.float32
+            assert torch.equal(filled, filled.bfloat16().float())
+    cache, *_ = sampler.prefill(PROMPTS, 4)
+    keys = cache.layers[0].keys
+    assert not torch.equal(keys, keys.bfloat16().float())
