@@ -42,7 +42,8 @@ def demo_grpo_settings(steps: int) -> DemoGRPOSettings:
     """The knobs `aha demo` trains GRPO with (its config defaults and the scenario's completion length)."""
     from aha.demo.pipeline import DemoConfig
     from aha.demo.scenarios import SCENARIOS
-    from aha.train.grpo_config import AlgoConfig, RolloutConfig
+    from aha.train.grpo_config import AlgoConfig
+    from aha.train.rl_config import RolloutConfig
 
     grpo = DemoConfig().grpo
     return DemoGRPOSettings(

@@ -111,17 +111,13 @@ def moved_share(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor])
     return changed / max(total, 1)
 
 
-def run_setting(setting: dict, model_dir: Path, run_dir: Path, args: argparse.Namespace) -> dict:
-    from aha.config import load_config
-    from aha.train.checkpoint import latest_checkpoint
-    from aha.train.grpo import GRPORunConfig, run_grpo
-
-    overrides = [
+def grpo_overrides(model_dir: Path, run_dir: Path, args: argparse.Namespace) -> list[str]:
+    """The `aha grpo` options of one timed run of the workload in `args` (this script's and
+    torchrun_fsdp2_gpu.py's); the caller adds what its setting changes."""
+    return [
         f"model.path={model_dir}",
         f"model.device={args.device}",
         f"model.precision={args.precision}",
-        f"model.lora.r={16 if setting['lora'] else 0}",
-        f"train.gradient_checkpointing={str(setting['checkpointing']).lower()}",
         f"train.steps={args.steps}",
         f"train.prompts_per_step={args.prompts}",
         f"rollout.group_size={args.group}",
@@ -137,19 +133,14 @@ def run_setting(setting: dict, model_dir: Path, run_dir: Path, args: argparse.Na
         "run.progress=false",
         f"run.output_dir={run_dir}",
     ]
-    cfg = load_config(GRPORunConfig, overrides=overrides)
-    if args.device.startswith("cuda"):
-        torch.cuda.empty_cache()
-    t0 = time.perf_counter()
-    result = run_grpo(cfg)
-    wall = time.perf_counter() - t0
-    steps = [row for row in result.history if row["step"] > 0 and "time/step_s" in row]
+
+
+def step_summary(history: list[dict]) -> dict:
+    """A run's step timings (medians after the first step, which warms up), whether every loss was
+    finite, and its peak CUDA memory, from `run_grpo`'s history."""
+    steps = [row for row in history if row["step"] > 0 and "time/step_s" in row]
     step_times = [row["time/step_s"] for row in steps]
-    ckpt = latest_checkpoint(run_dir)
-    after = load_tensors(ckpt)
-    out = {
-        **setting,
-        "wall_s": wall,
+    return {
         "step_s_median": statistics.median(step_times[1:] or step_times),
         "generate_s_median": statistics.median([r["time/generate_s"] for r in steps][1:] or [0.0]),
         "update_s_median": statistics.median([r["time/update_s"] for r in steps][1:] or [0.0]),
@@ -162,6 +153,27 @@ def run_setting(setting: dict, model_dir: Path, run_dir: Path, args: argparse.Na
             (r.get("memory/cuda_reserved_peak_gb", 0.0) for r in steps), default=0.0
         ),
     }
+
+
+def run_setting(setting: dict, model_dir: Path, run_dir: Path, args: argparse.Namespace) -> dict:
+    from aha.config import load_config
+    from aha.train.checkpoint import latest_checkpoint
+    from aha.train.grpo import GRPORunConfig, run_grpo
+
+    overrides = [
+        *grpo_overrides(model_dir, run_dir, args),
+        f"model.lora.r={16 if setting['lora'] else 0}",
+        f"train.gradient_checkpointing={str(setting['checkpointing']).lower()}",
+    ]
+    cfg = load_config(GRPORunConfig, overrides=overrides)
+    if args.device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    t0 = time.perf_counter()
+    result = run_grpo(cfg)
+    wall = time.perf_counter() - t0
+    ckpt = latest_checkpoint(run_dir)
+    after = load_tensors(ckpt)
+    out = {**setting, "wall_s": wall, **step_summary(result.history)}
     if setting["lora"]:
         lora_b = {k: v for k, v in after.items() if "lora_B" in k}
         out["trainable_moved_share"] = moved_share(

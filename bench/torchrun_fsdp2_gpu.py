@@ -2,8 +2,9 @@
 
 Issue 23's GPU check. A randomly initialised model of Qwen2-0.5B's shape (494M parameters, built here
 by bench/gpu_real_model.py's `build_model`: no hub access) is trained for a few GRPO steps by
-`run_grpo`, the code behind `aha grpo`, with dist.strategy=fsdp2 (every decoder layer and the model
-fully_shard-ed) and model.precision=bf16-mixed. Reported: seconds per step (median after the first),
+`run_grpo`, the code behind `aha grpo`, on gpu_real_model.py's workload (`grpo_overrides`) with
+dist.strategy=fsdp2 (every decoder layer and the model fully_shard-ed) and model.precision=bf16-mixed.
+Reported (`step_summary` and the moved share): seconds per step (median after the first),
 sampling and update seconds, the peak CUDA memory of rank 0, whether every loss was finite, and the
 share of the weights that moved (read back from the final checkpoint, which rank 0 wrote from the
 gathered shards).
@@ -22,10 +23,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -35,7 +34,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 from _hardware import machine_description  # noqa: E402
-from gpu_real_model import SHAPES, build_model, load_tensors, moved_share  # noqa: E402
+from gpu_real_model import (  # noqa: E402
+    SHAPES,
+    build_model,
+    grpo_overrides,
+    load_tensors,
+    moved_share,
+    step_summary,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,26 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         params = build_model(model_dir, SHAPES[args.shape])
         print(f"{args.shape}: {params / 1e6:.1f}M parameters, {env.world_size} process(es)", flush=True)
     dist_env.barrier()
-    overrides = [
-        f"model.path={model_dir}",
-        f"model.device={args.device}",
-        f"model.precision={args.precision}",
-        "dist.strategy=fsdp2",
-        f"train.steps={args.steps}",
-        f"train.prompts_per_step={args.prompts}",
-        f"rollout.group_size={args.group}",
-        f"rollout.max_new_tokens={args.tokens}",
-        f"rollout.min_new_tokens={args.tokens}",
-        "rewards.functions=[_bench_rewards:digit_fraction]",
-        "algo.beta=0.04",
-        f"optim.lr={args.lr}",
-        "eval.every=0",
-        f"eval.num_prompts={args.prompts}",
-        "track.sample_every=0",
-        "track.plot=false",
-        "run.progress=false",
-        f"run.output_dir={run_dir}",
-    ]
+    overrides = [*grpo_overrides(model_dir, run_dir, args), "dist.strategy=fsdp2"]
     cfg = load_config(GRPORunConfig, overrides=overrides)
     t0 = time.perf_counter()
     result = run_grpo(cfg)
@@ -102,8 +89,6 @@ def main(argv: list[str] | None = None) -> int:
     if not env.is_main:
         dist_env.shutdown()
         return 0
-    steps = [row for row in result.history if row["step"] > 0 and "time/step_s" in row]
-    step_times = [row["time/step_s"] for row in steps]
     after = load_tensors(latest_checkpoint(run_dir))
     report = {
         "machine": machine_description(),
@@ -116,17 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         "parameters": params,
         "workload": {k: getattr(args, k) for k in ("precision", "steps", "prompts", "group", "tokens", "lr")},
         "wall_s": wall,
-        "step_s_median": statistics.median(step_times[1:] or step_times),
-        "generate_s_median": statistics.median([r["time/generate_s"] for r in steps][1:] or [0.0]),
-        "update_s_median": statistics.median([r["time/update_s"] for r in steps][1:] or [0.0]),
-        "losses_finite": all(math.isfinite(r["loss"]) for r in steps if "loss" in r),
-        "loss_rows": sum("loss" in r for r in steps),
-        "cuda_allocated_peak_gb": max(
-            (r.get("memory/cuda_allocated_peak_gb", 0.0) for r in steps), default=0.0
-        ),
-        "cuda_reserved_peak_gb": max(
-            (r.get("memory/cuda_reserved_peak_gb", 0.0) for r in steps), default=0.0
-        ),
+        **step_summary(result.history),
         "weights_moved_share": moved_share(load_tensors(model_dir), after),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -66,6 +67,21 @@ def torchrun(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Pope
 def run_to_end(argv: list[str], env: dict[str, str], log: Path) -> None:
     process = torchrun(argv, env, log)
     assert process.wait(timeout=300) == 0, log.read_text()[-3000:]
+
+
+def one_and_two_processes(
+    command: str, cls: type, run: Callable, overrides: list[str], env: dict[str, str], tmp_path: Path
+) -> tuple[list[dict], Path]:
+    """`aha COMMAND overrides` run in this process (its metrics history) and launched on two processes
+    with FSDP2 (its run directory)."""
+    two = tmp_path / "two"
+    run_to_end(
+        [command, *overrides, f"run.output_dir={two}", "dist.strategy=fsdp2"],
+        env,
+        tmp_path / f"{command}.log",
+    )
+    one = run(load_config(cls, None, [*overrides, f"run.output_dir={tmp_path / 'one'}"])).history
+    return one, two
 
 
 def grpo_argv(tiny_dir: Path, out: Path, strategy: str) -> list[str]:
@@ -161,12 +177,7 @@ def test_two_process_sft_first_step_equals_one_process(tiny_dir, launch_env, tmp
         "optim.lr=3e-3",
         "optim.warmup_steps=0",
     ]
-    two = tmp_path / "two"
-    run_to_end(
-        ["sft", *overrides, f"run.output_dir={two}", "dist.strategy=fsdp2"], launch_env, tmp_path / "sft.log"
-    )
-    cfg = load_config(SFTRunConfig, None, [*overrides, f"run.output_dir={tmp_path / 'one'}"])
-    one = run_sft(cfg).history
+    one, two = one_and_two_processes("sft", SFTRunConfig, run_sft, overrides, launch_env, tmp_path)
     two_rows = rows(two / "metrics.jsonl")
     for key in ("loss", "grad_norm", "tokens/completion"):
         assert two_rows[0][key] == pytest.approx(one[0][key], rel=1e-5), key
@@ -192,11 +203,7 @@ def test_two_process_rm_steps_equal_one_process(tiny_dir, launch_env, tmp_path):
         "optim.lr=3e-3",
         "eval.at_start=false",
     ]
-    two = tmp_path / "two"
-    run_to_end(
-        ["rm", *overrides, f"run.output_dir={two}", "dist.strategy=fsdp2"], launch_env, tmp_path / "rm.log"
-    )
-    one = run_rm(load_config(RMRunConfig, None, [*overrides, f"run.output_dir={tmp_path / 'one'}"])).history
+    one, two = one_and_two_processes("rm", RMRunConfig, run_rm, overrides, launch_env, tmp_path)
     two_rows = rows(two / "metrics.jsonl")
     assert len(two_rows) == len(one) == 2
     for a, b in zip(one, two_rows, strict=True):

@@ -93,8 +93,8 @@ def test_the_watch_fires_keeps_the_best_model_and_stops_the_run(tiny_dir, tmp_pa
 def test_the_watch_refuses_a_monitor_it_does_not_have():
     from aha.config import ConfigError
     from aha.track.hacking import HackingConfig
-    from aha.train.grpo_config import RewardConfig
     from aha.train.monitors import RunMonitors
+    from aha.train.rl_config import RewardConfig
 
     rewards = RewardConfig(functions=["exact_answer"], monitors=["exact_answer"])
     with pytest.raises(ConfigError, match=r"track.hacking.monitors names \['gold'\]"):

@@ -28,6 +28,8 @@ from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
+from aha.config_location import key_lines, located
+
 T = TypeVar("T")
 MISSING = dataclasses.MISSING
 COMMAND_LINE = "the command line"
@@ -94,7 +96,7 @@ def _read_yaml_file(path: Path) -> tuple[dict, dict[str, int]]:
         raise ConfigError(f"{path}: not a UTF-8 YAML file: {e}") from None
     try:
         data = _parse_yaml(text)
-        lines = _key_lines(yaml.compose(text, Loader=_Loader))
+        lines = key_lines(yaml.compose(text, Loader=_Loader))
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: invalid YAML: {e}") from None
     except RecursionError:
@@ -104,17 +106,6 @@ def _read_yaml_file(path: Path) -> tuple[dict, dict[str, int]]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of option names to values, got {type(data).__name__}")
     return data, lines
-
-
-def _key_lines(node: yaml.Node | None, prefix: str = "") -> dict[str, int]:
-    lines: dict[str, int] = {}
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            key = f"{prefix}{key_node.value}" if isinstance(key_node, yaml.ScalarNode) else None
-            if key is not None:
-                lines[key] = key_node.start_mark.line + 1
-                lines.update(_key_lines(value_node, f"{key}."))
-    return lines
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -136,29 +127,11 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
         cfg = loader.build(cls, tree, prefix="")
         _validate_tree(cfg, "")
     except ConfigError as e:
-        raise ConfigError(_located(str(e), loader, lines)) from None
+        raise ConfigError(located(str(e), loader.file_source, lines, loader.cli_raw)) from None
     return cfg
 
 
-def _located(message: str, loader: _Builder, lines: dict[str, int]) -> str:
-    """`message` ("key: what is wrong") prefixed with where its key was set: "FILE: line N: " for a value
-    from the YAML file, " (from the command line)" appended for an override; unchanged when it names no
-    key or says where already."""
-    match = _MESSAGE_KEY.match(message)
-    if match is None or "(from " in message:
-        return message
-    parts = match.group(1).split(".")
-    for n in range(len(parts), 0, -1):  # the key itself, else the section that holds it
-        key = ".".join(parts[:n])
-        if any(given == key or given.startswith(f"{key}.") for given in loader.cli_raw):
-            return f"{message} (from the command line)"
-        if key in lines:
-            return f"{loader.file_source}: line {lines[key]}: {message}"
-    return message
-
-
 _NAME = re.compile(r"[A-Za-z_]\w*")  # one part of a dotted option key
-_MESSAGE_KEY = re.compile(r"^([A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)*)(?:\[\d+\])*: ")
 
 
 def _parse_override(item: str) -> tuple[str, str, Any]:

@@ -1,5 +1,6 @@
-"""The PPO run configuration: GRPO's sections for data, rewards, rollouts, evaluation and tracking, plus
-PPO's own algo section (GAE, KL placement and control, value clipping) and the critic.
+"""The PPO run configuration: the sections it shares with GRPO (data, rewards, rollouts, evaluation and
+tracking; aha.train.rl_config), plus PPO's own algo section (GAE, KL placement and control, value
+clipping) and the critic.
 
 Defaults follow the anchors named in each help text: TRL (PPOTrainer), verl (ppo_trainer.yaml) and
 OpenRLHF; where they disagree the help says which one was picked and why.
@@ -13,14 +14,15 @@ from aha.algos.kl import KL_ESTIMATORS
 from aha.algos.policy_loss import IMPORTANCE_RATIOS, LOSS_AGG_MODES
 from aha.config import ConfigError, option
 from aha.train.common_config import ModelConfig, OptimConfig, RunConfig
-from aha.train.grpo_config import (
+from aha.train.rl_config import (
     EvalConfig,
-    GRPOTrainConfig,
     PromptDataConfig,
     RewardConfig,
+    RLTrainConfig,
     RolloutConfig,
     TrackConfig,
-    check_hacking_watch,
+    check_policy_update,
+    check_rl_run,
 )
 
 KL_PLACEMENTS = ("reward", "loss")
@@ -124,10 +126,7 @@ class PPOAlgoConfig:
             len(self.reward_clamp) != 2 or self.reward_clamp[0] > self.reward_clamp[1]
         ):
             raise ConfigError(f"reward_clamp must be [low, high] with low <= high, got {self.reward_clamp}")
-        if self.mu < 1 or self.minibatches < 1:
-            raise ConfigError("mu and minibatches must be >= 1")
-        if not (0 <= self.clip_low < 1) or self.clip_high < 0:
-            raise ConfigError("need 0 <= clip_low < 1 and clip_high >= 0")
+        check_policy_update(self)
 
 
 @dataclass
@@ -175,7 +174,7 @@ class PPORunConfig:
     rollout: PPORolloutConfig = option(default_factory=PPORolloutConfig, help="How completions are sampled.")
     algo: PPOAlgoConfig = option(default_factory=PPOAlgoConfig, help="GAE, KL, clipping.")
     critic: CriticConfig = option(default_factory=CriticConfig, help="The value model.")
-    train: GRPOTrainConfig = option(default_factory=GRPOTrainConfig, help="Steps and batch size.")
+    train: RLTrainConfig = option(default_factory=RLTrainConfig, help="Steps and batch size.")
     optim: OptimConfig = option(default_factory=OptimConfig, help="The policy's AdamW and LR schedule.")
     eval: EvalConfig = option(default_factory=EvalConfig, help="Held-out evaluation.")
     track: TrackConfig = option(default_factory=TrackConfig, help="Samples and plots.")
@@ -184,11 +183,7 @@ class PPORunConfig:
     )
 
     def validate(self) -> None:
-        check_hacking_watch(self)
-        if self.optim.warmup_steps > self.train.steps:
-            raise ConfigError(
-                f"optim.warmup_steps={self.optim.warmup_steps} exceeds train.steps={self.train.steps}; lower it"
-            )
+        check_rl_run(self)
         if self.critic.warmup_steps >= self.train.steps:
             raise ConfigError(
                 f"critic.warmup_steps={self.critic.warmup_steps} leaves no step of train.steps="
