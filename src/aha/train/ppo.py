@@ -13,6 +13,10 @@ One step, after the loop has sampled and scored the completions:
      up with `critic.freeze_actor`; the critic's clipped value update with its own optimizer.
 The critic is a named model of the session: checkpoints hold it with its optimizer and scheduler, and
 resume restores them, with the adaptive KL coefficient.
+
+Under torchrun each rank holds whole prompts' rows (the loop shards them); the session wraps the
+critic as it wraps the policy (`NamedModel.rebuild`), and every statistic of the batch that step 4 and
+the logs use is the whole batch's (`ppo_targets`), so every rank makes one process's decisions.
 """
 
 from __future__ import annotations
