@@ -48,21 +48,37 @@ def test_single_process_reductions_are_identities():
 
 
 def test_unsupported_stages_refuse_several_processes(monkeypatch):
-    require_single_process("aha ppo")  # one process: fine
+    require_single_process("aha rlhf")  # one process: fine
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(
-        ConfigError, match=r"aha ppo does not support several processes yet \(torchrun WORLD_SIZE=2\)"
+        ConfigError, match=r"aha rlhf does not support several processes yet \(torchrun WORLD_SIZE=2\)"
     ):
-        require_single_process("aha ppo")
+        require_single_process("aha rlhf")
 
 
-def test_cli_refuses_ppo_under_torchrun(monkeypatch, capsys, tiny_model_dir, tmp_path):
+def test_cli_refuses_rlhf_under_torchrun(monkeypatch, capsys, tmp_path):
     from aha.cli import main
 
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "2")
-    code = main(["ppo", f"model.path={tiny_model_dir}", f"run.output_dir={tmp_path / 'run'}"])
+    code = main(["rlhf", f"pipeline.output_dir={tmp_path / 'run'}", "grpo.rewards.functions=[reward_model]"])
     err = capsys.readouterr().err
-    assert code == 2 and "aha ppo does not support several processes" in err
+    assert code == 2 and "aha rlhf does not support several processes" in err
     assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_ppo_refuses_a_critic_on_the_policys_backbone_under_torchrun(
+    monkeypatch, capsys, tiny_model_dir, tmp_path
+):
+    from aha.cli import main
+
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    run = tmp_path / "run"
+    code = main(
+        ["ppo", f"model.path={tiny_model_dir}", f"run.output_dir={run}", "critic.shared_backbone=true"]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "critic.shared_backbone is not supported under torchrun" in err
+    assert not run.exists()  # refused before anything was written

@@ -8,6 +8,12 @@
   split across ranks; the gradient averaged over them is the whole batch's).
 - RM (FSDP2): the 2-process run logs the one-process run's loss, pair accuracy and gradient norm at
   each step and the same held-out accuracy; rank 0 alone writes final/ with reward_model.json.
+- PPO (FSDP2, the critic wrapped too): with top-k 1 sampling (the completions are the argmax, so the
+  same text however the prompts are split and seeded) the 2-process run's first step logs the
+  one-process run's critic loss, gradient norms, advantage and value statistics and explained
+  variance, and its second step the same adaptive KL coefficient; resumed from its step-1
+  checkpoint (the critic and its AdamW state gathered by rank 0, re-sharded on load), it logs
+  step 2 again bit for bit.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from safetensors.torch import load_file
 import aha
 from aha.config import load_config
 from aha.models.tiny import create_tiny_model
+from aha.train.ppo import PPORunConfig, run_ppo
 from aha.train.reward_model import RMRunConfig, run_rm
 from aha.train.sft import SFTRunConfig, run_sft
 
@@ -213,3 +220,64 @@ def test_two_process_rm_steps_equal_one_process(tiny_dir, launch_env, tmp_path):
     assert "eval/accuracy" in two_rows[-1]
     assert (two / "final" / "model.safetensors").is_file() and (two / "final" / "reward_model.json").is_file()
     assert len(rows(two / "calibration.jsonl")) == 1  # one evaluation, written once (rank 0)
+
+
+def test_two_process_ppo_steps_equal_one_process_and_resume(
+    tiny_varied_model_dir, launch_env, tmp_path, monkeypatch
+):
+    """On the varied tiny model (conftest): its argmax completions differ from prompt to prompt, so do
+    the rewards."""
+    monkeypatch.syspath_prepend(launch_env["PYTHONPATH"].split(os.pathsep)[1])  # toy_rewards, for one process
+    overrides = [
+        f"model.path={tiny_varied_model_dir}",
+        "run.progress=false",
+        "run.save_every=1",
+        "rewards.functions=[toy_rewards:digit_fraction]",
+        "optim.lr=3e-3",
+        "critic.lr=3e-3",
+        "rollout.max_new_tokens=6",
+        "rollout.group_size=2",
+        "rollout.top_k=1",  # argmax sampling: the one-process completions, whatever each rank's seed
+        f"train.prompts_per_step={PROMPTS}",
+        "train.steps=2",
+        "algo.kl_target=0.01",  # adaptive: step 2's coefficient comes from step 1's KL of every rank
+        "algo.kl_horizon=100",
+        "data.arithmetic_train_size=64",
+        "data.arithmetic_eval_size=4",
+        "eval.num_prompts=4",
+        "track.plot=false",
+    ]
+    two = tmp_path / "two"
+    argv = ["ppo", *overrides, f"run.output_dir={two}", "dist.strategy=fsdp2"]
+    run_to_end(argv, launch_env, tmp_path / "ppo.log")
+    one = run_ppo(load_config(PPORunConfig, None, [*overrides, f"run.output_dir={tmp_path / 'one'}"])).history
+    two_rows = rows(two / "metrics.jsonl")
+    assert [r["step"] for r in two_rows] == [r["step"] for r in one] == [0, 1, 2]
+    # Step 1 is computed from the one-process weights and batch: the ranks only sum the same float32
+    # terms in another order. Not its `loss` (at ratio 1 the mean of whitened advantages: 0 up to
+    # rounding; its gradient is not, grad_norm) nor its `kl` (the policy against its own copy: rounding
+    # noise). Later steps start from AdamW steps, whose first moves a weight by lr * g / (|g| + eps):
+    # for gradients within rounding of 0 that is anything in [-lr, lr], so they are not compared
+    # (beyond step 2's KL coefficient, set from step 1's KL); the resume below checks them bit for bit.
+    compared = ("grad_norm", "entropy", "critic/value_loss", "critic/grad_norm", "critic/explained_variance")
+    compared += (
+        "advantages/std",
+        "advantages/min",
+        "returns/mean",
+        "values/mean",
+        "values/max",
+        "reward/mean",
+    )
+    for key in compared:
+        assert two_rows[1][key] == pytest.approx(one[1][key], rel=1e-5, abs=1e-7), key
+    assert two_rows[2]["kl_coef"] == pytest.approx(one[2]["kl_coef"], rel=1e-6) != one[1]["kl_coef"]
+    assert two_rows[0]["eval/reward_mean"] == one[0]["eval/reward_mean"]
+    assert one[1]["critic/value_loss"] > 0 and one[1]["reward/std"] > 0  # the comparison is not vacuous
+
+    shutil.rmtree(two / "checkpoints" / "step-00000002")  # resume from step 1: the critic re-sharded
+    straight = [{k: v for k, v in r.items() if not k.startswith(CLOCK_KEYS)} for r in two_rows]
+    run_to_end([*argv, "--resume"], launch_env, tmp_path / "ppo.log")
+    resumed = [
+        {k: v for k, v in r.items() if not k.startswith(CLOCK_KEYS)} for r in rows(two / "metrics.jsonl")
+    ]
+    assert resumed == straight

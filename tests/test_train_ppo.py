@@ -1,6 +1,7 @@
 """PPO on the built-in tiny model: the critic reads values where the scalar head does, resume is exact
 with the critic, a critic starts from a reward model, a head on the policy's backbone leaves the policy
-alone, and bad settings are refused at start-up."""
+alone, bad settings are refused at start-up, and the critic's update in micro-batches is the whole
+batch's."""
 
 from __future__ import annotations
 
@@ -11,15 +12,24 @@ from pathlib import Path
 import pytest
 import torch
 from helpers.rl_configs import tiny_rl_overrides
+from helpers.tolerances import forward_atol
 from safetensors.torch import load_file
+from test_dist_ppo import KL_COEF, ppo_batch, ppo_critic
+from test_dist_ppo import sgd as ppo_sgd
+from test_dist_update import COMPLETION, GROUP, GROUPS
 
+from aha.algos.policy_loss import LOSS_AGG_MODES
 from aha.config import ConfigError, load_config
 from aha.models.critic import build_critic, token_values
 from aha.models.loading import load_model
 from aha.models.scalar_head import sequence_scores
 from aha.models.tiny import create_tiny_model
+from aha.train.critic_update import ValueTargets, critic_update
+from aha.train.nonfinite import NonFiniteGuard
 from aha.train.policy_update import PolicyLossSettings, UpdateBatch, minibatch_loss
-from aha.train.ppo import PPORunConfig, run_ppo
+from aha.train.ppo import PPORunConfig, critic_values, ppo_targets, run_ppo
+from aha.train.ppo_config import PPOAlgoConfig
+from aha.train.precision import Precision
 from aha.train.reward_model import RMRunConfig, run_rm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -216,3 +226,44 @@ def test_configs_ppo_arithmetic_runs(tiny_dir, tmp_path):
     result = run_ppo(cfg)
     last = result.history[-1]
     assert last["kl"] > 0 and "critic/value_loss" in last and "eval/accuracy" in last
+
+
+@pytest.mark.parametrize("loss_agg", LOSS_AGG_MODES)
+def test_critic_update_in_micro_batches_equals_the_whole_batch(tiny_varied_model_dir, loss_agg):
+    """Micro-batches of one group add up to the whole minibatch's value-loss gradient (SGD: equal weights
+    mean equal gradients), seq-mean-token-sum-norm included: it divides by the policy's constant, not
+    by each micro-batch's rows x length."""
+    algo = PPOAlgoConfig(loss_agg=loss_agg)
+    runs = []
+    for micro in (0, GROUP):
+        critic = ppo_critic(tiny_varied_model_dir)
+        start = {k: v.clone() for k, v in critic.state_dict().items()}
+        batch, scores, noise = ppo_batch(tiny_varied_model_dir)
+        values = critic_values(critic, batch, Precision("fp32"))
+        _, returns, _ = ppo_targets(scores, values, batch, algo, KL_COEF)
+        metrics = critic_update(
+            critic,
+            ppo_sgd(critic),
+            batch,
+            ValueTargets(values + noise, returns),
+            clip=algo.value_clip,
+            loss_agg=loss_agg,
+            norm_constant=float(GROUPS * GROUP * COMPLETION),
+            passes=1,
+            minibatches=1,
+            group_size=GROUP,
+            grad_clip=1e9,
+            generator=torch.Generator().manual_seed(0),
+            precision=Precision("fp32"),
+            guard=NonFiniteGuard("stop"),
+            micro_batch_size=micro,
+        )
+        runs.append((critic.state_dict(), metrics))
+    (whole, whole_metrics), (micro, micro_metrics) = runs
+    step = max((whole[k] - start[k]).abs().max().item() for k in whole)
+    assert step > 1e-3  # the step moved the weights: the comparison is not vacuous
+    atol = forward_atol(load_model(str(tiny_varied_model_dir)).config, step)
+    for k in whole:
+        assert (micro[k] - whole[k]).abs().max().item() <= atol, k
+    for k, v in whole_metrics.items():
+        assert micro_metrics[k] == pytest.approx(v, rel=1e-5), k

@@ -149,3 +149,36 @@ def rm_worker(model_dir: str, strategy: str, cases: list[str], out: str) -> None
         results[name] = {"weights": full_state_dict(model), "loss": loss, "accuracy": accuracy}
     if rank == 0:
         torch.save(results, Path(out))
+
+
+def ppo_worker(model_dir: str, strategies: list[str], cases: list[str], out: str) -> None:
+    """For each strategy and PPO case of tests/test_dist_ppo.py: the policy and a fresh critic, each
+    wrapped by the strategy, take one PPO update on this rank's groups of the case's batch; rank 0 saves
+    both models' whole weights and the metrics."""
+    from test_dist_ppo import CASES, ppo_batch, ppo_critic, ppo_update
+
+    from aha.dist.wrap import full_state_dict, wrap_model
+    from aha.models.loading import load_model
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    results: dict = {}
+    for strategy in strategies:
+        results[strategy] = {}
+        for name in cases:
+            algo, micro = CASES[name]
+            policy, critic = load_model(model_dir), ppo_critic(model_dir)
+            batch, scores, noise = ppo_batch(model_dir)  # the same on every rank (seeded)
+            per_rank = batch.input_ids.shape[0] // world
+            rows = torch.arange(rank * per_rank, (rank + 1) * per_rank)
+            for model in (policy, critic):
+                wrap_model(model, strategy, "fp32")
+            metrics, _ = ppo_update(
+                policy, critic, batch.select(rows), scores[rows], noise[rows], algo, micro
+            )
+            results[strategy][name] = {
+                "policy": full_state_dict(policy),
+                "critic": full_state_dict(critic),
+                "metrics": metrics,
+            }
+    if rank == 0:
+        torch.save(results, Path(out))

@@ -9,11 +9,13 @@ come from the attention mask, as there.
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from transformers import PreTrainedModel
 
 from aha.models.positions import left_padded_position_ids
-from aha.models.scalar_head import is_decoder_head, load_scalar_model
+from aha.models.scalar_head import is_decoder_head, load_scalar_model, through_hooks
 
 
 def build_critic(
@@ -46,7 +48,21 @@ def token_values(
     backbone_grad: bool = True,
 ) -> torch.Tensor:
     """Float32 values [B, completion_len] of the completion's states. `backbone_grad=False` runs the
-    backbone without gradient (a head trained on fixed features, for a head on the policy's backbone)."""
+    backbone without gradient (a head trained on fixed features, for a head on the policy's backbone).
+    Under torchrun the readout runs as the wrapped critic's forward (`through_hooks`), so DDP / FSDP2
+    gather and average what it reads."""
+    read = partial(_token_values, completion_len=completion_len, backbone_grad=backbone_grad)
+    return through_hooks(critic, read, input_ids, attention_mask)
+
+
+def _token_values(
+    critic: PreTrainedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    completion_len: int,
+    backbone_grad: bool,
+) -> torch.Tensor:
     with torch.set_grad_enabled(backbone_grad and torch.is_grad_enabled()):
         hidden = critic.base_model(
             input_ids=input_ids[:, :-1],  # the last token predicts nothing that is scored

@@ -62,12 +62,14 @@ def save_checkpoint(
     extra_state: dict | None = None,
     models: dict[str, ModelState] | None = None,
     policy_state: tuple[dict, dict] | None = None,
+    gathered_models: dict[str, tuple[dict, dict]] | None = None,
 ) -> Path:
     """Atomically write run_dir/checkpoints/step-<step:08d>/ and prune all but the newest `keep_last`
     (None keeps all). `trainer_state` must be JSON-able; tensors and the like go in `extra_state`.
     `models` maps a name to (model, optimizer, scheduler) of further models, each saved in <name>/.
     `policy_state`: (whole weights, optimizer state) already gathered, for a model whose own tensors
-    are shards (FSDP2, aha.dist.wrap); written in the same layout as an unsharded model's."""
+    are shards (FSDP2, aha.dist.wrap); written in the same layout as an unsharded model's.
+    `gathered_models`: the same for those of `models` that are sharded, by name."""
     if step < 0:
         raise ValueError(f"step must be >= 0, got {step}")
     if keep_last is not None and keep_last < 1:
@@ -89,7 +91,8 @@ def save_checkpoint(
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         for sub_name, (sub_model, sub_optimizer, sub_scheduler) in (models or {}).items():
-            _save_model(tmp / sub_name, sub_model, sub_optimizer, sub_scheduler)
+            gathered = (gathered_models or {}).get(sub_name)
+            _save_model(tmp / sub_name, sub_model, sub_optimizer, sub_scheduler, gathered)
         if extra_state is not None:
             torch.save(extra_state, tmp / "extra.pt")
         torch.save(_rng_state(), tmp / "rng.pt")

@@ -9,9 +9,10 @@ import torch
 from transformers import PreTrainedModel
 
 from aha.algos.policy_loss import micro_batch_weight, value_loss
+from aha.dist.reduce import rank_weight, reduce_metrics
 from aha.models.critic import token_values
 from aha.train.nonfinite import NonFiniteGuard
-from aha.train.policy_update import UpdateBatch
+from aha.train.policy_update import UpdateBatch, rank_share
 from aha.train.precision import Precision
 
 
@@ -32,6 +33,7 @@ def critic_update(
     *,
     clip: float | None,
     loss_agg: str,
+    norm_constant: float | None = None,
     passes: int,
     minibatches: int,
     group_size: int,
@@ -44,7 +46,13 @@ def critic_update(
 ) -> dict[str, float]:
     """Fit the critic to the returns; metrics are means over its optimizer steps, prefixed `critic/`
     (value_loss, value_clip_frac, grad_norm). Groups are shuffled between passes with `generator`;
-    micro-batches accumulate gradients weighted so the step equals the whole minibatch's."""
+    micro-batches accumulate gradients weighted so the step equals the whole minibatch's.
+    `norm_constant`: seq-mean-token-sum-norm's divisor (the policy's; None: each micro-batch's N * T).
+
+    Under torchrun (`critic` wrapped by aha.dist.wrap) each rank's loss is weighted by its share of
+    the global minibatch, as `policy_update` weights the policy's: the averaged gradient, the logged
+    loss and clip fraction are the one-process numbers (tested). The values are read through the
+    wrapper's hooks (`token_values`)."""
     num_groups = batch.input_ids.shape[0] // group_size
     groups_per_micro = max(1, micro_batch_size // group_size) if micro_batch_size else num_groups
     totals: dict[str, float] = {}
@@ -55,6 +63,9 @@ def critic_update(
         for group_ids in order.tensor_split(min(minibatches, num_groups)):
             optimizer.zero_grad(set_to_none=True)
             full_mask = batch.completion_mask[_rows(group_ids, group_size)]
+            # this rank's part of the global minibatch (1.0 and 1.0 in a single process)
+            loss_share = rank_share(full_mask, loss_agg)
+            token_share = rank_weight(float(full_mask.bool().sum()))
             loss_total, clip_frac = 0.0, 0.0
             for micro in group_ids.split(groups_per_micro):
                 rows = _rows(micro, group_size).to(batch.input_ids.device)
@@ -64,14 +75,19 @@ def critic_update(
                         critic, mb.input_ids, mb.attention_mask, mb.completion_mask.shape[1], backbone_grad
                     )
                 loss, stats = value_loss(
-                    values, tg.old_values, tg.returns, mb.completion_mask, clip, loss_agg
+                    values, tg.old_values, tg.returns, mb.completion_mask, clip, loss_agg, norm_constant
                 )
-                weight = micro_batch_weight(mb.completion_mask, full_mask, loss_agg)
+                weight = micro_batch_weight(mb.completion_mask, full_mask, loss_agg) * loss_share
                 precision.backward(loss * weight)
                 loss_total += float(loss.detach()) * weight
-                clip_frac += float(stats["clip_frac"]) * micro_batch_weight(
-                    mb.completion_mask, full_mask, "token-mean"
+                clip_frac += (
+                    float(stats["clip_frac"])
+                    * token_share
+                    * micro_batch_weight(mb.completion_mask, full_mask, "token-mean")
                 )
+            # the global minibatch's numbers (every rank then agrees on the guard's verdict)
+            reduced = reduce_metrics({"loss": loss_total, "clip_frac": clip_frac})
+            loss_total, clip_frac = reduced["loss"], reduced["clip_frac"]
             where = f"critic, pass {p + 1}"
             if guard.ok("value loss", loss_total, where):
                 result = precision.step(optimizer, grad_clip if grad_clip > 0 else None, guard)

@@ -190,7 +190,7 @@ def policy_update(
             optimizer.zero_grad(set_to_none=True)
             full_mask = batch.completion_mask[_rows(group_ids, group_size)]
             # this rank's part of the global minibatch (1.0 and 1.0 in a single process)
-            loss_share = _rank_share(full_mask, settings.loss_agg)
+            loss_share = rank_share(full_mask, settings.loss_agg)
             token_share = rank_weight(float(full_mask.bool().sum()))
             metrics: dict[str, float] = {}
             loss_total = 0.0
@@ -231,7 +231,7 @@ def policy_update(
     return {k: v / counts[k] for k, v in totals.items()}
 
 
-def _rank_share(full_mask: torch.Tensor, loss_agg: str) -> float:
+def rank_share(full_mask: torch.Tensor, loss_agg: str) -> float:
     """`rank_weight` for the unit `loss_agg` averages over: tokens, sequences with a token, or none
     (seq-mean-token-sum-norm divides by a constant: each rank's sum counts whole)."""
     if loss_agg == "token-mean":

@@ -13,23 +13,35 @@ One step, after the loop has sampled and scored the completions:
      up with `critic.freeze_actor`; the critic's clipped value update with its own optimizer.
 The critic is a named model of the session: checkpoints hold it with its optimizer and scheduler, and
 resume restores them, with the adaptive KL coefficient.
+
+Under torchrun each rank holds whole prompts' rows (the loop shards them); the session wraps the
+critic as it wraps the policy (`NamedModel.rebuild`), and every statistic of the batch that step 4 and
+the logs use is the whole batch's (`ppo_targets`), so every rank makes one process's decisions.
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 
 from aha.algos.advantages import gae
 from aha.algos.kl_control import AdaptiveKLController, FixedKLController
-from aha.algos.masked import explained_variance, masked_mean, masked_sum, masked_summary, masked_whiten
+from aha.algos.masked import masked_mean, masked_sum
 from aha.algos.reward_shaping import kl_shaped_rewards, sequence_rewards_to_tokens, truncation_penalty
 from aha.config import ConfigError
-from aha.dist.env import require_single_process
+from aha.dist.env import env_from
+from aha.dist.masked import explained_variance as global_explained_variance
+from aha.dist.masked import masked_mean as global_masked_mean
+from aha.dist.masked import masked_summary as global_masked_summary
+from aha.dist.masked import masked_whiten as global_masked_whiten
+from aha.dist.wrap import full_weights
 from aha.models.critic import build_critic, token_values
 from aha.train.critic_update import ValueTargets, critic_update
 from aha.train.optim import build_optimizer, build_scheduler
 from aha.train.policy_update import PolicyLossSettings, UpdateBatch, completion_logprobs
-from aha.train.ppo_config import PPORunConfig
+from aha.train.ppo_config import PPOAlgoConfig, PPORunConfig
+from aha.train.precision import Precision
 from aha.train.reference import ReferencePolicy
 from aha.train.rl_loop import Advantages, RLResult, RLStep, run_rl, step_seed, update_policy
 from aha.train.scoring_budget import rows_per_pass, scoring_budget_bytes
@@ -42,7 +54,12 @@ PLOT_KEYS = [("reward/mean", "eval/accuracy"), "kl", "critic/value_loss", "criti
 
 def run_ppo(cfg: PPORunConfig, resume: bool = False) -> RLResult:
     """Train with PPO as configured; with `resume`, continue from the run directory's last checkpoint."""
-    require_single_process("aha ppo (its critic is not wrapped for DDP/FSDP2 yet)")
+    if cfg.critic.shared_backbone and env_from(os.environ) is not None:
+        raise ConfigError(
+            "critic.shared_backbone is not supported under torchrun: its value head reads the policy's "
+            "backbone outside the policy's DDP/FSDP2 wrapper; set critic.shared_backbone=false (a "
+            "separate critic, wrapped like the policy) or run as one process"
+        )
     return run_rl(cfg, PPO, resume=resume, plot_keys=PLOT_KEYS)
 
 
@@ -66,13 +83,19 @@ class PPO:
         )
         self.critic = _load_critic(cfg, session)
         head_only = critic_cfg.shared_backbone  # the backbone is the policy's: train the head only
-        trained = self.critic.score if head_only else self.critic
-        optimizer = build_optimizer(trained, critic_cfg.lr, critic_cfg.weight_decay)
-        scheduler = build_scheduler(
-            optimizer, cfg.optim.warmup_steps, cfg.train.steps, kind=cfg.optim.schedule
-        )
-        self.critic_optimizer = optimizer
-        session.add_model("critic", NamedModel(self.critic, optimizer, scheduler))
+
+        def trainer(
+            critic: torch.nn.Module,
+        ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+            optimizer = build_optimizer(
+                critic.score if head_only else critic, critic_cfg.lr, critic_cfg.weight_decay
+            )
+            return optimizer, build_scheduler(
+                optimizer, cfg.optim.warmup_steps, cfg.train.steps, kind=cfg.optim.schedule
+            )
+
+        # under torchrun the session wraps the critic as it wraps the policy, and rebuilds these then
+        session.add_model("critic", NamedModel(self.critic, *trainer(self.critic), rebuild=trainer))
         batch_rows = cfg.train.prompts_per_step * cfg.rollout.group_size
         self.settings = PolicyLossSettings(
             clip_low=algo.clip_low,
@@ -96,36 +119,21 @@ class PPO:
             torch.zeros(0),  # set below
             rollout_logprobs=s.rollout_logprobs,  # rollout.dtype: corrected at algos.rollout_correction's C=2
         )
-        mask = batch.completion_mask
         scores = s.rewards.float()
         if algo.truncation_penalty:
             scores = truncation_penalty(scores, rollout.truncated, algo.truncation_penalty)
-        clamp = tuple(algo.reward_clamp) if algo.reward_clamp is not None else None
-        rewards = sequence_rewards_to_tokens(scores.to(device), mask, clamp)
         batch.old_logprobs = completion_logprobs(session.model, batch, temperature, session.precision)
         if self.ref_model is not None:
             batch.ref_logprobs = self.ref_model.logprobs(batch, temperature)
-        values = self._values(batch)
-        metrics: dict[str, float] = {"kl_coef": self.kl_ctl.value}
-        if self.ref_model is not None:
-            shaped, kl = kl_shaped_rewards(
-                rewards, batch.old_logprobs, batch.ref_logprobs, mask, self.kl_ctl.value, algo.kl_estimator
+        values = critic_values(self.critic, batch, session.precision)
+        batch.advantages, returns, metrics = ppo_targets(
+            scores.to(device), values, batch, algo, self.kl_ctl.value
+        )
+        if "kl_per_completion" in metrics:  # the whole batch's KL (every rank's), for the whole batch's size
+            self.kl_ctl.update(
+                metrics["kl_per_completion"], batch.completion_mask.shape[0] * session.dist.world_size
             )
-            if algo.kl_placement == "reward":
-                rewards = shaped
-            kl_per_completion = float(masked_sum(kl, mask, dim=-1).mean())
-            if algo.kl_placement == "reward":  # in the loss, the update logs its own `kl`
-                metrics["kl"] = float(masked_mean(kl, mask))  # per token, of the rollout policy
-            metrics["kl_per_completion"] = kl_per_completion
-            self.kl_ctl.update(kl_per_completion, mask.shape[0])
-        advantages, returns = gae(rewards, values, mask, algo.gamma, algo.lam)
-        metrics["critic/explained_variance"] = float(explained_variance(values, returns, mask))
-        for name, x in (("returns", returns), ("advantages", advantages), ("values", values)):
-            metrics.update({f"{name}/{k}": float(v) for k, v in masked_summary(x, mask).items()})
-        if algo.whiten_advantages:
-            advantages = masked_whiten(advantages, mask)
-        batch.advantages = advantages
-        per_completion = masked_mean(advantages, mask, dim=-1).cpu()
+        per_completion = masked_mean(batch.advantages, batch.completion_mask, dim=-1).cpu()
         return Advantages(per_completion, metrics, (batch, ValueTargets(values, returns)))
 
     def update(self, s: RLStep, adv: Advantages) -> dict[str, float]:
@@ -142,11 +150,12 @@ class PPO:
         metrics.update(
             critic_update(
                 self.critic,
-                self.critic_optimizer,
+                session.models["critic"].optimizer,
                 batch,
                 targets,
                 clip=cfg.algo.value_clip,
                 loss_agg=cfg.algo.loss_agg,
+                norm_constant=self.settings.norm_constant,
                 passes=cfg.algo.mu,
                 minibatches=cfg.algo.minibatches,
                 group_size=G,
@@ -170,22 +179,52 @@ class PPO:
         if "kl_controller" in extra:
             self.kl_ctl.load_state_dict(extra["kl_controller"])
 
-    @torch.no_grad()
-    def _values(self, batch: UpdateBatch) -> torch.Tensor:
-        """The critic's values [N, C] of the batch, as many rows per pass as the scoring budget allows."""
-        completion_len = batch.completion_mask.shape[1]
-        # the causal LM's estimate (with logits the critic does not have): an upper bound for it
-        budget = scoring_budget_bytes(batch.input_ids.device)
-        rows = rows_per_pass(self.critic, batch.input_ids.shape[1], completion_len, budget)
-        self.critic.eval()
-        with self.session.precision.autocast():
-            parts = [
-                token_values(self.critic, ids, mask, completion_len)
-                for ids, mask in zip(
-                    batch.input_ids.split(rows), batch.attention_mask.split(rows), strict=True
-                )
-            ]
-        return torch.cat(parts)
+
+def ppo_targets(
+    scores: torch.Tensor, values: torch.Tensor, batch: UpdateBatch, algo: PPOAlgoConfig, kl_coef: float
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+    """(advantages, returns, metrics) of a batch: the scores [N] on each completion's last real token
+    (clamped if configured), minus kl_coef * KL per token when the batch has reference log-probs and
+    the KL goes in the reward, GAE over the critic's `values` [N, C], the advantages whitened. Under torchrun
+    `batch` is this rank's share: every statistic of the batch (whitening, the logged summaries and KL,
+    the explained variance) is the whole batch's (`aha.dist.masked`), as one process computes it."""
+    mask = batch.completion_mask
+    clamp = tuple(algo.reward_clamp) if algo.reward_clamp is not None else None
+    rewards = sequence_rewards_to_tokens(scores, mask, clamp)
+    metrics: dict[str, float] = {"kl_coef": kl_coef}
+    if batch.ref_logprobs is not None:
+        shaped, kl = kl_shaped_rewards(
+            rewards, batch.old_logprobs, batch.ref_logprobs, mask, kl_coef, algo.kl_estimator
+        )
+        if algo.kl_placement == "reward":
+            rewards = shaped
+            metrics["kl"] = float(global_masked_mean(kl, mask))  # per token; in the loss, the update logs it
+        per_completion = masked_sum(kl, mask, dim=-1)  # summed over its tokens; then every row's mean
+        metrics["kl_per_completion"] = float(global_masked_mean(per_completion, torch.ones_like(mask[:, 0])))
+    advantages, returns = gae(rewards, values, mask, algo.gamma, algo.lam)
+    metrics["critic/explained_variance"] = float(global_explained_variance(values, returns, mask))
+    for name, x in (("returns", returns), ("advantages", advantages), ("values", values)):
+        metrics.update({f"{name}/{k}": float(v) for k, v in global_masked_summary(x, mask).items()})
+    if algo.whiten_advantages:
+        advantages = global_masked_whiten(advantages, mask)
+    return advantages, returns, metrics
+
+
+@torch.no_grad()
+def critic_values(critic: torch.nn.Module, batch: UpdateBatch, precision: Precision) -> torch.Tensor:
+    """The critic's values [N, C] of the batch, as many rows per pass as the scoring budget allows (on
+    weights gathered once under fsdp2: ranks' rows differ in length, so in their numbers of passes)."""
+    completion_len = batch.completion_mask.shape[1]
+    # the causal LM's estimate (with logits the critic does not have): an upper bound for it
+    budget = scoring_budget_bytes(batch.input_ids.device)
+    rows = rows_per_pass(critic, batch.input_ids.shape[1], completion_len, budget)
+    critic.eval()
+    with precision.autocast(), full_weights(critic):
+        parts = [
+            token_values(critic, ids, mask, completion_len)
+            for ids, mask in zip(batch.input_ids.split(rows), batch.attention_mask.split(rows), strict=True)
+        ]
+    return torch.cat(parts)
 
 
 def _load_critic(cfg: PPORunConfig, session: TrainingSession):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from aha.algos.kl import KL_ESTIMATORS
 from aha.algos.policy_loss import IMPORTANCE_RATIOS, LOSS_AGG_MODES
 from aha.config import ConfigError, option
-from aha.train.common_config import ModelConfig, OptimConfig, RunConfig
+from aha.train.common_config import DistConfig, ModelConfig, OptimConfig, RunConfig
 from aha.train.rl_config import (
     EvalConfig,
     PromptDataConfig,
@@ -180,6 +180,10 @@ class PPORunConfig:
     track: TrackConfig = option(default_factory=TrackConfig, help="Samples and plots.")
     run: RunConfig = option(
         default_factory=lambda: RunConfig(output_dir="runs/ppo"), help="Run directory, seed, checkpoints."
+    )
+    dist: DistConfig = option(
+        default_factory=DistConfig,
+        help="Several processes under torchrun (the critic is wrapped as the policy).",
     )
 
     def validate(self) -> None:

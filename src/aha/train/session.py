@@ -56,11 +56,16 @@ class RunDirectoryError(RuntimeError):
 @dataclass
 class NamedModel:
     """A model of the run besides the policy (critic, a moving reference, ...) with what trains it:
-    checkpoints save it under its name and resume restores it (optimizer and scheduler too)."""
+    checkpoints save it under its name and resume restores it (optimizer and scheduler too). A model
+    with `rebuild` (module -> its optimizer and scheduler, built as they were) trains: under torchrun
+    `distribute` wraps it as it wraps the policy and rebuilds them over the wrapped parameters."""
 
     module: torch.nn.Module
     optimizer: torch.optim.Optimizer | None = None
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+    rebuild: (
+        Callable[[torch.nn.Module], tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]] | None
+    ) = None
 
 
 @dataclass
@@ -201,22 +206,38 @@ class TrainingSession:
         return state["step"], state["extra"]
 
     def distribute(self) -> None:
-        """Under torchrun with several processes, wrap the policy for `dist.strategy` (ddp or fsdp2) and
-        rebuild its optimizer and scheduler over the wrapped parameters, carrying over their state (a
-        resumed run's). Call once, after `restore_latest` and after any copy of the policy is taken (the
-        reference): those then see a plain model. A no-op without torchrun."""
+        """Under torchrun, wrap the policy for `dist.strategy` (ddp or fsdp2) and rebuild its optimizer and
+        scheduler over the wrapped parameters, carrying over their state (a resumed run's); the same for
+        each named model that trains (`NamedModel.rebuild`: PPO's critic). Call once, after
+        `restore_latest` and after any copy of the policy is taken (the reference): those then see a
+        plain model. A no-op without torchrun."""
         if not dist_env.in_process_group():
             return
-        optimizer_state = self.optimizer.state_dict()
-        scheduler_state = self.scheduler.state_dict()
-        wrap_model(self.model, _strategy(self.cfg), self.precision.name)
         optim = self.cfg.optim
-        self.optimizer = build_optimizer(self.model, optim.lr, optim.weight_decay)
-        load_full_optimizer_state(self.model, self.optimizer, optimizer_state)
-        self.scheduler = build_scheduler(
-            self.optimizer, optim.warmup_steps, self.total_steps, kind=optim.schedule
+
+        def policy_trainer(model: torch.nn.Module) -> tuple:
+            optimizer = build_optimizer(model, optim.lr, optim.weight_decay)
+            return optimizer, build_scheduler(
+                optimizer, optim.warmup_steps, self.total_steps, kind=optim.schedule
+            )
+
+        self.optimizer, self.scheduler = self._wrap(
+            self.model, self.optimizer, self.scheduler, policy_trainer
         )
-        self.scheduler.load_state_dict(scheduler_state)
+        for named in self.models.values():
+            if named.rebuild is not None:
+                named.optimizer, named.scheduler = self._wrap(
+                    named.module, named.optimizer, named.scheduler, named.rebuild
+                )
+
+    def _wrap(self, model: torch.nn.Module, optimizer: Any, scheduler: Any, rebuild: Callable) -> tuple:
+        """Wrap `model` in place; its new optimizer and scheduler, holding the old ones' state."""
+        optimizer_state, scheduler_state = optimizer.state_dict(), scheduler.state_dict()
+        wrap_model(model, _strategy(self.cfg), self.precision.name)
+        optimizer, scheduler = rebuild(model)
+        load_full_optimizer_state(model, optimizer, optimizer_state)
+        scheduler.load_state_dict(scheduler_state)
+        return optimizer, scheduler
 
     def prompt_sampler(self, examples: list[PromptExample], batch_size: int) -> PromptSampler:
         return PromptSampler(examples, batch_size, seed=self.cfg.run.seed)
@@ -258,6 +279,11 @@ class TrainingSession:
         sharded = is_sharded(self.model)
         weights = full_state_dict(self.model) if sharded else None
         optimizer_state = full_optimizer_state(self.model, self.optimizer) if sharded else None
+        gathered_models = {
+            name: (full_state_dict(m.module), full_optimizer_state(m.module, m.optimizer))
+            for name, m in self.models.items()
+            if is_sharded(m.module)
+        }
         extra = {**extra_state(), **self.precision.state_dict()}
         if self.dist.is_main:
             save_checkpoint(
@@ -272,6 +298,7 @@ class TrainingSession:
                 keep_last=self.cfg.run.keep_checkpoints,
                 models=self._model_states(),
                 policy_state=None if weights is None else (weights, optimizer_state),
+                gathered_models=gathered_models,
             )
         dist_env.barrier()
 
