@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import string
 import subprocess
 import sys
@@ -242,3 +243,22 @@ def test_fuzzed_gguf_files_convert_or_fail_naming_the_file(tmp_path):
     write_tiny_llama_gguf(good, seed=0)
     results = fuzz_weight_files("gguf", good, 200, tmp_path / "work")
     assert sum(r["outcome"] == "WeightFileError" for r in results) > len(results) / 2
+
+
+def test_a_model_directory_missing_a_weight_is_refused(tmp_path):
+    """A weight renamed in model.safetensors (a consistent header, so the header check passes):
+    transformers would initialise the missing weight at random and only log it; load_model refuses."""
+    from safetensors.torch import load_file, save_file
+
+    from aha.models.loading import load_model
+    from aha.models.tiny import create_tiny_model
+    from aha.models.weight_files import WeightFileError
+
+    good = create_tiny_model(tmp_path / "tiny", seed=0)
+    tensors = load_file(good / "model.safetensors")
+    name = sorted(tensors)[-1]
+    tensors[name.replace("weight", "wieght")] = tensors.pop(name)
+    save_file(tensors, good / "model.safetensors", metadata={"format": "pt"})
+    expected = f"{good}: weights missing or of the wrong shape: ['{name}']"
+    with pytest.raises(WeightFileError, match="^" + re.escape(expected)):
+        load_model(str(good))

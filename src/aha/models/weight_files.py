@@ -1,9 +1,9 @@
 """Check the header of a safetensors or GGUF file before a library reads it.
 
 The readers behind `from_pretrained` and `aha convert-gguf` trust the header: a damaged GGUF file makes
-the gguf package loop over an array length of 2**60 (a hang), index past the end (a raw IndexError) or
+the gguf package run out of memory on an array length of 2**63, index past the end (a raw IndexError) or
 decode garbage (UnicodeDecodeError), and a damaged safetensors file fails with an error that does not
-say which file it was. Here the header is walked with every length checked against the bytes that are
+say which file it was (tests/test_faults_fuzz.py found these). Here the header is walked with every length checked against the bytes that are
 really there, so the work is bounded by the file's size, and anything inconsistent is one
 `WeightFileError` naming the file, the place and what is wrong.
 """
@@ -32,10 +32,14 @@ def check_model_dir(path: str | Path) -> None:
 
 def load_safetensors(path: str | Path) -> dict:
     """The tensors of a safetensors file on the CPU, its header checked first."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     check_safetensors(path)
-    return load_file(path, device="cpu")
+    try:
+        return load_file(path, device="cpu")
+    except SafetensorError as err:  # a rule of the library's that the check above does not repeat
+        raise WeightFileError(f"{path}: {err}") from err
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -43,6 +47,7 @@ def load_safetensors(path: str | Path) -> dict:
 
 SAFETENSORS_MAX_HEADER = 100_000_000  # the safetensors library's own limit
 SAFETENSORS_BITS = {
+    "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6,
     "BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8,
     "I16": 16, "U16": 16, "F16": 16, "BF16": 16,
     "I32": 32, "U32": 32, "F32": 32,
@@ -110,10 +115,12 @@ def _safetensors_range(path: Path, name: str, info: object) -> tuple[int, int]:
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(o) for o in offsets)):
         raise WeightFileError(f"{where}: data_offsets {offsets!r} is not [begin, end]")
     begin, end = offsets
-    needed = math.prod(shape) * SAFETENSORS_BITS[dtype] // 8
-    if end - begin != needed:
+    bits = math.prod(shape) * SAFETENSORS_BITS[dtype]
+    needed = bits // 8
+    if bits % 8 or end - begin != needed:
         raise WeightFileError(
-            f"{where}: data_offsets {offsets} hold {end - begin} bytes, but shape {shape} of {dtype} needs {needed}"
+            f"{where}: data_offsets {offsets} hold {end - begin} bytes, but shape {shape} of {dtype} "
+            f"needs {bits / 8:g}"
         )
     return begin, end
 
