@@ -194,7 +194,9 @@ WEIGHT_FUZZ_TIMEOUT_S = 240  # 200 copies take ~15 s on a busy 2-core machine; o
 
 def fuzz_weight_files(kind: str, good: Path, count: int, work: Path) -> list[dict]:
     child = Path(__file__).parent / "helpers" / "fuzz_weight_files.py"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"), *sys.path])}
+    # this checkout's aha first; not the parent's sys.path, which other test modules may have given
+    # tests/helpers, whose kernels.py would shadow the package transformers imports
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
     try:
         proc = subprocess.run(
             [sys.executable, str(child), kind, str(good), str(count), str(WEIGHT_FUZZ_SEED), str(work)],
