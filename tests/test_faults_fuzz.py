@@ -9,7 +9,12 @@ damaged line.
 from __future__ import annotations
 
 import json
+import os
+import re
 import string
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -175,3 +180,87 @@ def test_fuzzed_command_line_overrides(capsys, items):
         sections = {arg.split(".")[0].split("=")[0].strip() for arg in given}
         named = any(s and s in first for s in sections) or any(repr(arg)[1:-1] in first for arg in given)
         assert named, first  # the error names the argument (or its section) that was wrong
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Weight files: seeded damaged copies of a good safetensors / GGUF file, loaded in a child process
+# (tests/helpers/fuzz_weight_files.py) whose address space is capped at 2 GiB above what its imports
+# mapped. Each copy must load or raise one WeightFileError starting with its path; a crash, a hang (the
+# timeout) or a multi-GB allocation (MemoryError under the cap) fails the test, naming the copy.
+
+WEIGHT_FUZZ_SEED = 0
+WEIGHT_FUZZ_TIMEOUT_S = 240  # 200 copies take ~15 s on a busy 2-core machine; only a hang comes near
+
+
+def fuzz_weight_files(kind: str, good: Path, count: int, work: Path) -> list[dict]:
+    child = Path(__file__).parent / "helpers" / "fuzz_weight_files.py"
+    # this checkout's aha first; not the parent's sys.path, which other test modules may have given
+    # tests/helpers, whose kernels.py would shadow the package transformers imports
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    try:
+        proc = subprocess.run(
+            [sys.executable, str(child), kind, str(good), str(count), str(WEIGHT_FUZZ_SEED), str(work)],
+            capture_output=True,
+            text=True,
+            timeout=WEIGHT_FUZZ_TIMEOUT_S,
+            env=env,
+        )
+    except subprocess.TimeoutExpired as e:
+        started = (e.stderr or b"").decode(errors="replace").strip().splitlines()
+        pytest.fail(f"hung on {started[-1] if started else 'its imports'}")
+    last = proc.stderr.strip().splitlines()[-1:] or ["nothing"]
+    assert proc.returncode == 0, (
+        f"the child died (status {proc.returncode}) after {last[0]}:\n{proc.stderr[-3000:]}"
+    )
+    results = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(results) == count
+    for r in results:
+        assert r["outcome"] in ("loaded", "WeightFileError"), r  # never MemoryError, IndexError, ...
+        if r["outcome"] == "WeightFileError":
+            assert r["message"].startswith(f"{r['path']}: ") and "\n" not in r["message"], r
+        if r["what"].startswith(("cut to", "header length")):  # these never describe a whole file
+            assert r["outcome"] == "WeightFileError", r
+    return results
+
+
+def test_fuzzed_safetensors_files_load_or_fail_naming_the_file(tmp_path):
+    """200 damaged copies through the checkpoint loader (`load_safetensors`), 40 as a model directory's
+    model.safetensors through `load_model` (from_pretrained)."""
+    from aha.models.tiny import create_tiny_model
+
+    good = create_tiny_model(tmp_path / "tiny", seed=0)
+    results = fuzz_weight_files("safetensors", good / "model.safetensors", 200, tmp_path / "a")
+    results += fuzz_weight_files("model_dir", good, 40, tmp_path / "b")
+    assert sum(r["outcome"] == "WeightFileError" for r in results) > len(results) / 2  # the damage was seen
+
+
+def test_fuzzed_gguf_files_convert_or_fail_naming_the_file(tmp_path):
+    """200 damaged copies of a tiny Llama GGUF through `convert_gguf` (the gguf package's reader
+    itself hangs, raises IndexError or runs out of memory on many of them)."""
+    pytest.importorskip("gguf")
+    sys.path.append(str(Path(__file__).parent / "helpers"))
+    from tiny_gguf import write_tiny_llama_gguf
+
+    good = tmp_path / "tiny.gguf"
+    write_tiny_llama_gguf(good, seed=0)
+    results = fuzz_weight_files("gguf", good, 200, tmp_path / "work")
+    assert sum(r["outcome"] == "WeightFileError" for r in results) > len(results) / 2
+
+
+def test_a_model_directory_missing_a_weight_is_refused(tmp_path):
+    """A weight renamed in model.safetensors (a consistent header, so the header check passes):
+    transformers would initialise the missing weight at random and only log it; load_model refuses."""
+    from safetensors.torch import load_file, save_file
+
+    from aha.models.loading import load_model
+    from aha.models.tiny import create_tiny_model
+    from aha.models.weight_files import WeightFileError
+
+    good = create_tiny_model(tmp_path / "tiny", seed=0)
+    tensors = load_file(good / "model.safetensors")
+    name = sorted(tensors)[-1]
+    tensors[name.replace("weight", "wieght")] = tensors.pop(name)
+    save_file(tensors, good / "model.safetensors", metadata={"format": "pt"})
+    expected = f"{good}: weights missing or of the wrong shape: ['{name}']"
+    with pytest.raises(WeightFileError, match="^" + re.escape(expected)):
+        load_model(str(good))

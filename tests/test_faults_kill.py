@@ -460,9 +460,9 @@ def stage_started(stage: str) -> Callable[[Path], bool]:
     return lambda pipeline: (pipeline / stage / "config.yaml").exists()
 
 
-def pipeline_where(pipeline: Path) -> str:
+def pipeline_where(pipeline: Path, names: Sequence[str] = tuple(PIPELINE_STEPS)) -> str:
     """Where a pipeline stands, read from its directory: the last stage begun and how far it got."""
-    for name in reversed(PIPELINE_STEPS):
+    for name in reversed(names):
         run = pipeline / name
         if not run.exists():
             continue
@@ -532,6 +532,55 @@ def test_rlhf_pipeline_killed_20_times_ends_where_the_uninterrupted_run_ends(for
     assert_same_run(straight / "sft", killed / "sft", "final")
     assert_same_run(straight / "rm", killed / "rm", "final")
     assert_same_run(straight / "grpo", killed / "grpo", f"checkpoints/step-{PIPELINE_STEPS['grpo']:08d}")
+
+
+PPO_PIPELINE_STEPS = {"sft": 6, "rm": 6, "ppo": 6}
+
+
+def test_rlhf_pipeline_with_ppo_killed_4_times_ends_where_the_uninterrupted_run_ends(
+    forkserver, tiny_dir, tmp_path
+):
+    """The same pipeline with pipeline.rl=ppo, shorter and killed 4 times: inside SFT, at the seam where
+    the reward model is exported but not recorded, as PPO starts (its critic is loaded from the reward
+    model's final/), and inside PPO. Every stage's outputs, PPO's critic included, end bit for bit those
+    of the uninterrupted pipeline."""
+    from aha.demo.hacking_task import write_task_files
+
+    files = write_task_files(tmp_path / "data", seed=0, demos=64, pairs=64, heldout=8)
+    steps = [f"{name}.train.steps={n}" for name, n in PPO_PIPELINE_STEPS.items()]
+
+    def argv(out: Path) -> list[str]:
+        rl = [a.replace("grpo.", "ppo.", 1) for a in rlhf_argv(files, tiny_dir, out) if a.startswith("grpo.")]
+        rest = [a for a in rlhf_argv(files, tiny_dir, out) if not a.startswith("grpo.")]
+        return [*rest, *rl, "pipeline.rl=ppo", "ppo.critic.lr=3e-3", "ppo.critic.warmup_steps=2", *steps]
+
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    run_to_end(forkserver, argv(straight), tmp_path / "straight.log")
+    step_s = [
+        json.loads((straight / name / "resources.jsonl").read_text())["wall_s"] / n
+        for name, n in PPO_PIPELINE_STEPS.items()
+    ]
+    names = tuple(PPO_PIPELINE_STEPS)
+    plan = [None, When(exported_not_recorded("rm"), 1), When(stage_started("ppo"), 2), None]
+    kills = kill_and_resume(
+        forkserver,
+        argv(killed),
+        killed,
+        step_s,
+        seed=0,
+        resume=(),
+        stages=Stages(names),
+        plan=plan,
+        where=lambda pipeline: pipeline_where(pipeline, names),
+    )
+    assert len(kills) == len(plan), kills
+    assert kills[0].startswith("sft: step ") and kills[1] == "rm: exported, not recorded", kills
+    assert kills[2] in ("ppo: started, nothing logged", "ppo: step 0 logged"), kills
+    assert kills[3].startswith("ppo: step "), kills
+    assert recorded(killed) == set(names)
+    assert_same_run(straight / "sft", killed / "sft", "final")
+    assert_same_run(straight / "rm", killed / "rm", "final")
+    assert_same_run(straight / "ppo", killed / "ppo", f"checkpoints/step-{PPO_PIPELINE_STEPS['ppo']:08d}")
 
 
 def stage_argv(stage: str, tiny_dir: Path, tmp_path: Path, out: Path) -> list[str]:

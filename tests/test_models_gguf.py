@@ -113,3 +113,14 @@ def test_real_smollm2_converts_and_takes_a_grpo_step_on_chat_prompts(tmp_path):
     result = run_grpo(cfg)
     assert [row["step"] for row in result.history] == [0, 1]
     assert (tmp_path / "run" / "checkpoints").is_dir()  # save_pretrained works on the converted model
+
+
+def test_cli_reports_a_damaged_file_in_one_line(tiny_gguf, tmp_path, capsys):
+    """A GGUF file cut inside its header: exit 1 and one `error:` line naming the file, no traceback
+    (the fuzz tests in test_faults_fuzz.py try hundreds of such damages on convert_gguf itself)."""
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(tiny_gguf[0].read_bytes()[:3000])
+    assert main(["convert-gguf", f"gguf_file={cut}", f"output_dir={tmp_path / 'hf'}"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {cut}: byte ") and "cut short or damaged" in err, err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "hf").exists()

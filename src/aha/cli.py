@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from aha.config import ConfigError, config_to_yaml, describe_options, describe_sections, load_config
+from aha.models.weight_files import WeightFileError
 from aha.train.interrupt import RunInterrupted
 from aha.write_errors import WriteFailed
 
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None, commands: CommandTable | None = None) ->
     except (ConfigError, UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except WriteFailed as e:  # a full disk or an I/O error in the run directory: say what was kept
+    except (WriteFailed, WeightFileError) as e:  # a failed write says what was kept; a damaged model file
         print(f"error: {e}", file=sys.stderr)
         return 1
     except RunInterrupted as e:  # SIGTERM / Ctrl-C at a step boundary: the step was checkpointed

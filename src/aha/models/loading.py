@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from aha.models.weight_files import WeightFileError, check_model_dir
 from aha.write_errors import write_failed
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -37,9 +38,23 @@ def load_model(
         from aha.models.lora import load_merged
 
         return load_merged(path, dtype, device, trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code, use_safetensors=None
-    )
+    check_model_dir(path)
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(
+            path,
+            dtype=DTYPES[dtype],
+            trust_remote_code=trust_remote_code,
+            use_safetensors=None,
+            output_loading_info=True,
+        )
+    except RuntimeError as err:  # e.g. a weight whose shape is not the one config.json gives
+        raise WeightFileError(f"{path}: cannot be loaded as a model: {err}") from err
+    missing = sorted(info["missing_keys"]) + sorted(str(k) for k in info["mismatched_keys"])
+    if missing:  # transformers would fill these in at random and only log it
+        raise WeightFileError(
+            f"{path}: weights missing or of the wrong shape: {missing[:5]} (a damaged file, or a "
+            "config.json that belongs to another model)"
+        )
     return model.to(device)
 
 

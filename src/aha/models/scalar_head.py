@@ -34,9 +34,11 @@ def load_scalar_model(
 ) -> PreTrainedModel:
     """A one-output sequence classifier from a checkpoint directory (a fresh head if it has none)."""
     from aha.models.loading import DTYPES
+    from aha.models.weight_files import check_model_dir
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r} is not one of {sorted(DTYPES)}")
+    check_model_dir(path)
     model = AutoModelForSequenceClassification.from_pretrained(
         path, num_labels=1, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code
     )

@@ -1,7 +1,7 @@
 """Append-only JSON-lines files shared by the metrics and sample writers.
 
 One JSON object per line, flushed as it is written, so a crashed run keeps everything logged so far
-and `tail -f` works. JSON has no NaN or infinity (Python's json would write the invalid tokens
+and `tail -f` works; fsynced (`sync`) before each checkpoint, so a power cut keeps what it covers. JSON has no NaN or infinity (Python's json would write the invalid tokens
 `NaN` / `Infinity` that jq, pandas' strict readers and browsers reject), so non-finite floats are
 written as null. Tensors and numpy scalars become plain numbers / lists.
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -64,6 +65,21 @@ class JsonlAppender:
                 self.path,
                 exc,
                 "the lines before this record are intact (a torn last line is dropped on resume)",
+            ) from exc
+
+    def sync(self) -> None:
+        """Make every line written so far durable (fsync): a checkpoint calls this before it is committed,
+        so a power cut after the checkpoint cannot lose rows it counts as written (resume cuts the file
+        back to the checkpoint's step and redoes only later steps, so a lost earlier row stays lost)."""
+        if self._file is None:
+            return
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as exc:
+            self._abandon()
+            raise write_failed(
+                self.path, exc, "its lines may not all be on disk, and the step's checkpoint was not written"
             ) from exc
 
     def close(self) -> None:

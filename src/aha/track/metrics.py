@@ -39,6 +39,10 @@ class MetricsWriter:
             record[key] = converted
         self._out.write(record)
 
+    def sync(self) -> None:
+        """fsync the lines written so far (before a checkpoint is committed)."""
+        self._out.sync()
+
     def close(self) -> None:
         self._out.close()
 

@@ -40,6 +40,10 @@ class SampleWriter:
         for sink in self._sinks:
             sink.log_samples(step, rows)
 
+    def sync(self) -> None:
+        """fsync the lines written so far (before a checkpoint is committed)."""
+        self._out.sync()
+
     def close(self) -> None:
         self._out.close()
 

@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 
+from aha.models.weight_files import load_safetensors
 from aha.write_errors import write_failed
 
 CHECKPOINTS = "checkpoints"
@@ -307,7 +307,7 @@ def _load_weights(ckpt_dir: Path, model: torch.nn.Module) -> None:
     expected = model.state_dict()
     loaded: set[str] = set()
     for shard in shards:  # one shard in memory at a time
-        tensors = load_file(ckpt_dir / shard, device="cpu")
+        tensors = load_safetensors(ckpt_dir / shard)
         unexpected = sorted(set(tensors) - set(expected))
         if unexpected:
             raise CheckpointError(f"{ckpt_dir / shard} has weights the model lacks: {unexpected[:5]}")
@@ -329,7 +329,7 @@ def _load_adapters(ckpt_dir: Path, model: torch.nn.Module) -> None:
 
     if not is_lora_model(model):
         raise CheckpointError(f"{ckpt_dir} holds LoRA adapters but the model has none (set model.lora.r)")
-    tensors = load_file(ckpt_dir / "adapter_model.safetensors", device="cpu")
+    tensors = load_safetensors(ckpt_dir / "adapter_model.safetensors")
     expected = set(adapter_state(model))
     if set(tensors) != expected:
         diff = sorted(set(tensors) ^ expected)

@@ -21,7 +21,6 @@ score mean/std), which the `reward_model` reward loads (aha.models.reward_scorer
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -50,7 +49,7 @@ from aha.models.scalar_head import (
     set_pooling,
     through_hooks,
 )
-from aha.track.jsonl import read_jsonl
+from aha.track.jsonl import read_jsonl, to_json_value
 from aha.track.plots import plot_metrics
 from aha.train.common_config import DistConfig, ModelConfig, OptimConfig, RunConfig, TrackingConfig
 from aha.train.nonfinite import ON_NONFINITE, ON_NONFINITE_HELP, NonFiniteGuard
@@ -357,8 +356,7 @@ def run_rm(cfg: RMRunConfig, resume: bool = False) -> RMResult:
         if not guard.ok_evaluated("score mean", metrics["eval/score_mean"]):
             metrics["eval/score_mean"] = math.nan
         if record and session.dist.is_main:
-            with calib_path.open("a") as f:
-                f.write(json.dumps({"step": step, "bins": calib}) + "\n")
+            calibration.write(to_json_value({"step": step, "bins": calib}))
         return metrics, scores
 
     start_step = session.restore_latest(sampler)[0] if resume else 0
@@ -366,9 +364,11 @@ def run_rm(cfg: RMRunConfig, resume: bool = False) -> RMResult:
     if start_step:  # evaluations after the checkpoint are redone (a torn last row, a kill's, dropped)
         if session.dist.is_main:
             cut_jsonl(calib_path, start_step, lambda path: read_jsonl(path, torn_tail_ok=True))
-    else:
-        if session.dist.is_main:
-            calib_path.unlink(missing_ok=True)
+    elif session.dist.is_main:
+        calib_path.unlink(missing_ok=True)
+    if session.dist.is_main:  # a full disk is a WriteFailed, and rows are fsynced before each checkpoint
+        calibration = session.open_jsonl(calib_path.name)
+    if not start_step:
         if cfg.eval.at_start:
             session.log(0, evaluate(0)[0])
 

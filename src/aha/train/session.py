@@ -8,6 +8,7 @@ stage does not copy it.
 from __future__ import annotations
 
 import json
+import os
 import random
 import sys
 import time
@@ -36,7 +37,7 @@ from aha.models.lean_activations import use_lean_activations
 from aha.models.loading import load_model, load_tokenizer
 from aha.models.lora import apply_lora
 from aha.rewards.base import RewardSpec, make_reward_specs
-from aha.track.jsonl import read_jsonl, to_json_value
+from aha.track.jsonl import JsonlAppender, read_jsonl, to_json_value
 from aha.track.memory import record_resources
 from aha.track.metrics import METRICS_FILE, MetricsWriter, read_metrics
 from aha.track.progress import Progress
@@ -88,6 +89,7 @@ class TrainingSession:
     signals: StopSignals = field(default_factory=StopSignals)  # SIGTERM / Ctrl-C: stop at a step boundary
     # Further models checkpointed with the policy (`add_model`); the policy is model/optimizer/scheduler.
     models: dict[str, NamedModel] = field(default_factory=dict)
+    jsonl_files: list[JsonlAppender] = field(default_factory=list)  # a stage's own, from open_jsonl
     # Set by whoever wants the run to end early (a hacking watch, SIGTERM, ...): the loop checks it after
     # each step's logging, saves a checkpoint and returns.
     stop_reason: str | None = None
@@ -183,6 +185,13 @@ class TrainingSession:
         for row in self.history:
             self.progress.observe(row)
         self.trackers.restart_at(step)
+
+    def open_jsonl(self, name: str) -> JsonlAppender:
+        """Append to run_dir/`name`, a stage's own JSON-lines file (rank 0): fsynced before each
+        checkpoint like metrics.jsonl, closed by `finish`."""
+        appender = JsonlAppender(self.run_dir / name)
+        self.jsonl_files.append(appender)
+        return appender
 
     def add_model(self, name: str, model: NamedModel) -> None:
         """Register a further model: saved in every checkpoint's <name>/ and restored on resume."""
@@ -286,6 +295,8 @@ class TrainingSession:
         }
         extra = {**extra_state(), **self.precision.state_dict()}
         if self.dist.is_main:
+            for rows in (self.metrics, self.samples, *self.jsonl_files):
+                rows.sync()  # durable before the checkpoint that counts them is committed
             save_checkpoint(
                 self.run_dir,
                 step,
@@ -322,6 +333,8 @@ class TrainingSession:
         self.signals.uninstall()
         self.progress.close()
         self.metrics.close()
+        for appender in self.jsonl_files:
+            appender.close()
         self.trackers.close()
         last_step = self.history[-1]["step"] if self.history else None
         if self.dist.is_main:
@@ -332,6 +345,9 @@ class _Discard:
     """The metrics and samples writers of ranks other than 0: rank 0 writes the run's files."""
 
     def log(self, *args: Any) -> None:
+        pass
+
+    def sync(self) -> None:
         pass
 
     def close(self) -> None:
@@ -349,8 +365,17 @@ def cut_jsonl(path: Path, step: int, read: Callable[[Path], list[dict]]) -> list
     as `read` gives them."""
     rows = [row for row in read(path) if row["step"] <= step] if path.exists() else []
     tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(to_json_value(row), allow_nan=False) + "\n" for row in rows))
+    with tmp.open("w", encoding="utf-8") as f:
+        f.write("".join(json.dumps(to_json_value(row), allow_nan=False) + "\n" for row in rows))
+        f.flush()
+        os.fsync(f.fileno())  # the rows the checkpoint counts, on disk before they replace the file
     tmp.replace(path)
+    if os.name != "nt":  # and the rename itself (a directory cannot be opened for fsync on Windows)
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     return rows
 
 
