@@ -24,7 +24,7 @@ from aha.train.interrupt import RunInterrupted
 from aha.write_errors import WriteFailed
 
 # Commands that run as several processes under torchrun (docs/scaling.md); the others refuse to.
-DISTRIBUTED_COMMANDS = ("grpo", "sft", "rm")
+DISTRIBUTED_COMMANDS = ("grpo", "sft", "rm", "rlhf")
 
 # name -> ("module:ConfigClass", "module:run_function", one-line description)
 CommandTable = Mapping[str, tuple[str, str, str]]
