@@ -212,10 +212,12 @@ class TrainingSession:
         wrap_model(self.model, _strategy(self.cfg), self.precision.name)
         optim = self.cfg.optim
         self.optimizer = build_optimizer(self.model, optim.lr, optim.weight_decay)
-        load_full_optimizer_state(self.model, self.optimizer, optimizer_state)
+        # The scheduler before the optimizer state: building it sets each group's lr to the schedule's
+        # first value, which would override a resumed run's current lr for its first step.
         self.scheduler = build_scheduler(
             self.optimizer, optim.warmup_steps, self.total_steps, kind=optim.schedule
         )
+        load_full_optimizer_state(self.model, self.optimizer, optimizer_state)
         self.scheduler.load_state_dict(scheduler_state)
 
     def prompt_sampler(self, examples: list[PromptExample], batch_size: int) -> PromptSampler:
