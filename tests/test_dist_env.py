@@ -7,7 +7,7 @@ import pytest
 
 from aha.config import ConfigError
 from aha.dist.env import DistEnv, env_from, rank_seed, require_single_process, shard
-from aha.dist.reduce import gather_lists, rank_weight, reduce_metrics, sum_across_ranks
+from aha.dist.reduce import from_main, gather_lists, rank_weight, reduce_metrics, sum_across_ranks
 
 
 def test_env_from_torchrun_variables():
@@ -66,3 +66,53 @@ def test_cli_refuses_ppo_under_torchrun(monkeypatch, capsys, tiny_model_dir, tmp
     err = capsys.readouterr().err
     assert code == 2 and "aha ppo does not support several processes" in err
     assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_single_process_from_main_is_the_call():
+    assert from_main(lambda: {"state": {"sft": 1}}) == {"state": {"sft": 1}}
+
+
+def rlhf_overrides(tiny_model_dir, out) -> list[str]:
+    return [
+        f"pipeline.output_dir={out}",
+        f"sft.model.path={tiny_model_dir}",
+        "sft.data.train_file=unused.jsonl",  # refused before any data is read
+        "rm.data.train_file=unused.jsonl",
+        "grpo.rewards.functions=[reward_model]",
+        "ppo.rewards.functions=[reward_model]",
+    ]
+
+
+def test_cli_refuses_rlhf_with_ppo_under_torchrun(monkeypatch, capsys, tiny_model_dir, tmp_path):
+    """Until `aha ppo` runs on several processes, so does `aha rlhf pipeline.rl=ppo` not: refused in one
+    line before any stage starts (rl=grpo runs, tests/test_dist_run.py)."""
+    from aha.cli import main
+
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    out = tmp_path / "pipe"
+    assert main(["rlhf", *rlhf_overrides(tiny_model_dir, out), "pipeline.rl=ppo"]) == 2
+    err = capsys.readouterr().err
+    assert "aha rlhf with pipeline.rl=ppo does not support several processes yet" in err
+    assert not out.exists()
+
+
+def test_rlhf_under_torchrun_refuses_stages_on_different_kinds_of_device(
+    monkeypatch, tiny_model_dir, tmp_path
+):
+    """The pipeline joins one process group (gloo or NCCL) for every stage."""
+    from aha.config import load_config
+    from aha.train.rlhf import RLHFConfig, run_rlhf
+
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    overrides = [
+        *rlhf_overrides(tiny_model_dir, tmp_path / "pipe"),
+        "sft.model.device=cpu",
+        "grpo.model.device=cuda",
+    ]
+    with pytest.raises(
+        ConfigError,
+        match=r"one kind of device \(sft.model.device=cpu, rm.model.device=.*, grpo.model.device=cuda\)",
+    ):
+        run_rlhf(load_config(RLHFConfig, None, overrides))
