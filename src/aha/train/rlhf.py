@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -172,11 +173,11 @@ def run_rlhf(cfg: RLHFConfig) -> RLHFResult:
 
 def _join_process_group(stages: list[tuple[str, Any, Any]]) -> dist_env.DistEnv:
     """Under torchrun, join the process group before the first stage would, for the pipeline's own
-    barriers. Its backend (NCCL on GPUs, gloo on the CPU) then serves every stage, so with several
-    processes the stages must run on one kind of device."""
+    barriers. Its backend (NCCL on GPUs, gloo on the CPU) then serves every stage, so under torchrun
+    the stages must run on one kind of device."""
     devices = {name: resolve_device(stage_cfg.model.device) for name, stage_cfg, _ in stages}
     kinds = {device.split(":")[0] for device in devices.values()}
-    if len(kinds) > 1 and dist_env.world_size_from_environ() > 1:
+    if len(kinds) > 1 and dist_env.env_from(os.environ) is not None:
         listed = ", ".join(f"{name}.model.device={device}" for name, device in devices.items())
         raise ConfigError(f"under torchrun the stages must run on one kind of device ({listed})")
     return dist_env.init(devices["sft"])[0]
