@@ -7,7 +7,7 @@ import pytest
 
 from aha.config import ConfigError
 from aha.dist.env import DistEnv, env_from, rank_seed, require_single_process, shard
-from aha.dist.reduce import gather_lists, rank_weight, reduce_metrics, sum_across_ranks
+from aha.dist.reduce import from_main, gather_lists, rank_weight, reduce_metrics, sum_across_ranks
 
 
 def test_env_from_torchrun_variables():
@@ -48,24 +48,41 @@ def test_single_process_reductions_are_identities():
 
 
 def test_unsupported_stages_refuse_several_processes(monkeypatch):
-    require_single_process("aha rlhf")  # one process: fine
+    require_single_process("aha demo")  # one process: fine
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(
-        ConfigError, match=r"aha rlhf does not support several processes yet \(torchrun WORLD_SIZE=2\)"
+        ConfigError, match=r"aha demo does not support several processes yet \(torchrun WORLD_SIZE=2\)"
     ):
-        require_single_process("aha rlhf")
+        require_single_process("aha demo")
 
 
-def test_cli_refuses_rlhf_under_torchrun(monkeypatch, capsys, tmp_path):
+def test_cli_refuses_the_demo_under_torchrun(monkeypatch, capsys, tmp_path):
+    """`aha demo` (SFT then RL on the built-in model, in one process) is not among the stages that run
+    under torchrun: refused in one line before anything is written."""
     from aha.cli import main
 
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "2")
-    code = main(["rlhf", f"pipeline.output_dir={tmp_path / 'run'}", "grpo.rewards.functions=[reward_model]"])
+    code = main(["demo", f"output_dir={tmp_path / 'run'}"])
     err = capsys.readouterr().err
-    assert code == 2 and "aha rlhf does not support several processes" in err
+    assert code == 2 and "aha demo does not support several processes" in err
     assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_single_process_from_main_is_the_call():
+    assert from_main(lambda: {"state": {"sft": 1}}) == {"state": {"sft": 1}}
+
+
+def rlhf_overrides(tiny_model_dir, out) -> list[str]:
+    return [
+        f"pipeline.output_dir={out}",
+        f"sft.model.path={tiny_model_dir}",
+        "sft.data.train_file=unused.jsonl",  # refused before any data is read
+        "rm.data.train_file=unused.jsonl",
+        "grpo.rewards.functions=[reward_model]",
+        "ppo.rewards.functions=[reward_model]",
+    ]
 
 
 def test_ppo_refuses_a_critic_on_the_policys_backbone_under_torchrun(
@@ -82,3 +99,38 @@ def test_ppo_refuses_a_critic_on_the_policys_backbone_under_torchrun(
     err = capsys.readouterr().err
     assert code == 2 and "critic.shared_backbone is not supported under torchrun" in err
     assert not run.exists()  # refused before anything was written
+
+
+def test_cli_refuses_rlhf_with_ppo_under_torchrun(monkeypatch, capsys, tiny_model_dir, tmp_path):
+    """`aha ppo` runs on several processes; the pipeline ending in it is not tested there yet: refused
+    in one line before any stage starts (rl=grpo runs, tests/test_dist_run.py)."""
+    from aha.cli import main
+
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    out = tmp_path / "pipe"
+    assert main(["rlhf", *rlhf_overrides(tiny_model_dir, out), "pipeline.rl=ppo"]) == 2
+    err = capsys.readouterr().err
+    assert "aha rlhf with pipeline.rl=ppo does not support several processes yet" in err
+    assert not out.exists()
+
+
+def test_rlhf_under_torchrun_refuses_stages_on_different_kinds_of_device(
+    monkeypatch, tiny_model_dir, tmp_path
+):
+    """The pipeline joins one process group (gloo or NCCL) for every stage."""
+    from aha.config import load_config
+    from aha.train.rlhf import RLHFConfig, run_rlhf
+
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    overrides = [
+        *rlhf_overrides(tiny_model_dir, tmp_path / "pipe"),
+        "sft.model.device=cpu",
+        "grpo.model.device=cuda",
+    ]
+    with pytest.raises(
+        ConfigError,
+        match=r"one kind of device \(sft.model.device=cpu, rm.model.device=.*, grpo.model.device=cuda\)",
+    ):
+        run_rlhf(load_config(RLHFConfig, None, overrides))

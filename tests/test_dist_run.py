@@ -18,7 +18,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
 import shutil
 import signal
@@ -69,6 +71,40 @@ def torchrun(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Pope
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+
+
+def kill_launch(process: subprocess.Popen) -> None:
+    """SIGKILL torchrun and its ranks, as a crash of the job would. torchrun starts each rank in a
+    session of its own, so a signal to torchrun's process group alone leaves the ranks running."""
+    ranks = children(process.pid)
+    os.killpg(process.pid, signal.SIGKILL)
+    for pid in ranks:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+    process.wait()
+    deadline = time.monotonic() + 60
+    while any(alive(pid) for pid in ranks):
+        assert time.monotonic() < deadline, f"ranks {ranks} outlived SIGKILL"
+        time.sleep(0.05)
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rpartition(")")[2].split()  # after the command name
+            if int(fields[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` still runs (a zombie, dead but not yet reaped by its new parent, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def run_to_end(argv: list[str], env: dict[str, str], log: Path) -> None:
@@ -143,8 +179,7 @@ def test_two_process_grpo_killed_and_resumed_ends_where_the_uninterrupted_run_en
     while last_logged_step(resumed) < 2:
         assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
         time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)  # torchrun and both ranks, mid-step 3
-    process.wait()
+    kill_launch(process)  # torchrun and both ranks, mid-step 3
     assert last_logged_step(resumed) < STEPS  # it was killed before the end
     run_to_end([*grpo_argv(tiny_dir, resumed, strategy), "--resume"], launch_env, log)
 
@@ -281,3 +316,151 @@ def test_two_process_ppo_steps_equal_one_process_and_resume(
         {k: v for k, v in r.items() if not k.startswith(CLOCK_KEYS)} for r in rows(two / "metrics.jsonl")
     ]
     assert resumed == straight
+
+
+# `aha rlhf`: SFT -> reward model (from the SFT model) -> GRPO, every stage under fsdp2. The reward model
+# runs 12 steps so that a kill after its step 2 lands inside the stage (about 0.3 s a step here).
+RLHF_STEPS = {"sft": 3, "rm": 12, "grpo": 2}
+RLHF_PROMPTS, RLHF_GROUP = 2, 2
+
+
+def rlhf_argv(files, tiny_dir: Path, out: Path) -> list[str]:
+    common = ["run.progress=false", "run.save_every=1", "dist.strategy=fsdp2"]
+    return [
+        "rlhf",
+        f"pipeline.output_dir={out}",
+        f"sft.model.path={tiny_dir}",
+        f"sft.data.train_file={files.sft}",
+        f"sft.train.steps={RLHF_STEPS['sft']}",
+        "sft.train.batch_size=8",
+        "sft.optim.warmup_steps=0",
+        *(f"sft.{o}" for o in common),
+        f"rm.data.train_file={files.preferences}",
+        f"rm.train.steps={RLHF_STEPS['rm']}",
+        "rm.train.batch_size=8",
+        "rm.eval.every=4",
+        *(f"rm.{o}" for o in common),
+        f"grpo.data.train_file={files.rl_train}",
+        f"grpo.data.eval_file={files.heldout}",
+        "grpo.rewards.functions=[reward_model]",
+        "grpo.rewards.monitors=[aha.demo.hacking_task:gold]",
+        f"grpo.rollout.group_size={RLHF_GROUP}",
+        "grpo.rollout.max_new_tokens=6",
+        f"grpo.train.prompts_per_step={RLHF_PROMPTS}",
+        f"grpo.train.steps={RLHF_STEPS['grpo']}",
+        "grpo.eval.every=1",
+        "grpo.eval.num_prompts=4",
+        "grpo.track.plot=false",
+        "grpo.track.sample_every=1",
+        *(f"grpo.{o}" for o in common),
+    ]
+
+
+@pytest.fixture(scope="module")
+def rlhf_files(tmp_path_factory):
+    from aha.demo.hacking_task import write_task_files
+
+    return write_task_files(tmp_path_factory.mktemp("rlhf") / "data", seed=0, demos=64, pairs=64, heldout=8)
+
+
+@pytest.fixture(scope="module")
+def rlhf_two(tiny_dir, rlhf_files, launch_env, tmp_path_factory) -> Path:
+    """The uninterrupted 2-process pipeline, compared with one process and with a killed run."""
+    out = tmp_path_factory.mktemp("rlhf-two") / "pipe"
+    run_to_end(rlhf_argv(rlhf_files, tiny_dir, out), launch_env, out.parent / "run.log")
+    return out
+
+
+def without_clock(rows_: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if not k.startswith(CLOCK_KEYS)} for r in rows_]
+
+
+def assert_rows_close(one: list[dict], two: list[dict], what: str) -> None:
+    """The same rows and keys, and every number within the existing dist tests' rel=1e-5 (float32
+    rounding of a batch split across ranks: measured up to 5e-7 here)."""
+    one, two = without_clock(one), without_clock(two)
+    assert [sorted(r) for r in one] == [sorted(r) for r in two], what
+    for a, b in zip(one, two, strict=True):
+        for key, value in a.items():
+            assert b[key] == pytest.approx(value, rel=1e-5, abs=1e-7), (what, a["step"], key)
+
+
+def test_two_process_rlhf_equals_one_process_stage_by_stage(tiny_dir, rlhf_files, rlhf_two, tmp_path):
+    """`torchrun -m aha rlhf`: SFT and the reward model log one process's numbers at every step (their
+    batches are split across ranks, the gradients averaged), the reward model is saved with the same
+    normalisation, and GRPO's step-0 evaluation (the SFT policy, greedy, scored by the trained reward
+    model) equals one process's. GRPO's later steps differ by design: each rank samples with its own
+    seed (docs/scaling.md); the update on a given batch equals one process's in test_dist_update.py."""
+    from aha.train.rlhf import STATE_FILE, RLHFConfig, run_rlhf
+
+    one = tmp_path / "one"
+    run_rlhf(load_config(RLHFConfig, None, rlhf_argv(rlhf_files, tiny_dir, one)[1:]))
+    for stage in ("sft", "rm"):
+        assert_rows_close(
+            rows(one / stage / "metrics.jsonl"), rows(rlhf_two / stage / "metrics.jsonl"), stage
+        )
+    calibration = [rows(run / "rm" / "calibration.jsonl") for run in (one, rlhf_two)]
+    assert [r["step"] for r in calibration[1]] == [0, 4, 8, 12]  # one row per evaluation: one writer
+    for a, b in zip(*calibration, strict=True):
+        for bin_a, bin_b in zip(a["bins"], b["bins"], strict=True):
+            assert bin_b == pytest.approx(bin_a, rel=1e-5), a["step"]
+    norms = [
+        json.loads((run / "rm/final/reward_model.json").read_text())["normalization"]
+        for run in (one, rlhf_two)
+    ]
+    assert norms[1]["std"] > 0 and norms[1] == pytest.approx(norms[0], rel=1e-5)
+    grpo = [rows(run / "grpo" / "metrics.jsonl") for run in (one, rlhf_two)]
+    assert "eval/reward_mean" in grpo[1][0]
+    assert_rows_close(grpo[0][:1], grpo[1][:1], "grpo step 0")
+    assert [r["step"] for r in grpo[1]] == list(range(RLHF_STEPS["grpo"] + 1))
+    assert all(math.isfinite(r["loss"]) for r in grpo[1][1:])
+    samples = rows(rlhf_two / "grpo" / "samples.jsonl")
+    assert len(samples) == RLHF_STEPS["grpo"] * RLHF_PROMPTS * RLHF_GROUP  # every rank's, gathered once
+    state = json.loads((rlhf_two / STATE_FILE).read_text())
+    assert {name: Path(s["output"]) for name, s in state.items()} == {
+        "sft": rlhf_two / "sft" / "final",
+        "rm": rlhf_two / "rm" / "final",
+        "grpo": rlhf_two / "grpo",
+    }
+
+
+def test_two_process_rlhf_killed_in_a_stage_and_rerun_ends_where_the_uninterrupted_run_ends(
+    tiny_dir, rlhf_files, rlhf_two, launch_env, tmp_path
+):
+    """SIGKILL of the torchrun group inside the reward model (after its step 2); the same command run
+    again skips SFT and continues the reward model on both ranks, then runs GRPO: every stage's outputs
+    are bit for bit the uninterrupted 2-process pipeline's."""
+    killed, log = tmp_path / "pipe", tmp_path / "run.log"
+    argv = rlhf_argv(rlhf_files, tiny_dir, killed)
+    process = torchrun(argv, launch_env, log)
+    deadline = time.monotonic() + 300
+    while last_logged_step(killed / "rm") < 2:
+        assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.05)
+    kill_launch(process)
+    assert set(json.loads((killed / "pipeline.json").read_text())) == {"sft"}  # killed inside rm
+    assert last_logged_step(killed / "rm") < RLHF_STEPS["rm"]
+    before = len(log.read_text())
+    run_to_end(argv, launch_env, log)
+    rerun = log.read_text()[before:]
+    assert "aha rlhf: sft finished earlier, skipped" in rerun and "aha rlhf: continuing rm" in rerun
+
+    for final in ("sft/final", "rm/final", f"grpo/checkpoints/step-{RLHF_STEPS['grpo']:08d}"):
+        a, b = (load_file(run / final / "model.safetensors") for run in (rlhf_two, killed))
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), (final, key)
+    meta = [json.loads((run / "rm/final/reward_model.json").read_text()) for run in (rlhf_two, killed)]
+    assert meta[0] == meta[1]
+    for name in (
+        "sft/metrics.jsonl",
+        "rm/metrics.jsonl",
+        "rm/calibration.jsonl",
+        "grpo/metrics.jsonl",
+        "grpo/samples.jsonl",
+    ):
+        assert without_clock(rows(rlhf_two / name)) == without_clock(rows(killed / name)), name
+    records = [json.loads((run / "pipeline.json").read_text()) for run in (rlhf_two, killed)]
+    assert {k: Path(v["output"]).relative_to(rlhf_two) for k, v in records[0].items()} == {
+        k: Path(v["output"]).relative_to(killed) for k, v in records[1].items()
+    }

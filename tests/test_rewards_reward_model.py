@@ -60,6 +60,15 @@ def test_running_normalisation_uses_all_scores_seen(rm_dir):
     torch.testing.assert_close(second, (raw[:1] - four.mean()) / four.std(unbiased=False), atol=1e-5, rtol=0)
 
 
+def test_running_normalisation_is_refused_under_several_processes(rm_dir, monkeypatch):
+    """Each torchrun rank scores its own share of the batch: running statistics would differ by rank."""
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(RewardConfigError, match="normalize=running gives each torchrun process its own"):
+        reward(rm_dir, normalize="running")
+    reward(rm_dir)  # stored: the one scale saved with the model, the same on every rank
+
+
 def test_prompt_field_scores_that_column(rm_dir):
     by_field = reward(rm_dir, prompt_field="question")(["<rendered>"] * 3, REPLIES, question=PROMPTS)
     assert by_field == reward(rm_dir)(PROMPTS, REPLIES)

@@ -25,7 +25,7 @@ from aha.train.interrupt import RunInterrupted
 from aha.write_errors import WriteFailed
 
 # Commands that run as several processes under torchrun (docs/scaling.md); the others refuse to.
-DISTRIBUTED_COMMANDS = ("grpo", "sft", "rm", "ppo")
+DISTRIBUTED_COMMANDS = ("grpo", "sft", "rm", "ppo", "rlhf")
 
 # name -> ("module:ConfigClass", "module:run_function", one-line description)
 CommandTable = Mapping[str, tuple[str, str, str]]

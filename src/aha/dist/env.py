@@ -142,5 +142,5 @@ def require_single_process(what: str) -> None:
     if world > 1:
         raise ConfigError(
             f"{what} does not support several processes yet (torchrun WORLD_SIZE={world}); run it as "
-            "one process (aha grpo, aha ppo, aha sft and aha rm run under torchrun, docs/scaling.md)"
+            "one process (aha grpo, ppo, sft, rm and rlhf run under torchrun, docs/scaling.md)"
         )

@@ -4,12 +4,15 @@ mean over ranks of per-rank means is the mean over the batch."""
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 
 from aha.dist.env import current
+
+T = TypeVar("T")
 
 
 def reduce_metrics(metrics: dict[str, float]) -> dict[str, float]:
@@ -77,6 +80,17 @@ def gather_lists(rows: list[Any]) -> list[Any]:
     parts: list[list[Any] | None] = [None] * current().world_size
     dist.all_gather_object(parts, rows)
     return [row for part in parts for row in part]
+
+
+def from_main(compute: Callable[[], T]) -> T:
+    """`compute()` run on rank 0 alone and its result (plain data) handed to every rank: what the ranks
+    must decide identically (skip, resume) is read once, by the rank that writes it. A collective."""
+    env = current()
+    if not env.distributed:
+        return compute()
+    box = [compute() if env.is_main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def _device() -> torch.device:

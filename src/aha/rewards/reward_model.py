@@ -3,7 +3,7 @@
 Options: path (a reward-model run's final/ directory), device ("auto", "cpu", "cuda:1", ...: the policy's
 device or another), batch_size, normalize ("stored": the held-out mean/std saved with the model, so the
 scale is the one measured at training time; "running": mean/std of every score seen so far, this batch
-included; "none": raw scores), prompt_field (None: score the prompt the policy saw; a dataset column:
+included; one process only, as each torchrun rank sees only its share; "none": raw scores), prompt_field (None: score the prompt the policy saw; a dataset column:
 score that column's text instead, e.g. an unrendered question, wrapped in the model's prompt template).
 Scoring is batched, under no_grad, with the trainer's own text format (aha.models.reward_scorer).
 torch is imported only when the reward is first used.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from aha.dist.env import world_size_from_environ
 from aha.rewards.base import RewardConfigError, register_reward
 
 NORMALIZE = ("stored", "running", "none")
@@ -32,6 +33,11 @@ class RewardModelReward:
             raise RewardConfigError(f"reward_model: normalize={normalize!r} is not one of {NORMALIZE}")
         if batch_size < 1:
             raise RewardConfigError("reward_model: batch_size must be >= 1")
+        if normalize == "running" and world_size_from_environ() > 1:
+            # each rank would keep its own running statistics of its own share of the scores
+            raise RewardConfigError(
+                "reward_model: normalize=running gives each torchrun process its own scale; use stored"
+            )
         self.path, self.device, self.batch_size = path, device, batch_size
         self.normalize, self.prompt_field = normalize, prompt_field
         self._scorer = None

@@ -21,13 +21,16 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from aha.config import ConfigError, config_to_dict, option
-from aha.dist.env import require_single_process
+from aha.dist import env as dist_env
+from aha.dist.reduce import from_main
+from aha.train.common_config import resolve_device
 from aha.train.grpo import GRPORunConfig, run_grpo
 from aha.train.interrupt import RunInterrupted
 from aha.train.ppo import run_ppo
@@ -121,27 +124,35 @@ def stage_configs(cfg: RLHFConfig) -> tuple[SFTRunConfig, RMRunConfig, Any]:
 
 
 def run_rlhf(cfg: RLHFConfig) -> RLHFResult:
-    """Run the stages that are not finished, in order; each continues from its checkpoint if it has one."""
-    require_single_process("aha rlhf")
+    """Run the stages that are not finished, in order; each continues from its checkpoint if it has one.
+    Under torchrun every rank runs every stage; rank 0 alone writes pipeline.json, and every rank
+    decides to skip, continue or start a stage on what rank 0 read (so a re-run takes one branch)."""
+    if cfg.pipeline.rl == "ppo":  # aha ppo runs under torchrun; this pipeline with it is not tested there yet
+        dist_env.require_single_process("aha rlhf with pipeline.rl=ppo")
     root = Path(cfg.pipeline.output_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    state = _read_state(root)
     sft, rm, rl = stage_configs(cfg)
     stages = [("sft", sft, run_sft), ("rm", rm, run_rm), (cfg.pipeline.rl, rl, _RL_RUNNERS[cfg.pipeline.rl])]
     last = {"sft": 0, "rm": 1, "rl": 2}[cfg.pipeline.until]
+    env = _join_process_group(stages[: last + 1])
+    if env.is_main:
+        root.mkdir(parents=True, exist_ok=True)
     result = RLHFResult(root, {})
     for name, stage_cfg, run in stages[: last + 1]:
         digest = config_hash(stage_cfg)
-        done = state.get(name)
+        dist_env.barrier()  # rank 0 has recorded the stage before, and no rank has looked at this one
+        seen = from_main(lambda name=name, run_dir=Path(stage_cfg.run.output_dir): _look(root, name, run_dir))
+        state, done = seen["state"], seen["state"].get(name)
         if done is not None:
-            _check_finished(root, name, done, digest, result.ran)
-            print(f"aha rlhf: {name} finished earlier, skipped ({done['output']})", file=sys.stderr)
+            _check_finished(root, name, done, digest, result.ran, seen["output_exists"])
+            if env.is_main:
+                print(f"aha rlhf: {name} finished earlier, skipped ({done['output']})", file=sys.stderr)
             result.outputs[name] = Path(done["output"])
             result.skipped.append(name)
             continue
-        resume = (Path(stage_cfg.run.output_dir) / "metrics.jsonl").exists()
-        verb = "continuing" if resume else "running"
-        print(f"aha rlhf: {verb} {name} in {stage_cfg.run.output_dir}", file=sys.stderr)
+        resume = seen["started"]
+        if env.is_main:
+            verb = "continuing" if resume else "running"
+            print(f"aha rlhf: {verb} {name} in {stage_cfg.run.output_dir}", file=sys.stderr)
         try:
             out = run(stage_cfg, resume=resume)
         except RunInterrupted as e:  # `aha rlhf` has no --resume: running it again continues
@@ -150,22 +161,50 @@ def run_rlhf(cfg: RLHFConfig) -> RLHFResult:
             ) from None
         output = getattr(out, "final_dir", None) or out.run_dir
         stop = getattr(out, "stop_reason", None)
-        state[name] = {"output": str(output), "config_hash": digest, "stop_reason": stop}
-        _write_state(root, state)
+        dist_env.barrier()  # the other ranks return before rank 0 has exported the stage's final/
+        if env.is_main:
+            state[name] = {"output": str(output), "config_hash": digest, "stop_reason": stop}
+            _write_state(root, state)
         result.outputs[name] = Path(output)
         result.ran.append(name)
         result.results[name] = out
     return result
 
 
-def _check_finished(root: Path, name: str, done: dict, digest: str, ran: list[str]) -> None:
+def _join_process_group(stages: list[tuple[str, Any, Any]]) -> dist_env.DistEnv:
+    """Under torchrun, join the process group before the first stage would, for the pipeline's own
+    barriers. Its backend (NCCL on GPUs, gloo on the CPU) then serves every stage, so under torchrun
+    the stages must run on one kind of device."""
+    devices = {name: resolve_device(stage_cfg.model.device) for name, stage_cfg, _ in stages}
+    kinds = {device.split(":")[0] for device in devices.values()}
+    if len(kinds) > 1 and dist_env.env_from(os.environ) is not None:
+        listed = ", ".join(f"{name}.model.device={device}" for name, device in devices.items())
+        raise ConfigError(f"under torchrun the stages must run on one kind of device ({listed})")
+    return dist_env.init(devices["sft"])[0]
+
+
+def _look(root: Path, name: str, run_dir: Path) -> dict:
+    """What decides a stage's fate: the pipeline's record, whether the recorded output still exists, and
+    whether the stage was started (a metrics.jsonl: continue it from its checkpoint)."""
+    state = _read_state(root)
+    done = state.get(name)
+    return {
+        "state": state,
+        "output_exists": done is not None and Path(done["output"]).exists(),
+        "started": (run_dir / "metrics.jsonl").exists(),
+    }
+
+
+def _check_finished(
+    root: Path, name: str, done: dict, digest: str, ran: list[str], output_exists: bool
+) -> None:
     """A finished stage may be skipped only if its inputs and config are the ones it finished with."""
     if ran:
         raise ConfigError(
             f"stage {name} finished before {ran[-1]}, which had to run again; delete {root / name} and "
             f"its entry in {root / STATE_FILE} to redo it from the new input"
         )
-    if not Path(done["output"]).exists():
+    if not output_exists:
         raise ConfigError(
             f"stage {name} is recorded as finished but its output {done['output']} is gone; delete "
             f"{root / name} and the later stages' folders, and their entries in {root / STATE_FILE}"

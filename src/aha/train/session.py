@@ -243,6 +243,8 @@ class TrainingSession:
         """Wrap `model` in place; its new optimizer and scheduler, holding the old ones' state."""
         optimizer_state, scheduler_state = optimizer.state_dict(), scheduler.state_dict()
         wrap_model(model, _strategy(self.cfg), self.precision.name)
+        # The scheduler is built before the optimizer state loads: building it sets each group's lr to
+        # the schedule's first value, which would override a resumed run's current lr for its first step.
         optimizer, scheduler = rebuild(model)
         load_full_optimizer_state(model, optimizer, optimizer_state)
         scheduler.load_state_dict(scheduler_state)
