@@ -10,8 +10,8 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers.kernels import require_decode_kernel
-from helpers.tolerances import BF16_UNIT_ROUNDOFF, forward_atol, logprob_atol
+from helpers.kernels import require_bf16_decode_kernel, require_decode_kernel
+from helpers.tolerances import BF16_UNIT_ROUNDOFF, bf16_forward_atol, forward_atol, logprob_atol
 
 from aha.models.lean_activations import LeanProjection, use_lean_activations
 from aha.models.loading import load_model, load_tokenizer
@@ -240,3 +240,78 @@ def test_under_cpu_autocast_the_cache_holds_bf16_values_in_float32(tiny_llama):
     cache, *_ = sampler.prefill(PROMPTS, 4)
     keys = cache.layers[0].keys
     assert not torch.equal(keys, keys.bfloat16().float())
+
+
+@pytest.mark.parametrize("name", ["tiny_llama", "tiny_qwen2"])
+@pytest.mark.parametrize("rows", [1, 5, 33])
+def test_bf16_kernel_equals_the_hf_forward_and_torch_step_under_cpu_autocast(name, rows, request):
+    """rollout.dtype=bfloat16 on the CPU: under bf16 autocast the kernel runs its bf16 form (bf16 matmuls,
+    autocast's roundings). Rows left-padded to different lengths. Its prefill gives the HF forward's last
+    logits under the same autocast and leaves bf16 values in the cache; one step from its cache gives the
+    torch step's logits from the HF cache (rounded as the torch path rounds it) and writes the same key
+    and value; each within bf16 rounding (helpers/tolerances.py), not to the bit: other accumulation
+    orders, and the HF forward rounds its q/k/v biases inside the matmul. The kernel's fp32 form differs
+    from these logits by more than float32 rounding: the roundings happen, the check can fail."""
+    require_bf16_decode_kernel()
+    model, tokenizer = request.getfixturevalue(name)
+    prompts = [PROMPTS[i % len(PROMPTS)] * (1 + i % 3) for i in range(rows)]
+    ids, mask = tokenizer(prompts, padding=True, padding_side="left", return_tensors="pt").values()
+    length, capacity = ids.shape[1], ids.shape[1] + 4
+    positions = left_padded_position_ids(mask)
+    shape = (rows, model.config.num_key_value_heads, capacity, model.model.layers[0].self_attn.head_dim)
+    layers = range(len(model.model.layers))
+
+    def bf16_close(got, expected):
+        atol = bf16_forward_atol(model.config, expected.abs().max().item())
+        torch.testing.assert_close(got, expected.float(), rtol=0, atol=atol)
+
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        kernel_step = decode_step_for(model, capacity)
+        torch_step = decode_step_for(model, capacity, kernel=False)
+        assert isinstance(kernel_step, KernelDecodeStep) and kernel_step.low_precision
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions)
+        kernel_cache = [[torch.zeros(shape) for _ in layers] for _ in range(2)]
+        first = kernel_step.forward_tokens(ids, positions, *kernel_cache, 0, mask)
+        bf16_close(first, out.logits[:, -1])
+        hf_cache = [[torch.zeros(shape) for _ in layers] for _ in range(2)]
+        for layer, k, v in zip(out.past_key_values.layers, *hf_cache, strict=True):
+            k[:, :, :length] = layer.keys.bfloat16().float()  # as hold_rounded_in_float32 keeps them
+            v[:, :, :length] = layer.values.bfloat16().float()
+        real = mask[:, None, :, None].bool()
+        for buffers in kernel_cache:
+            for filled in buffers:
+                assert torch.equal(filled, filled.bfloat16().float())
+        for hf_buffers, kernel_buffers in zip(hf_cache, kernel_cache, strict=True):
+            for e, g in zip(hf_buffers, kernel_buffers, strict=True):
+                bf16_close(g[:, :, :length] * real, e[:, :, :length] * real)
+
+        tokens = first.argmax(-1)
+        attention = torch.cat([mask, torch.ones(rows, 1, dtype=mask.dtype)], dim=1)
+        expected = torch_step(tokens, positions[:, -1] + 1, *hf_cache, length, attention)
+        got = kernel_step(tokens, positions[:, -1] + 1, *kernel_cache, length, attention)
+        bf16_close(got, expected)
+        for hf_buffers, kernel_buffers in zip(hf_cache, kernel_cache, strict=True):
+            for e, g in zip(hf_buffers, kernel_buffers, strict=True):
+                bf16_close(g[:, :, length], e[:, :, length])
+
+    with torch.no_grad():
+        fp32_step = decode_step_for(model, capacity)
+        assert isinstance(fp32_step, KernelDecodeStep) and not fp32_step.low_precision
+        fp32_cache = [[torch.zeros(shape) for _ in layers] for _ in range(2)]
+        fp32_logits = fp32_step.forward_tokens(ids, positions, *fp32_cache, 0, mask)
+    atol = forward_atol(model.config, fp32_logits.abs().max().item())
+    assert not torch.allclose(first, fp32_logits, rtol=0, atol=atol)
+
+
+def test_decode_step_for_picks_the_kernel_form_for_the_autocast(tiny_llama, monkeypatch):
+    """fp32: the kernel's fp32 form; bf16 autocast: its bf16 form, or the torch step where MKL has no bf16
+    gemm; fp16 autocast: the torch step (the kernel has no fp16 form)."""
+    library = require_bf16_decode_kernel()
+    model, _ = tiny_llama
+    assert not decode_step_for(model, 8).low_precision
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert decode_step_for(model, 8).low_precision
+        monkeypatch.setitem(library.mkl, "gemm_bf16", None)
+        assert type(decode_step_for(model, 8)) is LlamaDecodeStep
+    with torch.autocast("cpu", dtype=torch.float16):
+        assert type(decode_step_for(model, 8)) is LlamaDecodeStep

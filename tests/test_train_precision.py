@@ -306,12 +306,12 @@ def test_the_reference_resets_to_the_policy_in_its_own_dtype(tiny_varied_model_d
 
 
 def test_rollouts_under_autocast_compute_what_the_hf_forward_computes(tiny_varied_model_dir):
-    """The native sampler's compiled decode step is float32 whatever autocast asks; under autocast it
-    steps aside for the torch step, whose products run in bf16 as the training forward's do: its
+    """Under bf16 autocast the native sampler's decode step (the compiled kernel's bf16 form where MKL has
+    a bf16 gemm, else the torch step) runs its products in bf16 as the training forward's do: its
     log-probs equal the teacher-forced HF forward's under the same autocast within bf16 rounding
-    (helpers/tolerances.py). Not to the bit: its attention is the float32 kernel with the bf16 kernel's
-    roundings (test_rollout_llama_decode.py). The fp32 sampler draws other tokens
-    from the same seed: the comparison can fail."""
+    (helpers/tolerances.py). Not to the bit: other accumulation orders, and the torch step's attention
+    is the float32 kernel with the bf16 kernel's roundings (test_rollout_llama_decode.py). The fp32
+    sampler draws other tokens from the same seed: the comparison can fail."""
     model = _varied(tiny_varied_model_dir)
     tokenizer = load_tokenizer(str(tiny_varied_model_dir))
     prompts = ["12+34=", "hello w", "7*8="] * 4

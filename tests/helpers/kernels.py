@@ -54,6 +54,15 @@ def require_decode_kernel():
     return library
 
 
+def require_bf16_decode_kernel():
+    """The decode-kernel library where its bf16 form can run (MKL's gemm_bf16bf16f32 is in this torch);
+    skips naming what is missing."""
+    library = require_decode_kernel()
+    if library.mkl["gemm_bf16"] is None:
+        pytest.skip("this torch's MKL has no gemm_bf16bf16f32: bf16 rollouts use the torch step")
+    return library
+
+
 COMPILED_PASSES = ("swiglu_forward", "swiglu_backward", "rms_norm_forward", "rms_norm_backward", "rotary")
 
 

@@ -47,3 +47,14 @@ def bf16_logprob_atol(config, max_abs_logit: float, temperature: float = 1.0) ->
     passes = 2 * config.num_hidden_layers + 1
     scale = temperature if temperature else 1.0
     return 2 * passes * BF16_UNIT_ROUNDOFF * max_abs_logit / scale
+
+
+def bf16_forward_atol(config, magnitude: float) -> float:
+    """Absolute tolerance for an output of `magnitude` (a logit, a cached key) of two bf16-autocast
+    computations of the same weights in other accumulation orders (the compiled step's bf16 form vs the
+    torch step or the HF forward). Where both round the same value to bf16 and their float32 sums straddle
+    a rounding boundary they land one bf16 ulp apart, 2u of the value; each of the 2 * layers + 1
+    normalised passes over the residual stream can carry one such difference of its output into the
+    result (products accumulate in float32, so their own sums add far less)."""
+    passes = 2 * config.get_text_config().num_hidden_layers + 1
+    return passes * 2 * BF16_UNIT_ROUNDOFF * magnitude

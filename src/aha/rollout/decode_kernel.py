@@ -1,5 +1,7 @@
-"""The compiled fp32 CPU forward of the sampler (`llama_decode_kernel.c`: decoding steps and the prompts'
+"""The compiled CPU forward of the sampler (`llama_decode_kernel.c`: decoding steps and the prompts'
 prefill), built on first use (`aha.kernels.build`: under a second, 0.65 s here) and called through ctypes.
+It runs in fp32, or under CPU bf16 autocast (rollout.dtype=bfloat16) with bf16 matmuls and autocast's
+roundings where this torch's MKL has gemm_bf16bf16f32.
 
 Where no compiler, no MKL sgemm or no build works, `load_decode_kernel` returns None and the sampler keeps
 the torch step; `AHA_DECODE_KERNEL=0` turns the kernel off.
@@ -54,19 +56,21 @@ class KernelModel(ctypes.Structure):
                 "intermediate",
                 "vocab",
                 "packed_rows",
+                "low_precision",
             )
         ],
         ("eps", ctypes.c_float),
         ("scale", ctypes.c_float),
         *[(name, ctypes.c_void_p) for name in ("embed", "final_norm", "lm_head", "cos", "sin")],
         ("layers", ctypes.POINTER(KernelLayer)),
-        *[(name, ctypes.c_void_p) for name in ("sgemm", "pack_size", "pack", "compute")],
+        *[(name, ctypes.c_void_p) for name in ("sgemm", "pack_size", "pack", "compute", "gemm_bf16")],
     ]
 
 
 @functools.cache
 def load_decode_kernel() -> ctypes.CDLL | None:
-    """The built kernel library with MKL's routines in `library.mkl`, or None where unavailable."""
+    """The built kernel library with MKL's routines in `library.mkl` (its "gemm_bf16" None where MKL has
+    none), or None where unavailable."""
     if os.environ.get("AHA_DECODE_KERNEL", "1") == "0":
         return None
     mkl = _mkl_routines()
@@ -115,30 +119,41 @@ MKL_ROUTINES = {
     "pack": "sgemm_pack",
     "compute": "sgemm_compute",
 }
+OPTIONAL_MKL_ROUTINES = {"gemm_bf16": "gemm_bf16bf16f32_"}  # bf16 x bf16 -> fp32 (MKL 2019 and later)
 
 
 def _mkl_routines() -> dict[str, int] | None:
     """Addresses of MKL's Fortran sgemm and packed-sgemm routines inside libtorch_cpu (MKL builds export
-    them), else None."""
+    them), else None; the optional ones are None where missing."""
     path = Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"
     if "mkl" not in torch.__config__.show().lower() or not path.exists():
         return None
     try:
         library = ctypes.CDLL(str(path))
-        return {
+        routines = {
             name: ctypes.cast(getattr(library, symbol), ctypes.c_void_p).value
             for name, symbol in MKL_ROUTINES.items()
         }
     except (OSError, AttributeError):
         return None
+    for name, symbol in OPTIONAL_MKL_ROUTINES.items():
+        found = getattr(library, symbol, None)
+        routines[name] = ctypes.cast(found, ctypes.c_void_p).value if found is not None else None
+    return routines
 
 
 class KernelDecodeStep:
     """`LlamaDecodeStep`'s math in one compiled call per token (same fused weights, same interface), and
-    a prefill (`forward_tokens`). Built per `generate` call, so it always reads the current weights."""
+    a prefill (`forward_tokens`). Built per `generate` call, so it always reads the current weights.
+    A torch step built under bf16 autocast (bf16 fused weights) gives the kernel's bf16 form."""
 
     def __init__(self, torch_step, library: ctypes.CDLL):
         self.library = library
+        self.low_precision = torch_step.matmul_dtype == torch.bfloat16
+        if self.low_precision and library.mkl["gemm_bf16"] is None:
+            raise ValueError("the bf16 decode kernel needs MKL's gemm_bf16bf16f32, which this torch lacks")
+        if torch_step.matmul_dtype not in (None, torch.bfloat16):
+            raise ValueError(f"the decode kernel computes in fp32 or bf16, not {torch_step.matmul_dtype}")
         self._torch_step = torch_step  # owns the fused weight tensors the struct points into
         layers = torch_step.layers
         self._layers = (KernelLayer * len(layers))(
@@ -173,6 +188,7 @@ class KernelDecodeStep:
             cos=torch_step.cos.data_ptr(),
             sin=torch_step.sin.data_ptr(),
             layers=self._layers,
+            low_precision=int(self.low_precision),
             **library.mkl,
         )
         self._packed: list[torch.Tensor] = []
@@ -188,7 +204,7 @@ class KernelDecodeStep:
         attention: torch.Tensor | None,
     ) -> torch.Tensor:
         """As `LlamaDecodeStep.__call__`: one new token per row."""
-        if not self._packed and tokens.shape[0] > 1:
+        if not self._packed and tokens.shape[0] > 1 and not self.low_precision:  # MKL packs fp32 only
             self._pack(tokens.shape[0])
         return self.forward_tokens(
             tokens[:, None], positions[:, None], key_buffers, value_buffers, length, attention
@@ -204,10 +220,11 @@ class KernelDecodeStep:
         attention: torch.Tensor | None,
     ) -> torch.Tensor:
         """Logits [B, V] after each row's last new token, for new tokens `ids` at `positions` (both
-        [B, T] int64). Each layer's cache buffers [B, kv_heads, capacity, head_dim]
-        (float32, contiguous) hold `length` positions; the new keys/values are written after them, and
-        token j attends to the cache indices [0, length + j] where `attention` [B, >= length + T]
-        (int64) is 1 (None: all of them). T = 1 is a decoding step, T > 1 a prefill."""
+        [B, T] int64). Each layer's cache buffers [B, kv_heads, capacity, head_dim] (float32,
+        contiguous; bf16-rounded values in the bf16 form) hold `length` positions; the new keys/values
+        are written after them, and token j attends to the cache indices [0, length + j] where
+        `attention` [B, >= length + T] (int64) is 1 (None: all of them). T = 1 is a decoding step, T > 1
+        a prefill."""
         rows, count = ids.shape
         tokens = rows * count
         workspace = self._workspaces.get(tokens)

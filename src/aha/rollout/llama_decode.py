@@ -68,9 +68,9 @@ def decode_step_for(
 ) -> LlamaDecodeStep | KernelDecodeStep | None:
     """A decode step for `model` if it is a plain (unwrapped, unquantised) Llama or Qwen2 with full
     attention, SiLU MLPs and static rotary angles; otherwise None. For an fp32 model on the CPU it is the
-    compiled step where that builds here (`kernel=False`: always the torch step), except under autocast:
-    the compiled step computes in float32 whatever autocast asks, and a run's rollouts must be computed
-    at the precision its training forwards are (aha.train.precision).
+    compiled step where that builds here (`kernel=False`: always the torch step): in fp32, or under bf16
+    autocast in its bf16 form where MKL has a bf16 gemm. Under any other autocast the torch step: a run's
+    rollouts must be computed at the precision they are asked for (aha.train.precision).
 
     A wrapped model (a peft `PeftModel` with LoRA adapters, say) gets None: the step would read the base
     weights and bypass whatever the wrapper adds; so does a layer whose projections are not plain Linear
@@ -80,12 +80,9 @@ def decode_step_for(
     step = LlamaDecodeStep(model, max_positions)
     library = load_decode_kernel() if kernel else None
     on_cpu = step.embed.device.type == "cpu"
-    if (
-        library is not None
-        and on_cpu
-        and step.embed.dtype == torch.float32
-        and not torch.is_autocast_enabled("cpu")
-    ):
+    if library is None or not on_cpu or step.embed.dtype != torch.float32:
+        return step
+    if step.matmul_dtype is None or (step.matmul_dtype == torch.bfloat16 and library.mkl["gemm_bf16"]):
         return KernelDecodeStep(step, library)
     return step
 
