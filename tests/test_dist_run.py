@@ -538,3 +538,35 @@ def test_two_process_rlhf_with_ppo_equals_one_process_stage_by_stage(
         "rm": rlhf_ppo_two / "rm" / "final",
         "ppo": rlhf_ppo_two / "ppo",
     }
+
+
+def test_two_process_rlhf_with_ppo_killed_in_ppo_and_rerun_ends_where_the_uninterrupted_run_ends(
+    tiny_varied_model_dir, rlhf_files, rlhf_ppo_two, launch_env, tmp_path
+):
+    """SIGKILL of the torchrun group inside PPO (after its step 2); the same command run again skips
+    SFT and the reward model and continues PPO on both ranks from its checkpoint (policy, critic and
+    their AdamW states re-sharded): every stage's outputs are bit for bit the uninterrupted run's."""
+    killed, log = tmp_path / "pipe", tmp_path / "run.log"
+    argv = rlhf_ppo_argv(rlhf_files, tiny_varied_model_dir, killed)
+    process = torchrun(argv, launch_env, log)
+    deadline = time.monotonic() + 300
+    while last_logged_step(killed / "ppo") < 2:
+        assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.05)
+    kill_launch(process)
+    assert set(json.loads((killed / "pipeline.json").read_text())) == {"sft", "rm"}  # killed inside ppo
+    assert last_logged_step(killed / "ppo") < RLHF_PPO_STEPS["ppo"]
+    before = len(log.read_text())
+    run_to_end(argv, launch_env, log)
+    rerun = log.read_text()[before:]
+    assert "aha rlhf: rm finished earlier, skipped" in rerun and "aha rlhf: continuing ppo" in rerun
+
+    last = f"ppo/checkpoints/step-{RLHF_PPO_STEPS['ppo']:08d}"
+    for final in ("sft/final", "rm/final", last, f"{last}/critic"):
+        a, b = (load_file(run / final / "model.safetensors") for run in (rlhf_ppo_two, killed))
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), (final, key)
+    for name in ("sft/metrics.jsonl", "rm/metrics.jsonl", "ppo/metrics.jsonl", "ppo/samples.jsonl"):
+        assert without_clock(rows(rlhf_ppo_two / name)) == without_clock(rows(killed / name)), name
+    assert set(json.loads((killed / "pipeline.json").read_text())) == {"sft", "rm", "ppo"}
