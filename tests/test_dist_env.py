@@ -101,18 +101,37 @@ def test_ppo_refuses_a_critic_on_the_policys_backbone_under_torchrun(
     assert not run.exists()  # refused before anything was written
 
 
-def test_cli_refuses_rlhf_with_ppo_under_torchrun(monkeypatch, capsys, tiny_model_dir, tmp_path):
-    """`aha ppo` runs on several processes; the pipeline ending in it is not tested there yet: refused
-    in one line before any stage starts (rl=grpo runs, tests/test_dist_run.py)."""
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            ["pipeline.rl=ppo", "ppo.critic.shared_backbone=true"],
+            "ppo.critic.shared_backbone is not supported under torchrun",
+        ),
+        (
+            ["grpo.rewards.options={reward_model: {normalize: running}}"],
+            "grpo.rewards.options: reward_model: normalize=running gives each torchrun process its own scale",
+        ),
+        (
+            ["pipeline.rl=ppo", "ppo.rewards.options={reward_model: {normalize: running}}"],
+            "ppo.rewards.options: reward_model: normalize=running",
+        ),
+    ],
+)
+def test_cli_refuses_rlhf_rl_settings_under_torchrun_before_the_first_stage(
+    monkeypatch, capsys, tiny_model_dir, tmp_path, overrides, message
+):
+    """What the RL stage refuses under torchrun is refused as the pipeline starts, naming the section's
+    key, not after SFT and the reward model have run (rl=ppo itself runs, tests/test_dist_run.py)."""
     from aha.cli import main
 
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "2")
     out = tmp_path / "pipe"
-    assert main(["rlhf", *rlhf_overrides(tiny_model_dir, out), "pipeline.rl=ppo"]) == 2
+    assert main(["rlhf", *rlhf_overrides(tiny_model_dir, out), *overrides]) == 2
     err = capsys.readouterr().err
-    assert "aha rlhf with pipeline.rl=ppo does not support several processes yet" in err
-    assert not out.exists()
+    assert message in err
+    assert not out.exists()  # refused before anything was written
 
 
 def test_rlhf_under_torchrun_refuses_stages_on_different_kinds_of_device(

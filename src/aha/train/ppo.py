@@ -54,13 +54,20 @@ PLOT_KEYS = [("reward/mean", "eval/accuracy"), "kl", "critic/value_loss", "criti
 
 def run_ppo(cfg: PPORunConfig, resume: bool = False) -> RLResult:
     """Train with PPO as configured; with `resume`, continue from the run directory's last checkpoint."""
+    check_ppo_under_torchrun(cfg)
+    return run_rl(cfg, PPO, resume=resume, plot_keys=PLOT_KEYS)
+
+
+def check_ppo_under_torchrun(cfg: PPORunConfig, section: str = "") -> None:
+    """Refuse what PPO does not support under torchrun; `section` prefixes the keys named (`ppo.` in
+    `aha rlhf`, which checks before its first stage)."""
     if cfg.critic.shared_backbone and env_from(os.environ) is not None:
+        key = f"{section}critic.shared_backbone"
         raise ConfigError(
-            "critic.shared_backbone is not supported under torchrun: its value head reads the policy's "
-            "backbone outside the policy's DDP/FSDP2 wrapper; set critic.shared_backbone=false (a "
+            f"{key} is not supported under torchrun: its value head reads the policy's "
+            f"backbone outside the policy's DDP/FSDP2 wrapper; set {key}=false (a "
             "separate critic, wrapped like the policy) or run as one process"
         )
-    return run_rl(cfg, PPO, resume=resume, plot_keys=PLOT_KEYS)
 
 
 class PPO:

@@ -30,10 +30,11 @@ from typing import Any
 from aha.config import ConfigError, config_to_dict, option
 from aha.dist import env as dist_env
 from aha.dist.reduce import from_main
+from aha.rewards.base import RewardConfigError, resolve_reward_fn
 from aha.train.common_config import resolve_device
 from aha.train.grpo import GRPORunConfig, run_grpo
 from aha.train.interrupt import RunInterrupted
-from aha.train.ppo import run_ppo
+from aha.train.ppo import check_ppo_under_torchrun, run_ppo
 from aha.train.ppo_config import PPORunConfig
 from aha.train.reward_model import RMRunConfig, run_rm
 from aha.train.sft import SFTRunConfig, run_sft
@@ -127,12 +128,12 @@ def run_rlhf(cfg: RLHFConfig) -> RLHFResult:
     """Run the stages that are not finished, in order; each continues from its checkpoint if it has one.
     Under torchrun every rank runs every stage; rank 0 alone writes pipeline.json, and every rank
     decides to skip, continue or start a stage on what rank 0 read (so a re-run takes one branch)."""
-    if cfg.pipeline.rl == "ppo":  # aha ppo runs under torchrun; this pipeline with it is not tested there yet
-        dist_env.require_single_process("aha rlhf with pipeline.rl=ppo")
     root = Path(cfg.pipeline.output_dir)
     sft, rm, rl = stage_configs(cfg)
     stages = [("sft", sft, run_sft), ("rm", rm, run_rm), (cfg.pipeline.rl, rl, _RL_RUNNERS[cfg.pipeline.rl])]
     last = {"sft": 0, "rm": 1, "rl": 2}[cfg.pipeline.until]
+    if last == 2:
+        _check_rl_stage_early(cfg.pipeline.rl, rl)
     env = _join_process_group(stages[: last + 1])
     if env.is_main:
         root.mkdir(parents=True, exist_ok=True)
@@ -181,6 +182,18 @@ def _join_process_group(stages: list[tuple[str, Any, Any]]) -> dist_env.DistEnv:
         listed = ", ".join(f"{name}.model.device={device}" for name, device in devices.items())
         raise ConfigError(f"under torchrun the stages must run on one kind of device ({listed})")
     return dist_env.init(devices["sft"])[0]
+
+
+def _check_rl_stage_early(name: str, rl: Any) -> None:
+    """Refusals the RL stage would raise as it starts, raised before SFT and the reward model run: PPO's
+    under torchrun, and the reward model reward's options (e.g. normalize=running under several
+    processes). Building the reward object reads no file: it loads the model on first use."""
+    if name == "ppo":
+        check_ppo_under_torchrun(rl, section="ppo.")
+    try:
+        resolve_reward_fn("reward_model", rl.rewards.options["reward_model"])
+    except RewardConfigError as e:
+        raise ConfigError(f"{name}.rewards.options: {e}") from None
 
 
 def _look(root: Path, name: str, run_dir: Path) -> dict:
