@@ -1,10 +1,17 @@
 """aha.dist.env: torchrun's variables, per-rank seeds, whole-group sharding, and the one-line refusal of
-stages that do not run on several processes."""
+stages that do not run on several processes, and a shutdown that leaves no gloo thread behind."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
 import pytest
 
+import aha
 from aha.config import ConfigError
 from aha.dist.env import DistEnv, env_from, rank_seed, require_single_process, shard
 from aha.dist.reduce import from_main, gather_lists, rank_weight, reduce_metrics, sum_across_ranks
@@ -153,3 +160,49 @@ def test_rlhf_under_torchrun_refuses_stages_on_different_kinds_of_device(
         match=r"one kind of device \(sft.model.device=cpu, rm.model.device=.*, grpo.model.device=cuda\)",
     ):
         run_rlhf(load_config(RLHFConfig, None, overrides))
+
+
+# One rank of a gloo group with an FSDP2 model, as `aha sft dist.strategy=fsdp2` ends: the names of the
+# process's gloo threads before and after `shutdown`.
+_SHUTDOWN_SCRIPT = textwrap.dedent(
+    """
+    import os, socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    import torch
+    from torch.distributed.fsdp import fully_shard
+    from aha.dist import env
+
+    def gloo_threads():
+        names = (open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task"))
+        return sorted(name for name in names if "gloo" in name)
+
+    env.init("cpu")
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 1))
+    fully_shard(model[0])
+    fully_shard(model)
+    model(torch.ones(2, 4)).sum().backward()
+    del model
+    print("before", gloo_threads())
+    env.shutdown()
+    print("after", gloo_threads())
+    """
+)
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="thread names are read from Linux /proc")
+def test_shutdown_ends_the_gloo_threads_an_fsdp2_model_kept_alive():
+    """destroy_process_group alone left gloo's threads running (FSDP2's device meshes, cached by DTensor,
+    hold the group) into interpreter teardown, where a rank sometimes aborted with "terminate called
+    without an active exception"; `shutdown` frees the group while Python is whole."""
+    src = str(Path(aha.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": src, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(
+        [sys.executable, "-c", _SHUTDOWN_SCRIPT], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("before ['gloo_tcp_loop', 'pt_gloo_runloop'"), lines  # the test sees them
+    assert lines[1] == "after []", lines

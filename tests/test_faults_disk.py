@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 from aha.cli import main
+from aha.demo.hacking_task import write_task_files
 from aha.models.loading import load_model, load_tokenizer, save_model_atomically
 from aha.models.tiny import create_tiny_model
 from aha.track import jsonl
@@ -367,3 +368,53 @@ def test_a_full_disk_while_writing_calibration(
     assert_rows_synced_before_each_commit(events, ("metrics.jsonl", "calibration.jsonl"), [1, 2])
     monkeypatch.undo()
     assert_stage_resumes_exactly("rm", args, out, straight)
+
+
+def test_pipeline_json_is_fsynced_before_and_after_its_rename(tiny_dir, tmp_path, monkeypatch):
+    """`aha rlhf` records each finished stage in pipeline.json by a temp file renamed into place; the
+    temp file's bytes are fsynced before the rename and the directory after it, so a power cut keeps
+    the record of a stage whose later stage has started (a spy on `os.fsync` and `os.replace`)."""
+    files = write_task_files(tmp_path / "data", seed=0, demos=32, pairs=32, heldout=4)
+    out = tmp_path / "pipe"
+    tmp, final = out / "pipeline.json.tmp", out / "pipeline.json"
+    events: list[tuple] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        real_fsync(fd)
+        stat = os.fstat(fd)
+        if tmp.exists() and (os.stat(tmp).st_ino, os.stat(tmp).st_dev) == (stat.st_ino, stat.st_dev):
+            events.append(("sync", sorted(json.loads(tmp.read_text()))))
+        elif (os.stat(out).st_ino, os.stat(out).st_dev) == (stat.st_ino, stat.st_dev):
+            events.append(("sync dir", sorted(json.loads(final.read_text())) if final.exists() else None))
+
+    def replace(src, dst):
+        if Path(dst) == final:
+            events.append(("rename", sorted(json.loads(Path(src).read_text()))))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    common = ["run.progress=false", "train.steps=2"]
+    argv = [
+        "rlhf",
+        f"pipeline.output_dir={out}",
+        "pipeline.until=rm",
+        f"sft.model.path={tiny_dir}",
+        f"sft.data.train_file={files.sft}",
+        "sft.optim.warmup_steps=0",
+        *(f"sft.{o}" for o in common),
+        f"rm.data.train_file={files.preferences}",
+        "rm.model.lean_activations=false",
+        *(f"rm.{o}" for o in common),
+        "grpo.rewards.functions=[reward_model]",  # checked even when the pipeline stops before it
+    ]
+    assert main(argv) == 0
+    assert events == [
+        ("sync", ["sft"]),
+        ("rename", ["sft"]),
+        ("sync dir", ["sft"]),
+        ("sync", ["rm", "sft"]),
+        ("rename", ["rm", "sft"]),
+        ("sync dir", ["rm", "sft"]),
+    ]

@@ -15,9 +15,11 @@ from aha.rewards.base import (
     RewardScores,
     RewardSpec,
     compute_rewards,
+    load_reward_state,
     make_reward_specs,
     register_reward,
     resolve_reward_fn,
+    reward_state,
 )
 
 
@@ -292,3 +294,41 @@ def test_with_a_fallback_a_batch_only_failure_uses_one_by_one_scores_and_warns(c
     result = compute_rewards([RewardSpec("b", batch_only)], ["p", "q"], ["a", "bcd"], {}, on_error=0.0)
     assert result.per_fn["b"].tolist() == [1.0, 3.0]
     assert "on no single one" in caplog.text
+
+
+class Counting:
+    """A reward with state: the number of completions scored so far (0 kept means "nothing to keep")."""
+
+    def __init__(self) -> None:
+        self.seen = 0
+
+    def __call__(self, prompts, completions, **kwargs):
+        self.seen += len(completions)
+        return [float(self.seen)] * len(completions)
+
+    def state_dict(self) -> dict:
+        return {"seen": self.seen} if self.seen else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.seen = state["seen"]
+
+
+def test_reward_state_is_saved_by_name_and_restored():
+    saved = [RewardSpec("count", Counting()), RewardSpec("length", length_reward)]
+    assert reward_state(saved) == {}  # nothing kept yet, and plain functions keep nothing
+    compute_rewards(saved, ["p"] * 3, ["a", "b", "c"], {})
+    assert reward_state(saved) == {"count": {"seen": 3}}
+    restored = [RewardSpec("count", Counting()), RewardSpec("length", length_reward)]
+    load_reward_state(restored, reward_state(saved), "the checkpoint")
+    assert compute_rewards(restored, ["p"], ["d"], {}).per_fn["count"].tolist() == [4.0]
+
+
+def test_a_reward_with_state_but_none_saved_is_refused():
+    """Restoring nothing would silently restart it; a reward whose state is still empty needs none."""
+    load_reward_state([RewardSpec("count", Counting())], {}, "the checkpoint of step 2")
+    started = Counting()
+    started.seen = 5  # e.g. state a reward builds at construction
+    with pytest.raises(
+        RewardConfigError, match="reward 'count' keeps state .* the checkpoint of step 2 holds none"
+    ):
+        load_reward_state([RewardSpec("count", started)], {"other": {"seen": 1}}, "the checkpoint of step 2")

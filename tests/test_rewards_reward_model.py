@@ -1,5 +1,6 @@
 """The `reward_model` reward: stored vs running vs no normalisation, prompt_field, clear errors."""
 
+import json
 import math
 
 import pytest
@@ -88,3 +89,27 @@ def test_running_norm_matches_population_statistics():
     norm.update([1.0, 2.0])
     norm.update([6.0])
     assert norm.mean == pytest.approx(3.0) and norm.std == pytest.approx(math.sqrt(14 / 3))
+
+
+def test_running_statistics_round_trip_through_a_checkpoint(rm_dir, tmp_path):
+    """normalize=running keeps the statistics of every score seen: restored from its state_dict (saved
+    as a checkpoint saves it, torch.save read back with weights_only=True), a fresh reward scores the
+    next batch exactly as the one that saw the earlier batches; without it, differently."""
+    seen = reward(rm_dir, normalize="running")
+    seen(PROMPTS, REPLIES)
+    torch.save(seen.state_dict(), tmp_path / "extra.pt")
+    state = torch.load(tmp_path / "extra.pt", weights_only=True)
+    assert state == json.loads(json.dumps(state)) and state["running"]["count"] == len(PROMPTS)
+    restored, fresh = reward(rm_dir, normalize="running"), reward(rm_dir, normalize="running")
+    restored.load_state_dict(state)
+    expected = seen(PROMPTS[:2], REPLIES[:2])
+    assert restored(PROMPTS[:2], REPLIES[:2]) == expected
+    assert fresh(PROMPTS[:2], REPLIES[:2]) != expected
+    assert restored.state_dict() == seen.state_dict()
+
+
+def test_only_running_normalisation_keeps_state(rm_dir):
+    assert reward(rm_dir).state_dict() == {} and reward(rm_dir, normalize="none").state_dict() == {}
+    assert reward(rm_dir, normalize="running").state_dict() == {
+        "running": {"count": 0, "mean": 0.0, "m2": 0.0}
+    }

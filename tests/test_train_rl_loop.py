@@ -1,5 +1,6 @@
 """The shared RL loop: named models in checkpoints, and a run that stops early (`stop_reason`) saves a
-checkpoint and resumes to exactly the weights of the run that never stopped."""
+checkpoint and resumes to exactly the weights of the run that never stopped, a reward model's running
+normalisation included."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from helpers.rl_configs import tiny_rl_overrides
 from safetensors.torch import load_file
 
 from aha.config import load_config
+from aha.models.reward_scorer import TextFormat, write_meta
+from aha.models.scalar_head import load_scalar_model
 from aha.models.tiny import create_tiny_model
 from aha.train.checkpoint import load_checkpoint, save_checkpoint
 from aha.train.grpo import GRPO, PLOT_KEYS, GRPORunConfig, run_grpo
@@ -19,6 +22,7 @@ from aha.train.optim import build_optimizer, build_scheduler
 from aha.train.rl_loop import run_rl
 
 HELPERS = Path(__file__).parent / "helpers"
+CLOCK_KEYS = ("time/", "throughput/", "memory/")  # wall-clock and memory readings differ run to run
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +80,50 @@ def test_stop_reason_saves_and_resume_matches_the_uninterrupted_run(tiny_dir, tm
     a = load_file(tmp_path / "straight/checkpoints/step-00000004/model.safetensors")
     b = load_file(tmp_path / "stopped/checkpoints/step-00000004/model.safetensors")
     assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+@pytest.fixture(scope="module")
+def rm_dir(tmp_path_factory) -> Path:
+    """A reward model on the tiny model's tokenizer, its score head drawn large enough to spread scores."""
+    path = create_tiny_model(tmp_path_factory.mktemp("rm") / "model", seed=1)
+    model = load_scalar_model(str(path))
+    torch.manual_seed(0)
+    torch.nn.init.normal_(model.score.weight, std=1.0)
+    model.save_pretrained(path)
+    write_meta(path, TextFormat(), mean=0.0, std=1.0)
+    return path
+
+
+def test_a_reward_models_running_normalisation_resumes_where_it_stopped(tiny_dir, rm_dir, tmp_path):
+    """normalize=running, as a reward (next to the digit fraction, so its scale moves the update) and as
+    a monitor: the statistics of the scores seen before the stop are in the checkpoint, and the resumed
+    run's rewards, monitor values and weights are the uninterrupted run's, bit for bit."""
+    running = f"{{path: {rm_dir}, device: cpu, normalize: running}}"
+    rm_overrides = (
+        "rewards.functions=[reward_model, toy_rewards:digit_fraction]",
+        f"rewards.options={{reward_model: {running}}}",
+        "rewards.monitors=[reward_model]",
+        f"rewards.monitor_options={{reward_model: {running}}}",
+        "track.hacking.patience=0",  # monitors logged only (the watch needs evaluations every few steps)
+    )
+    straight = run_grpo(_config(tiny_dir, tmp_path / "straight", *rm_overrides))
+    cfg = _config(tiny_dir, tmp_path / "stopped", "run.save_every=0", *rm_overrides)
+    run_rl(cfg, GRPO, plot_keys=PLOT_KEYS, on_session=_stop_after(2))
+    extra = torch.load(tmp_path / "stopped/checkpoints/step-00000002/extra.pt", weights_only=True)
+    # steps 0 (the evaluation of 8 prompts), 1 and 2 (16 completions each) scored
+    assert extra["reward_state"]["reward_model"]["running"]["count"] == 8 + 2 * 16
+    assert extra["monitor_reward_state"]["reward_model"]["running"]["count"] == 8 + 2 * 16
+    resumed = run_grpo(cfg, resume=True)
+    rows = [
+        [{k: v for k, v in r.items() if not k.startswith(CLOCK_KEYS)} for r in run.history]
+        for run in (straight, resumed)
+    ]
+    assert [r["step"] for r in rows[1]] == [0, 1, 2, 3, 4]
+    assert rows[0] == rows[1]
+    a = load_file(tmp_path / "straight/checkpoints/step-00000004/model.safetensors")
+    b = load_file(tmp_path / "stopped/checkpoints/step-00000004/model.safetensors")
     for name in a:
         assert torch.equal(a[name], b[name]), name
 

@@ -96,10 +96,31 @@ def init(device: str) -> tuple[DistEnv, str]:
 
 
 def shutdown() -> None:
-    """Leave the process group (at the end of a command), if one was joined. Never imports torch."""
+    """Leave the process group (at the end of a command), if one was joined, and end its backend's
+    threads while Python is still whole. Never imports torch."""
     dist = sys.modules.get("torch.distributed")
     if dist is not None and dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+        _release_mesh_groups()
+
+
+def _release_mesh_groups() -> None:
+    """destroy_process_group forgets the groups, but FSDP2's device meshes still hold them (`_pg_registry`)
+    and DTensor's dispatch caches hold the meshes: gloo's worker and TCP-loop threads then lived on into
+    interpreter teardown, where a native thread that needs the GIL is ended by the runtime and a rank
+    can abort with "terminate called without an active exception". Dropping the meshes' references
+    frees the groups now, which joins their threads (tests/test_dist_env.py checks that none is left)."""
+    import gc
+
+    mesh_module = sys.modules.get("torch.distributed.device_mesh")
+    mesh_cls = getattr(mesh_module, "DeviceMesh", None)
+    if mesh_cls is None:  # no mesh was ever built (not FSDP2)
+        return
+    for obj in gc.get_objects():
+        # type(), not isinstance: the latter reads __class__, which some of torch's deprecated objects warn on
+        if issubclass(type(obj), mesh_cls) and isinstance(getattr(obj, "_pg_registry", None), dict):
+            obj._pg_registry.clear()
+    gc.collect()
 
 
 def barrier() -> None:

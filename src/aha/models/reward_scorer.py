@@ -156,3 +156,10 @@ class RunningNorm:
     @property
     def std(self) -> float:
         return math.sqrt(self.m2 / self.count) if self.count > 1 else 1.0
+
+    def state_dict(self) -> dict:
+        """Plain numbers (JSON and torch.load(weights_only=True) read them back exactly)."""
+        return {"count": self.count, "mean": self.mean, "m2": self.m2}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.count, self.mean, self.m2 = int(state["count"]), float(state["mean"]), float(state["m2"])

@@ -9,6 +9,11 @@ a function takes `**kwargs` for the columns it does not use. It returns one floa
 None for "not applicable" (counted, and scored `none_value`). It may return a `RewardScores` (a list
 that also carries counters, e.g. how many answers could not be extracted) to have them logged.
 
+A reward object that keeps state across calls (e.g. running normalisation statistics) exposes
+`state_dict() -> dict` (plain data: numbers, strings, lists, dicts; {} while there is nothing to keep)
+and `load_state_dict(state)`: RL checkpoints store it by reward name (`reward_state`) and a resumed run
+restores it (`load_reward_state`), so it scores as the uninterrupted run would.
+
 A config names a function by built-in name ("math_answer") or import path ("my_pkg.rewards:fn").
 A broken reward is never a silent zero: an exception, a wrong-length result or a NaN stops training
 with a `RewardError` naming the function and the sample, or, if a fallback value is configured, that
@@ -179,6 +184,35 @@ def compute_rewards(
         metrics[f"reward/{spec.name}/errors"] = float(scorer.errors)
         metrics.update({f"reward/{spec.name}/{key}": float(value) for key, value in own_metrics.items()})
     return RewardResult(total=total.float(), per_fn=per_fn, metrics=metrics)
+
+
+def reward_state(specs: Sequence[RewardSpec]) -> dict[str, dict]:
+    """The non-empty `state_dict()` of each reward function that has one, by name: what a checkpoint
+    stores so a resumed run continues the functions' state instead of restarting it."""
+    states = {}
+    for spec in specs:
+        state_dict = getattr(spec.fn, "state_dict", None)
+        state = state_dict() if callable(state_dict) else None
+        if state:
+            states[spec.name] = state
+    return states
+
+
+def load_reward_state(specs: Sequence[RewardSpec], saved: Mapping[str, dict], source: str) -> None:
+    """Restore what `reward_state` saved (`source` names where it comes from, for the error). A function
+    that keeps state but has none saved is refused: it would silently start over."""
+    for spec in specs:
+        load = getattr(spec.fn, "load_state_dict", None)
+        if not callable(load):
+            continue
+        if spec.name in saved:
+            load(saved[spec.name])
+        elif spec.fn.state_dict():
+            raise RewardConfigError(
+                f"reward {spec.name!r} keeps state (state_dict) but {source} holds none for it (saved "
+                "by a run without that reward, or before reward state was checkpointed): resuming would "
+                "restart it; start the run afresh, or resume with the rewards it was saved with"
+            )
 
 
 class _Scorer:

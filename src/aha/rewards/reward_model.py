@@ -3,8 +3,10 @@
 Options: path (a reward-model run's final/ directory), device ("auto", "cpu", "cuda:1", ...: the policy's
 device or another), batch_size, normalize ("stored": the held-out mean/std saved with the model, so the
 scale is the one measured at training time; "running": mean/std of every score seen so far, this batch
-included; one process only, as each torchrun rank sees only its share; "none": raw scores), prompt_field (None: score the prompt the policy saw; a dataset column:
-score that column's text instead, e.g. an unrendered question, wrapped in the model's prompt template).
+included; one process only, as each torchrun rank sees only its share; the statistics are part of the
+run's checkpoints, so a resumed run continues them; "none": raw scores), prompt_field (None: score the
+prompt the policy saw; a dataset column: score that column's text instead, e.g. an unrendered question,
+wrapped in the model's prompt template).
 Scoring is batched, under no_grad, with the trainer's own text format (aha.models.reward_scorer).
 torch is imported only when the reward is first used.
 """
@@ -44,7 +46,7 @@ class RewardModelReward:
         self._running = None
 
     def _load(self):
-        from aha.models.reward_scorer import RewardScorer, RunningNorm
+        from aha.models.reward_scorer import RewardScorer
         from aha.train.common_config import resolve_device
 
         if self._scorer is None:
@@ -52,8 +54,23 @@ class RewardModelReward:
                 self._scorer = RewardScorer(self.path, resolve_device(self.device), self.batch_size)
             except FileNotFoundError as e:
                 raise RewardConfigError(f"reward_model: {e}") from None
-            self._running = RunningNorm()
         return self._scorer
+
+    def _running_norm(self):
+        from aha.models.reward_scorer import RunningNorm
+
+        if self._running is None:
+            self._running = RunningNorm()
+        return self._running
+
+    def state_dict(self) -> dict:
+        """normalize=running: the statistics of every score seen so far, which a resumed run must continue
+        from (aha.rewards.base.reward_state); nothing to keep otherwise."""
+        return {"running": self._running_norm().state_dict()} if self.normalize == "running" else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.normalize == "running":
+            self._running_norm().load_state_dict(state["running"])
 
     def __call__(self, prompts: list[str], completions: list[str], **fields: Any) -> list[float]:
         scorer = self._load()
@@ -68,5 +85,6 @@ class RewardModelReward:
         raw = scorer.raw(prompts, completions)
         if self.normalize == "none":
             return raw.tolist()
-        self._running.update(raw.tolist())
-        return ((raw - self._running.mean) / max(self._running.std, 1e-8)).tolist()
+        running = self._running_norm()
+        running.update(raw.tolist())
+        return ((raw - running.mean) / max(running.std, 1e-8)).tolist()

@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from aha.durable import fsync_path
 from aha.models.weight_files import load_safetensors
 from aha.write_errors import write_failed
 
@@ -233,18 +234,8 @@ def _rng_state() -> dict[str, Any]:
 
 def _fsync_tree(root: Path) -> None:
     for path in sorted(root.rglob("*"), reverse=True):  # files before the directories holding them
-        _fsync(path)
-    _fsync(root)
-
-
-def _fsync(path: Path) -> None:
-    if path.is_dir() and os.name == "nt":  # directories cannot be opened for fsync on Windows
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fsync_path(path)
+    fsync_path(root)
 
 
 def _commit(tmp: Path, final: Path) -> Path:
@@ -255,7 +246,7 @@ def _commit(tmp: Path, final: Path) -> Path:
         replaced = final.with_name(f"{TMP_PREFIX}replaced-{final.name}-{os.getpid()}")
         os.replace(final, replaced)
     os.replace(tmp, final)
-    _fsync(final.parent)
+    fsync_path(final.parent)
     if replaced is not None:
         shutil.rmtree(replaced, ignore_errors=True)
     return final

@@ -23,12 +23,13 @@ from typing import Any
 from aha.config import ConfigError
 from aha.dist.wrap import full_state_dict, is_sharded
 from aha.models.loading import save_model_atomically
-from aha.rewards.base import RewardSpec, compute_rewards, make_reward_specs
+from aha.rewards.base import RewardSpec, compute_rewards, load_reward_state, make_reward_specs, reward_state
 from aha.track.hacking import HackingConfig, HackingWatch
 from aha.train.evaluate import EvalResult
 
 BEST_DIR = "best-by-monitor"
 STATE_KEY = "hacking_watch"
+REWARD_STATE_KEY = "monitor_reward_state"  # the monitors' own state (aha.rewards.base.reward_state)
 
 
 def monitor_specs(rewards_cfg: Any) -> list[RewardSpec]:
@@ -103,9 +104,16 @@ class RunMonitors:
         (out / "best.json").write_text(json.dumps(best, indent=2) + "\n")
 
     def state_dict(self) -> dict:
-        """What a checkpoint keeps so a resumed run's watch remembers the bests it had seen."""
-        return {STATE_KEY: self.watch.state_dict()} if self.watch else {}
+        """What a checkpoint keeps so a resumed run's watch remembers the bests it had seen, and its
+        monitors continue their own state (e.g. a reward model's running normalisation)."""
+        state = {REWARD_STATE_KEY: reward_state(self.specs)}
+        return {**state, STATE_KEY: self.watch.state_dict()} if self.watch else state
 
     def load_state_dict(self, extra: Mapping[str, Any]) -> None:
+        """`extra`: a restored checkpoint's extra state, or {} for a fresh run."""
         if self.watch is not None and STATE_KEY in extra:
             self.watch.load_state_dict(extra[STATE_KEY])
+        if extra:
+            load_reward_state(
+                self.specs, extra.get(REWARD_STATE_KEY, {}), "the checkpoint (rewards.monitors)"
+            )

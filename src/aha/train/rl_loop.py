@@ -32,7 +32,7 @@ from aha.dist.env import in_process_group, rank_seed, shard
 from aha.dist.reduce import gather_lists, gather_tensor, reduce_metrics, sum_across_ranks
 from aha.dist.wrap import full_weights
 from aha.models.lora import export_merged
-from aha.rewards.base import RewardResult, compute_rewards
+from aha.rewards.base import RewardResult, compute_rewards, load_reward_state, reward_state
 from aha.rewards.signals import completion_signals
 from aha.rollout import make_engine
 from aha.rollout.base import RolloutBatch, SamplingParams
@@ -48,6 +48,7 @@ from aha.train.precision import rollout_precision
 from aha.train.session import TrainingSession, load_prompt_sets
 
 MERGED_DIR = "merged"  # under LoRA with model.lora.save_merged: the final adapters merged into the base
+REWARD_STATE_KEY = "reward_state"  # the reward functions' own state in a checkpoint's extra state
 
 
 @dataclass
@@ -168,6 +169,8 @@ def run_rl(
     session.distribute()  # under torchrun: wrap the policy (after the reference copied it, and resume)
     algorithm.load_resume_state(extra)
     monitors.load_state_dict(extra)
+    if extra:  # a checkpoint was restored (its extra state holds at least the sampler's)
+        load_reward_state(rewards, extra.get(REWARD_STATE_KEY, {}), f"the checkpoint of step {start_step}")
     if start_step == 0:
         session.log(0, eval_row(0, run_eval()))
 
@@ -270,7 +273,7 @@ def run_rl(
         session.save_if_due(
             step,
             algorithm.stage,
-            lambda: {**_resume_state(sampler, algorithm), **monitors.state_dict()},
+            lambda: {**_resume_state(sampler, algorithm, rewards), **monitors.state_dict()},
             force=stopping,
         )
         session.end_if_signalled(step)
@@ -338,8 +341,12 @@ def _eval_metrics(ev: EvalResult) -> dict[str, float]:
     }
 
 
-def _resume_state(sampler: Any, algorithm: RLAlgorithm) -> dict:
-    return {"sampler": sampler.state_dict(), **algorithm.resume_state()}
+def _resume_state(sampler: Any, algorithm: RLAlgorithm, rewards: list) -> dict:
+    return {
+        "sampler": sampler.state_dict(),
+        REWARD_STATE_KEY: reward_state(rewards),
+        **algorithm.resume_state(),
+    }
 
 
 def _worst(values: torch.Tensor) -> float:

@@ -30,6 +30,7 @@ from typing import Any
 from aha.config import ConfigError, config_to_dict, option
 from aha.dist import env as dist_env
 from aha.dist.reduce import from_main
+from aha.durable import write_text_atomically
 from aha.rewards.base import RewardConfigError, resolve_reward_fn
 from aha.train.common_config import resolve_device
 from aha.train.grpo import GRPORunConfig, run_grpo
@@ -251,6 +252,5 @@ def _read_state(root: Path) -> dict:
 
 
 def _write_state(root: Path, state: dict) -> None:
-    tmp = root / (STATE_FILE + ".tmp")
-    tmp.write_text(json.dumps(state, indent=2) + "\n")
-    tmp.replace(root / STATE_FILE)
+    """Durable before the next stage starts: a power cut must not lose a finished stage's record."""
+    write_text_atomically(root / STATE_FILE, json.dumps(state, indent=2) + "\n")

@@ -32,6 +32,7 @@ from aha.dist.wrap import (
     load_full_optimizer_state,
     wrap_model,
 )
+from aha.durable import fsync_path
 from aha.models.checkpointing import enable_gradient_checkpointing
 from aha.models.lean_activations import use_lean_activations
 from aha.models.loading import load_model, load_tokenizer
@@ -372,12 +373,7 @@ def cut_jsonl(path: Path, step: int, read: Callable[[Path], list[dict]]) -> list
         f.flush()
         os.fsync(f.fileno())  # the rows the checkpoint counts, on disk before they replace the file
     tmp.replace(path)
-    if os.name != "nt":  # and the rename itself (a directory cannot be opened for fsync on Windows)
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    fsync_path(path.parent)  # and the rename itself
     return rows
 
 
