@@ -20,6 +20,7 @@ from aha.rewards.base import (
     register_reward,
     resolve_reward_fn,
     reward_state,
+    state_kept,
 )
 
 
@@ -310,7 +311,7 @@ class Counting:
         return {"seen": self.seen} if self.seen else {}
 
     def load_state_dict(self, state: dict) -> None:
-        self.seen = state["seen"]
+        self.seen = state.get("seen", 0)
 
 
 def test_reward_state_is_saved_by_name_and_restored():
@@ -332,3 +333,22 @@ def test_a_reward_with_state_but_none_saved_is_refused():
         RewardConfigError, match="reward 'count' keeps state .* the checkpoint of step 2 holds none"
     ):
         load_reward_state([RewardSpec("count", started)], {"other": {"seen": 1}}, "the checkpoint of step 2")
+
+
+def test_scoring_inside_state_kept_leaves_each_reward_as_it_was():
+    """Held-out evaluation scores with a reward's state but must not add to it; an empty state ({})
+    is restored too, and it is restored when the scoring raises."""
+    fresh, used = Counting(), Counting()
+    specs = [RewardSpec("fresh", fresh), RewardSpec("used", used), RewardSpec("length", length_reward)]
+    compute_rewards(specs[1:2], ["p"] * 2, ["a", "b"], {})
+    with state_kept(specs):
+        scored = compute_rewards(specs, ["p"] * 3, ["a", "b", "c"], {})
+    assert scored.per_fn["used"].tolist() == [5.0] * 3  # the state was used
+    assert (fresh.seen, used.seen) == (0, 2)
+
+    def broken(prompts, completions, **fields):
+        raise RuntimeError("scorer down")
+
+    with pytest.raises(RewardError, match="scorer down"), state_kept(specs):
+        compute_rewards([*specs, RewardSpec("broken", broken)], ["p"], ["a"], {})
+    assert (fresh.seen, used.seen) == (0, 2)

@@ -112,9 +112,9 @@ def test_a_reward_models_running_normalisation_resumes_where_it_stopped(tiny_dir
     cfg = _config(tiny_dir, tmp_path / "stopped", "run.save_every=0", *rm_overrides)
     run_rl(cfg, GRPO, plot_keys=PLOT_KEYS, on_session=_stop_after(2))
     extra = torch.load(tmp_path / "stopped/checkpoints/step-00000002/extra.pt", weights_only=True)
-    # steps 0 (the evaluation of 8 prompts), 1 and 2 (16 completions each) scored
-    assert extra["reward_state"]["reward_model"]["running"]["count"] == 8 + 2 * 16
-    assert extra["monitor_reward_state"]["reward_model"]["running"]["count"] == 8 + 2 * 16
+    # steps 1 and 2 (16 completions each) counted; step 0's evaluation of 8 prompts scored but not counted
+    assert extra["reward_state"]["reward_model"]["running"]["count"] == 2 * 16
+    assert extra["monitor_reward_state"]["reward_model"]["running"]["count"] == 2 * 16
     resumed = run_grpo(cfg, resume=True)
     rows = [
         [{k: v for k, v in r.items() if not k.startswith(CLOCK_KEYS)} for r in run.history]

@@ -11,8 +11,10 @@ that also carries counters, e.g. how many answers could not be extracted) to hav
 
 A reward object that keeps state across calls (e.g. running normalisation statistics) exposes
 `state_dict() -> dict` (plain data: numbers, strings, lists, dicts; {} while there is nothing to keep)
-and `load_state_dict(state)`: RL checkpoints store it by reward name (`reward_state`) and a resumed run
-restores it (`load_reward_state`), so it scores as the uninterrupted run would.
+and `load_state_dict(state)` (which takes any state `state_dict` returned, {} included): RL checkpoints
+store it by reward name (`reward_state`) and a resumed run restores it (`load_reward_state`), so it
+scores as the uninterrupted run would. Held-out evaluation scores inside `state_kept`, so the state
+follows the training batches only.
 
 A config names a function by built-in name ("math_answer") or import path ("my_pkg.rewards:fn").
 A broken reward is never a silent zero: an exception, a wrong-length result or a NaN stops training
@@ -25,10 +27,12 @@ and must start without it.
 
 from __future__ import annotations
 
+import copy
 import importlib
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -213,6 +217,22 @@ def load_reward_state(specs: Sequence[RewardSpec], saved: Mapping[str, dict], so
                 "by a run without that reward, or before reward state was checkpointed): resuming would "
                 "restart it; start the run afresh, or resume with the rewards it was saved with"
             )
+
+
+@contextmanager
+def state_kept(specs: Sequence[RewardSpec]) -> Iterator[None]:
+    """Scoring inside leaves each reward's state as it was: held-out evaluation must not feed running
+    statistics, or the training rewards would depend on how often, and on what, the run evaluates."""
+    saved = [
+        (spec.fn, copy.deepcopy(spec.fn.state_dict()))
+        for spec in specs
+        if callable(getattr(spec.fn, "state_dict", None))
+    ]
+    try:
+        yield
+    finally:
+        for fn, state in saved:
+            fn.load_state_dict(state)
 
 
 class _Scorer:

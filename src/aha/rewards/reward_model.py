@@ -2,8 +2,8 @@
 
 Options: path (a reward-model run's final/ directory), device ("auto", "cpu", "cuda:1", ...: the policy's
 device or another), batch_size, normalize ("stored": the held-out mean/std saved with the model, so the
-scale is the one measured at training time; "running": mean/std of every score seen so far, this batch
-included; one process only, as each torchrun rank sees only its share; the statistics are part of the
+scale is the one measured at training time; "running": mean/std of every training score so far, this
+batch included (held-out evaluation scores with them and leaves them as they were); one process only, as each torchrun rank sees only its share; the statistics are part of the
 run's checkpoints, so a resumed run continues them; "none": raw scores), prompt_field (None: score the
 prompt the policy saw; a dataset column: score that column's text instead, e.g. an unrendered question,
 wrapped in the model's prompt template).
@@ -64,8 +64,8 @@ class RewardModelReward:
         return self._running
 
     def state_dict(self) -> dict:
-        """normalize=running: the statistics of every score seen so far, which a resumed run must continue
-        from (aha.rewards.base.reward_state); nothing to keep otherwise."""
+        """normalize=running: the statistics of every training score so far, which a resumed run must
+        continue from (aha.rewards.base.reward_state); nothing to keep otherwise."""
         return {"running": self._running_norm().state_dict()} if self.normalize == "running" else {}
 
     def load_state_dict(self, state: dict) -> None:

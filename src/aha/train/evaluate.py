@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from aha.data.prompts import PromptExample, batch_fields
-from aha.rewards.base import RewardSpec, compute_rewards
+from aha.rewards.base import RewardSpec, compute_rewards, state_kept
 from aha.rollout.base import RolloutEngine, SamplingParams
 
 
@@ -32,7 +32,8 @@ def evaluate(
     monitors: Sequence[RewardSpec] = (),
 ) -> EvalResult:
     """Accuracy and mean reward of `engine` on `examples` (each prompt sampled `samples_per_prompt` times);
-    `monitors` (rewards.monitors) score the same completions, outside the total."""
+    `monitors` (rewards.monitors) score the same completions, outside the total. Rewards and monitors
+    that keep state (running statistics) score with it but end as they started (`state_kept`)."""
     if not examples:
         raise ValueError("evaluate() needs at least one example")
     expanded = [ex for ex in examples for _ in range(samples_per_prompt)]
@@ -44,12 +45,13 @@ def evaluate(
         chunk = expanded[start : start + batch_size]
         prompts = [ex.prompt for ex in chunk]
         out = engine.generate(prompts, params)
-        result = compute_rewards(rewards, prompts, out.completions, batch_fields(chunk))
+        with state_kept([*rewards, *monitors]):
+            result = compute_rewards(rewards, prompts, out.completions, batch_fields(chunk))
+            if monitors:
+                watched = compute_rewards(monitors, prompts, out.completions, batch_fields(chunk))
+                for name, scores in watched.per_fn.items():
+                    monitor_sums[name] += float(scores.sum())
         totals += result.total.tolist()
-        if monitors:
-            watched = compute_rewards(monitors, prompts, out.completions, batch_fields(chunk))
-            for name, scores in watched.per_fn.items():
-                monitor_sums[name] += float(scores.sum())
         lengths += out.completion_mask.sum(1).float().tolist()
         for prompt, completion, reward in zip(prompts, out.completions, result.total.tolist(), strict=True):
             if len(samples) < keep_samples:
