@@ -166,6 +166,20 @@ def test_the_real_data_config_keeps_its_own_reward_backbone():
     }
 
 
+def test_a_critic_on_the_policys_backbone_gets_no_critic_path():
+    """critic.shared_backbone takes no critic.path in aha ppo (its config refuses one): the pipeline
+    leaves it unset there rather than handing PPO the reward model as the critic."""
+    from aha.train.rlhf import stage_configs
+
+    rl_stage = ["pipeline.rl=ppo", "ppo.rewards.functions=[reward_model]", "pipeline.output_dir=out"]
+    _, _, separate = stage_configs(load_config(RLHFConfig, overrides=rl_stage))
+    _, _, shared = stage_configs(
+        load_config(RLHFConfig, overrides=[*rl_stage, "ppo.critic.shared_backbone=true"])
+    )
+    assert separate.critic.path == str(Path("out/rm/final"))
+    assert shared.critic.path is None
+
+
 def test_ppo_as_the_rl_stage_starts_its_critic_from_the_reward_model(inputs, tmp_path):
     out = tmp_path / "pipe"
     ppo = [o.replace("grpo.", "ppo.", 1) for o in _overrides(inputs, out) if o.startswith("grpo.")]

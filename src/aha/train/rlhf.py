@@ -80,7 +80,8 @@ class RLHFConfig:
         default_factory=PPORunConfig,
         help="Stage 3 with pipeline.rl=ppo: the keys of `aha ppo`. rewards.functions must include "
         "reward_model; the critic starts from the trained reward model (OpenRLHF, TRL) when that was "
-        "trained from the SFT model and critic.path is unset.",
+        "trained from the SFT model and critic.path is unset (with critic.shared_backbone: a fresh head "
+        "on the policy's backbone, as in aha ppo).",
     )
 
     def validate(self) -> None:
@@ -121,7 +122,8 @@ def stage_configs(cfg: RLHFConfig) -> tuple[SFTRunConfig, RMRunConfig, Any]:
     options["reward_model"] = {**(options.get("reward_model") or {}), "path": str(root / "rm" / "final")}
     rl.rewards.options = options
     if cfg.pipeline.rl == "ppo" and cfg.pipeline.rm_from_sft and rl.critic.path is None:
-        rl.critic.path = str(root / "rm" / "final")  # same backbone and tokenizer as the policy
+        if not rl.critic.shared_backbone:  # a head on the policy's backbone takes no critic.path
+            rl.critic.path = str(root / "rm" / "final")  # same backbone and tokenizer as the policy
     return sft, rm, rl
 
 
