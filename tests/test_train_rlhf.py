@@ -140,6 +140,14 @@ def test_config_errors_name_the_key(inputs, tmp_path, capsys):
     assert "rl='vllm'" in capsys.readouterr().err
 
 
+def test_a_stage_refusing_its_config_is_named_with_its_section(inputs, tmp_path):
+    """Errors a stage raises as it starts name keys relative to that stage (optim.warmup_steps); the
+    pipeline says which section they belong to."""
+    overrides = [*_overrides(inputs, tmp_path / "pipe"), "sft.optim.warmup_steps=10"]
+    with pytest.raises(ConfigError, match=r"stage sft: optim.warmup_steps=10 exceeds .* keys are sft\.\*"):
+        run_rlhf(load_config(RLHFConfig, overrides=overrides))
+
+
 def test_the_example_config_loads_and_wires_its_stages():
     from aha.train.rlhf import stage_configs
 

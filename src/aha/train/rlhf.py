@@ -163,6 +163,8 @@ def run_rlhf(cfg: RLHFConfig) -> RLHFResult:
             raise RunInterrupted(
                 e.signum, e.step, e.run_dir, f"stage {name}; run the same aha rlhf command again to continue"
             ) from None
+        except ConfigError as e:  # the stage names its own keys; here they live under `name.`
+            raise ConfigError(f"stage {name}: {e} (this stage's keys are {name}.*)") from None
         output = getattr(out, "final_dir", None) or out.run_dir
         stop = getattr(out, "stop_reason", None)
         dist_env.barrier()  # the other ranks return before rank 0 has exported the stage's final/
