@@ -3,6 +3,7 @@ stages, an interrupted stage continues, and a changed config is refused rather t
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -118,6 +119,39 @@ def test_sigterm_in_a_stage_says_to_run_the_pipeline_again(inputs, tmp_path, mon
     assert "aha rlhf: continuing rm" in capsys.readouterr().err
     rm_steps = [json.loads(line)["step"] for line in (out / "rm" / "metrics.jsonl").read_text().splitlines()]
     assert rm_steps == [0, 1, 2, 3]
+
+
+def test_a_full_disk_while_recording_a_stage_keeps_the_record_and_the_rerun_finishes(
+    inputs, tmp_path, monkeypatch, capsys
+):
+    """ENOSPC part-way through writing pipeline.json after the reward model finished: one line names the
+    file and what it still holds, the old record is intact (no half-written file beside it), and the same
+    command run again finishes the reward model from its checkpoint and runs the RL stage."""
+    out = tmp_path / "pipe"
+    overrides = _overrides(inputs, out)
+    write_text = Path.write_text
+
+    def disk_fills_on_the_second_record(self, text, *args, **kwargs):
+        if self.name == STATE_FILE + ".tmp" and (out / STATE_FILE).exists():
+            write_text(self, text[:7])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write_text(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", disk_fills_on_the_second_record)
+    assert main(["rlhf", *overrides]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == (
+        f"error: could not write {out / STATE_FILE}: No space left on device (errno {errno.ENOSPC}); it "
+        "still records the stages finished before rm; run the same aha rlhf command again once there is "
+        "room: rm continues from its last checkpoint"
+    )
+    assert set(json.loads((out / STATE_FILE).read_text())) == {"sft"}
+    assert not (out / (STATE_FILE + ".tmp")).exists()
+    monkeypatch.setattr(Path, "write_text", write_text)
+    assert main(["rlhf", *overrides]) == 0
+    assert set(json.loads((out / STATE_FILE).read_text())) == {"sft", "rm", "grpo"}
+    rm_steps = [json.loads(line)["step"] for line in (out / "rm" / "metrics.jsonl").read_text().splitlines()]
+    assert rm_steps == sorted(set(rm_steps)), "the continued stage did not log its steps twice"
 
 
 def test_a_changed_stage_config_is_refused_not_skipped(inputs, tmp_path):

@@ -28,7 +28,11 @@ def write_text_atomically(path: Path, text: str) -> None:
     into place and the directory fsynced after: a crash or a power cut leaves the old file or the new
     one, never a part."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    fsync_path(tmp)
+    try:
+        tmp.write_text(text)
+        fsync_path(tmp)
+    except OSError:  # a full disk: the old file stays; a part-written temp file is of no use
+        tmp.unlink(missing_ok=True)
+        raise
     tmp.replace(path)
     fsync_path(path.parent)

@@ -39,6 +39,7 @@ from aha.train.ppo import check_ppo_under_torchrun, run_ppo
 from aha.train.ppo_config import PPORunConfig
 from aha.train.reward_model import RMRunConfig, run_rm
 from aha.train.sft import SFTRunConfig, run_sft
+from aha.write_errors import write_failed
 
 STATE_FILE = "pipeline.json"
 # RL algorithms `pipeline.rl` can name; each is a config section of the same name.
@@ -170,7 +171,7 @@ def run_rlhf(cfg: RLHFConfig) -> RLHFResult:
         dist_env.barrier()  # the other ranks return before rank 0 has exported the stage's final/
         if env.is_main:
             state[name] = {"output": str(output), "config_hash": digest, "stop_reason": stop}
-            _write_state(root, state)
+            _write_state(root, state, name)
         result.outputs[name] = Path(output)
         result.ran.append(name)
         result.results[name] = out
@@ -255,6 +256,16 @@ def _read_state(root: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def _write_state(root: Path, state: dict) -> None:
-    """Durable before the next stage starts: a power cut must not lose a finished stage's record."""
-    write_text_atomically(root / STATE_FILE, json.dumps(state, indent=2) + "\n")
+def _write_state(root: Path, state: dict, finished: str) -> None:
+    """Durable before the next stage starts: a power cut must not lose a finished stage's record. A
+    failed write (a full disk) leaves the previous record, and the stage's checkpoints let it finish."""
+    path = root / STATE_FILE
+    try:
+        write_text_atomically(path, json.dumps(state, indent=2) + "\n")
+    except OSError as e:
+        raise write_failed(
+            path,
+            e,
+            f"it still records the stages finished before {finished}; run the same aha rlhf command again "
+            f"once there is room: {finished} continues from its last checkpoint",
+        ) from None
