@@ -9,6 +9,7 @@ damaged line.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import string
@@ -264,3 +265,27 @@ def test_a_model_directory_missing_a_weight_is_refused(tmp_path):
     expected = f"{good}: weights missing or of the wrong shape: ['{name}']"
     with pytest.raises(WeightFileError, match="^" + re.escape(expected)):
         load_model(str(good))
+
+
+def test_a_scoring_model_missing_a_backbone_weight_is_refused_and_a_new_head_is_quiet(tmp_path, caplog):
+    """load_scalar_model (reward models, the critic): a plain LM has no score head, so a new one is made
+    (said in one log line, not transformers' load report); a backbone weight renamed away is a damaged
+    file, refused as load_model refuses it."""
+    from safetensors.torch import load_file, save_file
+
+    from aha.models.scalar_head import load_scalar_model
+    from aha.models.tiny import create_tiny_model
+    from aha.models.weight_files import WeightFileError
+
+    good = create_tiny_model(tmp_path / "tiny", seed=0)
+    caplog.set_level(logging.INFO, logger="aha.models.scalar_head")
+    load_scalar_model(str(good))
+    assert "LOAD REPORT" not in caplog.text
+    assert f"{good} has no score head: a new one (['score.weight'])" in caplog.text
+    tensors = load_file(good / "model.safetensors")
+    name = sorted(tensors)[-1]
+    tensors[name.replace("weight", "wieght")] = tensors.pop(name)
+    save_file(tensors, good / "model.safetensors", metadata={"format": "pt"})
+    expected = f"{good}: backbone weights missing or of the wrong shape: ['{name}']"
+    with pytest.raises(WeightFileError, match="^" + re.escape(expected)):
+        load_scalar_model(str(good))

@@ -2,7 +2,9 @@
 
 `load_scalar_model` loads any checkpoint with AutoModelForSequenceClassification(num_labels=1): an
 encoder (BERT, MiniLM) gets its pooler + a linear classifier, a decoder (Llama, Qwen2, GPT-2) gets a
-linear `score` head on its hidden states (new, zero-mean init, when the checkpoint is a plain LM).
+linear `score` head on its hidden states (new, zero-mean init, when the checkpoint is a plain LM). Only
+the head may be new: a backbone weight missing or of the wrong shape is a damaged checkpoint, refused
+(transformers would initialise it at random and print a report).
 
 `sequence_scores` reads the score where it belongs whatever the padding: at the last real token of a
 decoder (Hugging Face's own pooling finds it through pad_token_id, which silently reads a padding token
@@ -23,10 +25,14 @@ the hooks gather (FSDP2) and register for gradient averaging (DDP) what the func
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import torch
 from transformers import AutoModelForSequenceClassification, PreTrainedModel
+from transformers.utils import logging as hf_logging
+
+logger = logging.getLogger(__name__)
 
 
 def load_scalar_model(
@@ -34,14 +40,36 @@ def load_scalar_model(
 ) -> PreTrainedModel:
     """A one-output sequence classifier from a checkpoint directory (a fresh head if it has none)."""
     from aha.models.loading import DTYPES
-    from aha.models.weight_files import check_model_dir
+    from aha.models.weight_files import WeightFileError, check_model_dir
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r} is not one of {sorted(DTYPES)}")
     check_model_dir(path)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=1, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code
-    )
+    report = hf_logging.get_logger("transformers.modeling_utils")
+    level = report.level
+    report.setLevel(logging.ERROR)  # its load report lists the new head, said below in one line
+    try:
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            path,
+            num_labels=1,
+            dtype=DTYPES[dtype],
+            trust_remote_code=trust_remote_code,
+            output_loading_info=True,
+        )
+    except RuntimeError as err:  # e.g. a weight whose shape is not the one config.json gives
+        raise WeightFileError(f"{path}: cannot be loaded as a scoring model: {err}") from err
+    finally:
+        report.setLevel(level)
+    backbone = model.base_model_prefix + "."
+    missing = sorted(info["missing_keys"])
+    damaged = [k for k in missing if k.startswith(backbone)] + sorted(map(str, info["mismatched_keys"]))
+    if damaged:
+        raise WeightFileError(
+            f"{path}: backbone weights missing or of the wrong shape: {damaged[:5]} (a damaged file, or a "
+            "config.json that belongs to another model)"
+        )
+    if missing:
+        logger.info("%s has no score head: a new one (%s) starts from its initialisation", path, missing)
     return model.to(device)
 
 
