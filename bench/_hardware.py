@@ -51,13 +51,14 @@ def measure_matmul_peak(threads: int, sizes: tuple[int, ...] = (1024, 2048), rep
 
 
 def measure_decode_matmul_rate(
-    weight_shapes: list[tuple[int, int]], rows: int, threads: int, repeats: int = 15
+    weight_shapes: list[tuple[int, int]], rows: int, threads: int, repeats: int = 15, bf16: bool = False
 ) -> float:
     """Best GFLOP/s of one decoding step's matmuls: `rows` token rows times every weight (out, in) in
     `weight_shapes`, in the fastest form aha's decode steps use: the torch step's (`Projection`) or the
     compiled kernel's (MKL's packed sgemm, where the kernel loads). A product of a few rows with a large
     weight runs far below the square-matmul peak (the weights are streamed for little arithmetic), so
-    this, not the peak, bounds how fast any sampler can decode."""
+    this, not the peak, bounds how fast any sampler can decode. `bf16`: the forms of bf16 rollouts
+    instead (torch's bf16 matmul, and the kernel's MKL gemm_bf16bf16f32 where it loads)."""
     import torch
 
     from aha.rollout.llama_decode import Projection
@@ -65,11 +66,14 @@ def measure_decode_matmul_rate(
     torch.set_num_threads(threads)
     weights = [torch.randn(out_dim, in_dim) for out_dim, in_dim in weight_shapes]
     inputs = {in_dim: torch.randn(rows, in_dim) for _, in_dim in weight_shapes}
+    if bf16:
+        weights = [w.bfloat16() for w in weights]
+        inputs = {in_dim: x.bfloat16() for in_dim, x in inputs.items()}
     projections = [Projection(w) for w in weights]
     steps = [lambda: [p(inputs[p.weight.shape[1]]) for p in projections]]
-    packed_step = _packed_sgemm_step(weights, inputs, rows)
-    if packed_step is not None:
-        steps.append(packed_step)
+    kernel_step = (_bf16_gemm_step if bf16 else _packed_sgemm_step)(weights, inputs, rows)
+    if kernel_step is not None:
+        steps.append(kernel_step)
     flops = sum(2 * rows * out_dim * in_dim for out_dim, in_dim in weight_shapes)
     best = float("inf")
     for step in steps:
@@ -120,6 +124,40 @@ def _packed_sgemm_step(weights: list, inputs: dict, rows: int):
                     ctypes.byref(ldb), ctypes.byref(beta), c, ctypes.byref(ldc))  # fmt: skip
 
     step.keep = (packed, out)  # the buffers live as long as the step
+    return step
+
+
+def _bf16_gemm_step(weights: list, inputs: dict, rows: int):
+    """One decoding step's matmuls as the compiled kernel's bf16 form runs them (bf16 x and weights,
+    float32 out, through MKL's gemm_bf16bf16f32), or None where the kernel or that routine is missing."""
+    import ctypes
+
+    import torch
+
+    from aha.rollout.decode_kernel import load_decode_kernel
+
+    library = load_decode_kernel()
+    if library is None or library.mkl["gemm_bf16"] is None:
+        return None
+    int_p, float_p = ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_float)
+    gemm = ctypes.CFUNCTYPE(
+        None, ctypes.c_char_p, ctypes.c_char_p, int_p, int_p, int_p,
+        float_p, ctypes.c_void_p, int_p, ctypes.c_void_p, int_p, float_p, ctypes.c_void_p, int_p,
+    )(library.mkl["gemm_bf16"])  # fmt: skip
+    out = torch.empty(rows * max(w.shape[0] for w in weights))
+    one, zero = ctypes.c_float(1.0), ctypes.c_float(0.0)
+    calls = []
+    for w in weights:
+        m, n, k = ctypes.c_int(rows), ctypes.c_int(w.shape[0]), ctypes.c_int(w.shape[1])
+        x = inputs[w.shape[1]]
+        calls.append((m, n, k, x.data_ptr(), w.data_ptr()))
+
+    def step() -> None:
+        for m, n, k, x, w in calls:
+            gemm(b"T", b"N", ctypes.byref(m), ctypes.byref(n), ctypes.byref(k), ctypes.byref(one), x,
+                 ctypes.byref(k), w, ctypes.byref(k), ctypes.byref(zero), out.data_ptr(), ctypes.byref(m))  # fmt: skip
+
+    step.keep = out
     return step
 
 

@@ -159,6 +159,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
         wait_until_quiet(args.quiet_cores, args.quiet_timeout)
     peak_sizes = (256,) if args.quick else (1024, 2048)
     decode_repeats = 3 if args.quick else 15
+    bf16_rollouts = args.aha_rollout_dtype == "bfloat16"  # aha samples with bf16 matmuls: bound those
     peaks = [measure_matmul_peak(args.threads, sizes=peak_sizes)]
     results: dict = {"sizes": {}}
     with tempfile.TemporaryDirectory(prefix="aha-bench-") as tmp:
@@ -190,8 +191,11 @@ def run_benchmark(args: argparse.Namespace) -> dict:
                 "settings": settings,
                 "flops": flops,
                 "decode_work": decode_work,
+                "decode_matmul_dtype": "bfloat16" if bf16_rollouts else "float32",
                 "decode_matmul_gflops_measured": [
-                    measure_decode_matmul_rate(*decode_work, args.threads, repeats=decode_repeats)
+                    measure_decode_matmul_rate(
+                        *decode_work, args.threads, repeats=decode_repeats, bf16=bf16_rollouts
+                    )
                 ],
                 "model": {**asdict(size), "parameters": params, "prompt_tokens": prompt_len},
                 "flops_per_step": flops.total,
@@ -233,7 +237,7 @@ def run_benchmark(args: argparse.Namespace) -> dict:
             info = {k: v for k, v in prepared[key].items() if k not in ("settings", "flops", "decode_work")}
             info["decode_matmul_gflops_measured"].append(
                 measure_decode_matmul_rate(
-                    *prepared[key]["decode_work"], args.threads, repeats=decode_repeats
+                    *prepared[key]["decode_work"], args.threads, repeats=decode_repeats, bf16=bf16_rollouts
                 )
             )
             flops, decode_gflops = prepared[key]["flops"], max(info["decode_matmul_gflops_measured"])

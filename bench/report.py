@@ -190,7 +190,8 @@ def render_grpo_vs_trl(data: dict, title: str = "GRPO step: aha vs TRL") -> str:
         "all, with aha's reference and policy passes as they are, at fp32 on this machine. "
         "The attainable step bounds any tool built on the same kernels: the reference and policy work at the "
         "matmul peak plus the generation FLOPs at the best rate measured for the decoding step's own matmuls "
-        "(every weight times one token per sequence, in aha's fastest form), with attention, norms, sampling "
+        "(every weight times one token per sequence, in aha's fastest form, in bf16 where aha's rollouts are), "
+        "with attention, norms, sampling "
         "and all other overhead taken as free. "
         "Other load is the most CPU (in cores) that other processes used during any run of that row (from "
         "/proc/stat, the benchmark's own processes subtracted); with 2 cores, anything above a few tenths "
@@ -205,9 +206,9 @@ def _attainable(res: dict) -> str:
     if "attainable_step_s" not in res:
         return "-"
     ratio = f" = {res['attainable_over_trl']:.2f}" if "attainable_over_trl" in res else ""
-    return (
-        f"{res['attainable_step_s']:.2f} s{ratio} (decode matmuls {res['decode_matmul_gflops']:.0f} GFLOP/s)"
-    )
+    precision = "bf16 " if res.get("decode_matmul_dtype") == "bfloat16" else ""
+    rate = f"{precision}decode matmuls {res['decode_matmul_gflops']:.0f} GFLOP/s"
+    return f"{res['attainable_step_s']:.2f} s{ratio} ({rate})"
 
 
 def _against_target(step: dict | None, rss: float | None) -> str:

@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from _flops import LlamaShape, decode_projection_shapes, forward_flops, grpo_step_flops  # noqa: E402
 from _grpo_runners import RunRecord  # noqa: E402
-from _hardware import memory_allocator  # noqa: E402
+from _hardware import _bf16_gemm_step, memory_allocator  # noqa: E402
 from grpo_vs_trl import summarize_size  # noqa: E402
 
 
@@ -45,6 +45,27 @@ def test_decode_projection_shapes_by_hand():
     shape = LlamaShape(hidden=8, layers=2, heads=4, kv_heads=2, intermediate=6, vocab=11)
     layer = [(16, 8), (8, 8), (12, 8), (8, 6)]
     assert decode_projection_shapes(shape) == layer * 2 + [(11, 8)]
+
+
+def test_the_bf16_decode_rate_times_the_product_the_kernel_computes():
+    """The bf16 decode matmul rate (issue 24's attainable step with bf16 rollouts) times MKL's
+    gemm_bf16bf16f32 called as the kernel calls it: its output is x @ W.T. Products of bf16 values are
+    exact in float32, so only the order of the float32 sums differs: k terms, each sum within k * 2^-24
+    of the sum of magnitudes."""
+    import torch
+    from helpers.kernels import require_bf16_decode_kernel
+
+    require_bf16_decode_kernel()
+    torch.manual_seed(0)
+    rows, k = 5, 64
+    weights = [torch.randn(16, k).bfloat16(), torch.randn(24, k).bfloat16()]
+    x = torch.randn(rows, k).bfloat16()
+    step = _bf16_gemm_step(weights, {k: x}, rows)
+    step()
+    got = step.keep[: rows * 24].view(24, rows).t()  # column-major [rows, features]: the last product
+    expected = x.double() @ weights[1].double().t()
+    bound = k * 2.0**-24 * (x.double().abs() @ weights[1].double().abs().t())
+    assert ((got.double() - expected).abs() <= bound).all()
 
 
 def test_the_allocator_is_named_with_its_tuning(monkeypatch):
