@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -145,8 +146,15 @@ def rm_worker(model_dir: str, strategy: str, cases: list[str], out: str) -> None
         model = rm_model(model_dir, frozen)
         features = features_of(model, mine) if frozen else None
         wrap_model(model, strategy, "fp32")
-        loss, accuracy = step(model, sgd(model), mine, center_coef, features)
-        results[name] = {"weights": full_state_dict(model), "loss": loss, "accuracy": accuracy}
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            loss, accuracy = step(model, sgd(model), mine, center_coef, features)
+        results[name] = {
+            "weights": full_state_dict(model),
+            "loss": loss,
+            "accuracy": accuracy,
+            "warnings": [str(w.message) for w in caught],
+        }
     if rank == 0:
         torch.save(results, Path(out))
 

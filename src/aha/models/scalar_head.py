@@ -176,12 +176,19 @@ def _pooled_score(model: PreTrainedModel, input_ids: torch.Tensor, attention_mas
 
 def through_hooks(model: PreTrainedModel, fn: Callable[..., torch.Tensor], *args: torch.Tensor):
     """fn(model, *args), run as `model`'s forward when the model is wrapped for several processes (its
-    DDP / FSDP2 hooks fire around it); a plain call otherwise."""
+    DDP / FSDP2 hooks fire around it); a plain call otherwise. A view that fn returns (scores read out
+    of a larger tensor) is copied there: FSDP2 hooks its backward on the output, and an in-place op on a
+    view would drop that hook."""
     from aha.dist.wrap import is_wrapped
 
     if not is_wrapped(model):
         return fn(model, *args)
-    model.forward = lambda *a: fn(model, *a)  # an instance attribute: only this call, hooks unchanged
+
+    def forward(*a: torch.Tensor) -> torch.Tensor:
+        out = fn(model, *a)
+        return out.clone() if out._is_view() else out
+
+    model.forward = forward  # an instance attribute: only this call, hooks unchanged
     try:
         return model(*args)
     finally:
