@@ -166,6 +166,25 @@ def last_logged_step(out: Path) -> int:
         return -1
 
 
+def launch_and_kill_after(argv: list[str], env: dict[str, str], log: Path, run_dir: Path, step: int) -> None:
+    """Launch `aha argv` on two processes and SIGKILL torchrun and its ranks once `run_dir` has logged
+    `step` (mid-way through the next one)."""
+    process = torchrun(argv, env, log)
+    deadline = time.monotonic() + 300
+    while last_logged_step(run_dir) < step:
+        assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.05)
+    kill_launch(process)
+
+
+def assert_same_weights(one: Path, two: Path, what: str) -> None:
+    """The model.safetensors in directories `one` and `two` hold the same tensors, bit for bit."""
+    a, b = load_file(one / "model.safetensors"), load_file(two / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), (what, key)
+
+
 # fsdp2 only, to stay within the CI budget (each strategy costs 3 launches, ~50 s here): it is the
 # strategy whose checkpoints are gathered from shards and re-sharded on resume; ddp's checkpoints are the
 # one-process ones. ["ddp", "fsdp2"] passes as well (docs/scaling.md).
@@ -177,20 +196,12 @@ def test_two_process_grpo_killed_and_resumed_ends_where_the_uninterrupted_run_en
     run_to_end(grpo_argv(tiny_dir, straight, strategy), launch_env, tmp_path / "straight.log")
 
     log = tmp_path / "resumed.log"
-    process = torchrun(grpo_argv(tiny_dir, resumed, strategy), launch_env, log)
-    deadline = time.monotonic() + 300
-    while last_logged_step(resumed) < 2:
-        assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-        time.sleep(0.05)
-    kill_launch(process)  # torchrun and both ranks, mid-step 3
+    launch_and_kill_after(grpo_argv(tiny_dir, resumed, strategy), launch_env, log, resumed, 2)  # mid-step 3
     assert last_logged_step(resumed) < STEPS  # it was killed before the end
     run_to_end([*grpo_argv(tiny_dir, resumed, strategy), "--resume"], launch_env, log)
 
     final = f"checkpoints/step-{STEPS:08d}"
-    a, b = load_file(straight / final / "model.safetensors"), load_file(resumed / final / "model.safetensors")
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+    assert_same_weights(straight / final, resumed / final, final)
     for name in ("metrics.jsonl", "samples.jsonl"):
         kept = [
             [{k: v for k, v in r.items() if not k.startswith(CLOCK_KEYS)} for r in rows(run / name)]
@@ -436,12 +447,7 @@ def test_two_process_rlhf_killed_in_a_stage_and_rerun_ends_where_the_uninterrupt
     are bit for bit the uninterrupted 2-process pipeline's."""
     killed, log = tmp_path / "pipe", tmp_path / "run.log"
     argv = rlhf_argv(rlhf_files, tiny_dir, killed)
-    process = torchrun(argv, launch_env, log)
-    deadline = time.monotonic() + 300
-    while last_logged_step(killed / "rm") < 2:
-        assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-        time.sleep(0.05)
-    kill_launch(process)
+    launch_and_kill_after(argv, launch_env, log, killed / "rm", 2)
     assert set(json.loads((killed / "pipeline.json").read_text())) == {"sft"}  # killed inside rm
     assert last_logged_step(killed / "rm") < RLHF_STEPS["rm"]
     before = len(log.read_text())
@@ -450,10 +456,7 @@ def test_two_process_rlhf_killed_in_a_stage_and_rerun_ends_where_the_uninterrupt
     assert "aha rlhf: sft finished earlier, skipped" in rerun and "aha rlhf: continuing rm" in rerun
 
     for final in ("sft/final", "rm/final", f"grpo/checkpoints/step-{RLHF_STEPS['grpo']:08d}"):
-        a, b = (load_file(run / final / "model.safetensors") for run in (rlhf_two, killed))
-        assert a.keys() == b.keys()
-        for key in a:
-            assert torch.equal(a[key], b[key]), (final, key)
+        assert_same_weights(rlhf_two / final, killed / final, final)
     meta = [json.loads((run / "rm/final/reward_model.json").read_text()) for run in (rlhf_two, killed)]
     assert meta[0] == meta[1]
     for name in (
@@ -554,12 +557,7 @@ def test_two_process_rlhf_with_ppo_killed_in_ppo_and_rerun_ends_where_the_uninte
     their AdamW states re-sharded): every stage's outputs are bit for bit the uninterrupted run's."""
     killed, log = tmp_path / "pipe", tmp_path / "run.log"
     argv = rlhf_ppo_argv(rlhf_files, tiny_varied_model_dir, killed)
-    process = torchrun(argv, launch_env, log)
-    deadline = time.monotonic() + 300
-    while last_logged_step(killed / "ppo") < 2:
-        assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-        time.sleep(0.05)
-    kill_launch(process)
+    launch_and_kill_after(argv, launch_env, log, killed / "ppo", 2)
     assert set(json.loads((killed / "pipeline.json").read_text())) == {"sft", "rm"}  # killed inside ppo
     assert last_logged_step(killed / "ppo") < RLHF_PPO_STEPS["ppo"]
     before = len(log.read_text())
@@ -569,10 +567,7 @@ def test_two_process_rlhf_with_ppo_killed_in_ppo_and_rerun_ends_where_the_uninte
 
     last = f"ppo/checkpoints/step-{RLHF_PPO_STEPS['ppo']:08d}"
     for final in ("sft/final", "rm/final", last, f"{last}/critic"):
-        a, b = (load_file(run / final / "model.safetensors") for run in (rlhf_ppo_two, killed))
-        assert a.keys() == b.keys()
-        for key in a:
-            assert torch.equal(a[key], b[key]), (final, key)
+        assert_same_weights(rlhf_ppo_two / final, killed / final, final)
     for name in ("sft/metrics.jsonl", "rm/metrics.jsonl", "ppo/metrics.jsonl", "ppo/samples.jsonl"):
         assert without_clock(rows(rlhf_ppo_two / name)) == without_clock(rows(killed / name)), name
     assert set(json.loads((killed / "pipeline.json").read_text())) == {"sft", "rm", "ppo"}

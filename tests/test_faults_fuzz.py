@@ -248,20 +248,27 @@ def test_fuzzed_gguf_files_convert_or_fail_naming_the_file(tmp_path):
     assert sum(r["outcome"] == "WeightFileError" for r in results) > len(results) / 2
 
 
-def test_a_model_directory_missing_a_weight_is_refused(tmp_path):
-    """A weight renamed in model.safetensors (a consistent header, so the header check passes):
-    transformers would initialise the missing weight at random and only log it; load_model refuses."""
+def rename_a_weight_away(model_dir: Path) -> str:
+    """Rename the last weight of model_dir/model.safetensors (the header stays consistent, so the header
+    check passes): the model's loader finds that weight missing. Returns its name."""
     from safetensors.torch import load_file, save_file
 
+    tensors = load_file(model_dir / "model.safetensors")
+    name = sorted(tensors)[-1]
+    tensors[name.replace("weight", "wieght")] = tensors.pop(name)
+    save_file(tensors, model_dir / "model.safetensors", metadata={"format": "pt"})
+    return name
+
+
+def test_a_model_directory_missing_a_weight_is_refused(tmp_path):
+    """A weight renamed in model.safetensors: transformers would initialise the missing weight at random
+    and only log it; load_model refuses."""
     from aha.models.loading import load_model
     from aha.models.tiny import create_tiny_model
     from aha.models.weight_files import WeightFileError
 
     good = create_tiny_model(tmp_path / "tiny", seed=0)
-    tensors = load_file(good / "model.safetensors")
-    name = sorted(tensors)[-1]
-    tensors[name.replace("weight", "wieght")] = tensors.pop(name)
-    save_file(tensors, good / "model.safetensors", metadata={"format": "pt"})
+    name = rename_a_weight_away(good)
     expected = f"{good}: weights missing or of the wrong shape: ['{name}']"
     with pytest.raises(WeightFileError, match="^" + re.escape(expected)):
         load_model(str(good))
@@ -271,8 +278,6 @@ def test_a_scoring_model_missing_a_backbone_weight_is_refused_and_a_new_head_is_
     """load_scalar_model (reward models, the critic): a plain LM has no score head, so a new one is made
     (said in one log line, not transformers' load report); a backbone weight renamed away is a damaged
     file, refused as load_model refuses it."""
-    from safetensors.torch import load_file, save_file
-
     from aha.models.scalar_head import load_scalar_model
     from aha.models.tiny import create_tiny_model
     from aha.models.weight_files import WeightFileError
@@ -282,10 +287,7 @@ def test_a_scoring_model_missing_a_backbone_weight_is_refused_and_a_new_head_is_
     load_scalar_model(str(good))
     assert "LOAD REPORT" not in caplog.text
     assert f"{good} has no score head: a new one (['score.weight'])" in caplog.text
-    tensors = load_file(good / "model.safetensors")
-    name = sorted(tensors)[-1]
-    tensors[name.replace("weight", "wieght")] = tensors.pop(name)
-    save_file(tensors, good / "model.safetensors", metadata={"format": "pt"})
+    name = rename_a_weight_away(good)
     expected = f"{good}: backbone weights missing or of the wrong shape: ['{name}']"
     with pytest.raises(WeightFileError, match="^" + re.escape(expected)):
         load_scalar_model(str(good))
