@@ -326,3 +326,25 @@ def test_a_bad_value_in_a_file_is_named_with_its_file_and_line(tmp_path):
 def test_non_finite_numbers_are_refused(tmp_path, text):
     with pytest.raises(ConfigError, match="train.lr: expected a finite number"):
         load_config(RunConfig, overrides=[f"train.lr={text}"])
+
+
+@dataclass
+class FromBase(RunConfig):
+    base: str | None = option(None, help="Name of a base config to start from.")
+
+    @classmethod
+    def base_options(cls, given: dict) -> dict:
+        if given.get("base") != "fast":
+            return {}
+        return {"train": {"lr": 0.5, "steps": 3}, "reward_weights": {"a": 1.0, "b": 2.0}, "debug": True}
+
+
+def test_base_options_fill_in_under_what_is_given(tmp_path):
+    """A class's base_options(given) supplies values for what was not given: sections merge key by key,
+    a dict-typed option given whole replaces the base's, and the file and the command line both win."""
+    path = tmp_path / "c.yaml"
+    path.write_text("base: fast\ntrain: {steps: 7}\n")
+    cfg = load_config(FromBase, path, ["reward_weights={c: 3.0}"])
+    assert (cfg.train.lr, cfg.train.steps, cfg.train.warmup_steps) == (0.5, 7, 0)
+    assert cfg.reward_weights == {"c": 3.0} and cfg.debug is True
+    assert load_config(FromBase, overrides=["debug=false"]) == FromBase(debug=False)  # no base: defaults

@@ -56,6 +56,11 @@ COMMANDS: CommandTable = {
         "aha.train.rlhf:run_rlhf",
         "SFT -> reward model -> RL in one command; running it again skips finished stages.",
     ),
+    "eval": (
+        "aha.evaluation.config:EvalCommand",
+        "aha.evaluation.run:run_eval",
+        "Evaluate a model or a run's checkpoint on held-out prompts: accuracy, pass@k, majority vote.",
+    ),
     "tiny-model": (
         "aha.models.tiny:TinyModelCommand",
         "aha.models.tiny:run_tiny_model",

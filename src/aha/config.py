@@ -9,6 +9,8 @@ Conventions for config classes:
 - nested sections are fields whose type is another dataclass;
 - cross-field checks go in a `validate(self) -> None` method that raises `ConfigError`; `load_config`
   calls it on every (nested) dataclass and prefixes the section's key path to the message;
+- a class may supply defaults that depend on what was given with a classmethod
+  `base_options(given_tree) -> dict` (`aha eval RUN_DIR` takes the run's settings); given keys win;
 - an option that was removed or renamed goes in a `removed_options: ClassVar[dict[str, tuple[str, str]]]`
   of its class (old name -> (the option to set instead, why)), so an old config fails naming the new one.
 """
@@ -123,7 +125,10 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequenc
         key, raw, value = _parse_override(item)
         _set_dotted(tree, key, value)
         loader.cli_raw[key] = raw
+    base_options = getattr(cls, "base_options", None)
     try:
+        if base_options is not None:
+            tree = _tree_over(cls, base_options(tree), tree)
         cfg = loader.build(cls, tree, prefix="")
         _validate_tree(cfg, "")
     except ConfigError as e:
@@ -339,6 +344,20 @@ def _check_choices(value: Any, choices: tuple | None, key: str) -> None:
     for v in values:
         if v not in choices:
             raise ConfigError(f"{key}: {v!r} is not one of: {', '.join(map(str, choices))}")
+
+
+def _tree_over(cls: type, base: dict, given: dict) -> dict:
+    """`given` (a config tree) over `base`, recursing into the sections of `cls` only: a given mapping for a
+    dict-typed option replaces the base's."""
+    merged = dict(base)
+    hints = typing.get_type_hints(cls)
+    for k, v in given.items():
+        section = _section_type(hints.get(k)) if isinstance(k, str) else None
+        if section is not None and isinstance(v, dict) and isinstance(base.get(k), dict):
+            merged[k] = _tree_over(section, base[k], v)
+        else:
+            merged[k] = v
+    return merged
 
 
 def _merge_over(default: Any, given: dict) -> dict:

@@ -28,3 +28,21 @@ def float32_overflow_held_out(prompts, completions, **fields):
 def non_digit_fraction(prompts, completions, **fields):
     """1 - digit_fraction: falls exactly as digit_fraction rises (a monitor the watch must catch)."""
     return [1.0 - d for d in digit_fraction(prompts, completions)]
+
+
+class SeenCount:
+    """A reward with state, as a reward model's running normalisation has: each completion scores the
+    number of completions scored so far (this batch included). Checkpoints keep the count."""
+
+    def __init__(self) -> None:
+        self.seen = 0
+
+    def __call__(self, prompts, completions, **fields):
+        self.seen += len(completions)
+        return [float(self.seen)] * len(completions)
+
+    def state_dict(self) -> dict:
+        return {"seen": self.seen} if self.seen else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.seen = state.get("seen", 0)

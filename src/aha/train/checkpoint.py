@@ -156,10 +156,16 @@ def load_checkpoint(
         if not (ckpt_dir / name).is_dir():
             raise CheckpointError(f"{ckpt_dir} has no {name}/ (the run that saved it had no {name} model)")
         _load_model(ckpt_dir / name, sub_model, sub_optimizer, sub_scheduler)
-    extra = _torch_load(ckpt_dir / "extra.pt") if (ckpt_dir / "extra.pt").exists() else {}
+    extra = checkpoint_extra_state(ckpt_dir)
     if restore_rng:
         _set_rng_state(_torch_load(ckpt_dir / "rng.pt"))
     return {**json.loads(state_file.read_text()), "extra": extra}
+
+
+def checkpoint_extra_state(ckpt_dir: str | Path) -> dict[str, Any]:
+    """A checkpoint's extra state (extra.pt, read with weights_only), or {} where it has none."""
+    path = Path(ckpt_dir) / "extra.pt"
+    return _torch_load(path) if path.is_file() else {}
 
 
 # ---------------------------------------------------------------------------------------------------------

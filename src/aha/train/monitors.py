@@ -23,19 +23,13 @@ from typing import Any
 from aha.config import ConfigError
 from aha.dist.wrap import full_state_dict, is_sharded
 from aha.models.loading import save_model_atomically
-from aha.rewards.base import RewardSpec, compute_rewards, load_reward_state, make_reward_specs, reward_state
+from aha.rewards.base import RewardSpec, compute_rewards, load_reward_state, reward_state
 from aha.track.hacking import HackingConfig, HackingWatch
 from aha.train.evaluate import EvalResult
 
 BEST_DIR = "best-by-monitor"
 STATE_KEY = "hacking_watch"
 REWARD_STATE_KEY = "monitor_reward_state"  # the monitors' own state (aha.rewards.base.reward_state)
-
-
-def monitor_specs(rewards_cfg: Any) -> list[RewardSpec]:
-    """The configured monitors as reward specs (their weights are unused: monitors enter no total)."""
-    options = rewards_cfg.monitor_options or {}
-    return make_reward_specs([{"fn": name, "options": options.get(name)} for name in rewards_cfg.monitors])
 
 
 class RunMonitors:
@@ -56,7 +50,7 @@ class RunMonitors:
     @classmethod
     def start(cls, session: Any, rewards_cfg: Any, hacking: HackingConfig) -> RunMonitors:
         on_error = "raise" if rewards_cfg.error_fallback is None else rewards_cfg.error_fallback
-        return cls(session, monitor_specs(rewards_cfg), hacking, on_error)
+        return cls(session, rewards_cfg.monitor_specs(), hacking, on_error)
 
     def step_metrics(
         self, prompts: Sequence[str], completions: Sequence[str], fields: Mapping[str, Sequence[Any]]

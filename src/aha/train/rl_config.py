@@ -8,6 +8,7 @@ from typing import Any
 
 from aha.config import ConfigError, option
 from aha.data.chat import CHAT_TEMPLATE_HELP, CHAT_TEMPLATE_MODES, SYSTEM_PROMPT_HELP
+from aha.rewards.base import RewardSpec, make_reward_specs
 from aha.track.hacking import HackingConfig
 from aha.train.common_config import TrackingConfig
 from aha.train.nonfinite import ON_NONFINITE, ON_NONFINITE_HELP
@@ -55,6 +56,18 @@ class RewardConfig:
     monitor_options: dict[str, dict] | None = option(
         None, help="Options per monitor name, as `options` is for functions."
     )
+
+    def specs(self) -> list[RewardSpec]:
+        """The reward functions as weighted specs (their sum is the reward)."""
+        weights = self.weights or [1.0] * len(self.functions)
+        options = self.options or {}
+        entries = zip(self.functions, weights, strict=True)
+        return make_reward_specs([{"fn": f, "weight": w, "options": options.get(f)} for f, w in entries])
+
+    def monitor_specs(self) -> list[RewardSpec]:
+        """The monitors as specs (their weights are unused: monitors enter no total)."""
+        options = self.monitor_options or {}
+        return make_reward_specs([{"fn": name, "options": options.get(name)} for name in self.monitors])
 
     def validate(self) -> None:
         if not self.functions:

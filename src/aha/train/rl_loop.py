@@ -128,7 +128,7 @@ def run_rl(
     chat = chat_format(cfg.data.chat_template, cfg.data.system_prompt, tokenizer, train_set + eval_set)
     train_set, eval_set = chat.apply(train_set, tokenizer), chat.apply(eval_set, tokenizer)
     sampler = session.prompt_sampler(train_set, cfg.train.prompts_per_step)
-    rewards = session.reward_specs(cfg.rewards)
+    rewards = cfg.rewards.specs()
     monitors = RunMonitors.start(session, cfg.rewards, cfg.track.hacking)  # logged, never optimised
     # Under fsdp2 the sampler runs the HF forward on weights gathered once per call (`full_weights`): the
     # hand-written decode steps read the parameters, which are shards there.

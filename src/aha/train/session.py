@@ -37,7 +37,6 @@ from aha.models.checkpointing import enable_gradient_checkpointing
 from aha.models.lean_activations import use_lean_activations
 from aha.models.loading import load_model, load_tokenizer
 from aha.models.lora import apply_lora
-from aha.rewards.base import RewardSpec, make_reward_specs
 from aha.track.jsonl import JsonlAppender, read_jsonl, to_json_value
 from aha.track.memory import record_resources
 from aha.track.metrics import METRICS_FILE, MetricsWriter, read_metrics
@@ -253,12 +252,6 @@ class TrainingSession:
 
     def prompt_sampler(self, examples: list[PromptExample], batch_size: int) -> PromptSampler:
         return PromptSampler(examples, batch_size, seed=self.cfg.run.seed)
-
-    def reward_specs(self, rewards_cfg: Any) -> list[RewardSpec]:
-        weights = rewards_cfg.weights or [1.0] * len(rewards_cfg.functions)
-        options = rewards_cfg.options or {}
-        entries = zip(rewards_cfg.functions, weights, strict=True)
-        return make_reward_specs([{"fn": f, "weight": w, "options": options.get(f)} for f, w in entries])
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         """Record a step's metrics (the same on every rank: they are reduced before)."""
