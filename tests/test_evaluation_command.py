@@ -93,7 +93,10 @@ def test_the_trained_checkpoint_beats_the_model_it_started_from(trained_run, tmp
             ],
         )
     ).results
-    assert trained["reward_mean"] > before["reward_mean"] + 0.2, (before["reward_mean"], trained["reward_mean"])
+    assert trained["reward_mean"] > before["reward_mean"] + 0.2, (
+        before["reward_mean"],
+        trained["reward_mean"],
+    )
     for k in ("1", "2", "8"):
         assert trained["pass@k"][k] > before["pass@k"][k], (k, before["pass@k"], trained["pass@k"])
     assert trained["pass@k"]["1"] == pytest.approx(trained["accuracy"])  # pass@1 is the mean accuracy
@@ -135,7 +138,9 @@ def test_given_options_win_over_the_runs_and_step_picks_an_older_checkpoint(trai
     assert cfg.rollout.max_new_tokens == 3 and cfg.rollout.temperature == 1.0  # the run sampled its evals
     assert cfg.rewards.functions == ["toy_rewards:digit_fraction"] and cfg.eval.num_prompts == EVAL_SIZE
     assert cfg.run.output_dir == str(run / "eval" / "step-00000005")
-    with pytest.raises(ConfigError, match=r"no checkpoint of step 7 \(it has: step-00000005, step-00000010\)"):
+    with pytest.raises(
+        ConfigError, match=r"no checkpoint of step 7 \(it has: step-00000005, step-00000010\)"
+    ):
         load_config(EvalCommand, overrides=[f"from_run={run}", "step=7"])
 
 
