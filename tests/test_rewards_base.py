@@ -7,6 +7,7 @@ import textwrap
 
 import pytest
 import torch
+from helpers.toy_rewards import SeenCount  # a reward with state: the completions scored so far
 
 from aha.rewards import BUILTIN_REWARDS
 from aha.rewards.base import (
@@ -297,37 +298,20 @@ def test_with_a_fallback_a_batch_only_failure_uses_one_by_one_scores_and_warns(c
     assert "on no single one" in caplog.text
 
 
-class Counting:
-    """A reward with state: the number of completions scored so far (0 kept means "nothing to keep")."""
-
-    def __init__(self) -> None:
-        self.seen = 0
-
-    def __call__(self, prompts, completions, **kwargs):
-        self.seen += len(completions)
-        return [float(self.seen)] * len(completions)
-
-    def state_dict(self) -> dict:
-        return {"seen": self.seen} if self.seen else {}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.seen = state.get("seen", 0)
-
-
 def test_reward_state_is_saved_by_name_and_restored():
-    saved = [RewardSpec("count", Counting()), RewardSpec("length", length_reward)]
+    saved = [RewardSpec("count", SeenCount()), RewardSpec("length", length_reward)]
     assert reward_state(saved) == {}  # nothing kept yet, and plain functions keep nothing
     compute_rewards(saved, ["p"] * 3, ["a", "b", "c"], {})
     assert reward_state(saved) == {"count": {"seen": 3}}
-    restored = [RewardSpec("count", Counting()), RewardSpec("length", length_reward)]
+    restored = [RewardSpec("count", SeenCount()), RewardSpec("length", length_reward)]
     load_reward_state(restored, reward_state(saved), "the checkpoint")
     assert compute_rewards(restored, ["p"], ["d"], {}).per_fn["count"].tolist() == [4.0]
 
 
 def test_a_reward_with_state_but_none_saved_is_refused():
     """Restoring nothing would silently restart it; a reward whose state is still empty needs none."""
-    load_reward_state([RewardSpec("count", Counting())], {}, "the checkpoint of step 2")
-    started = Counting()
+    load_reward_state([RewardSpec("count", SeenCount())], {}, "the checkpoint of step 2")
+    started = SeenCount()
     started.seen = 5  # e.g. state a reward builds at construction
     with pytest.raises(
         RewardConfigError, match="reward 'count' keeps state .* the checkpoint of step 2 holds none"
@@ -338,7 +322,7 @@ def test_a_reward_with_state_but_none_saved_is_refused():
 def test_scoring_inside_state_kept_leaves_each_reward_as_it_was():
     """Held-out evaluation scores with a reward's state but must not add to it; an empty state ({})
     is restored too, and it is restored when the scoring raises."""
-    fresh, used = Counting(), Counting()
+    fresh, used = SeenCount(), SeenCount()
     specs = [RewardSpec("fresh", fresh), RewardSpec("used", used), RewardSpec("length", length_reward)]
     compute_rewards(specs[1:2], ["p"] * 2, ["a", "b"], {})
     with state_kept(specs):
